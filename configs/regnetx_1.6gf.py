@@ -1,0 +1,24 @@
+"""RegNetX-1.6GF: the pycls dds_baselines recipe (RegNet), reference.md §1.
+
+Train (100 epochs, global batch 1024, lr 0.8, cosine, 5-epoch linear warmup from 0.1x, Nesterov SGD, wd 5e-5):
+
+    python -m regnet_jax.train --config=configs/regnetx_1.6gf.py --workdir=DIR
+
+Design-space schedules of the paper: ``--config=configs/regnetx_1.6gf.py:25ep`` (batch 128, lr 0.1) and ``:10ep``
+(batch 128, lr 0.05), both without warmup.
+
+Expected ImageNet top-1 error: 23.0±0.13 % (paper, 5 runs); released pycls checkpoint 23.038 % top-1 /
+6.484 % top-5.
+
+Complexity at 224 px: flops 1,602,850,792 (1.603 G multiply-adds), params 9,190,136
+(9.190 M), acts 7,933,512 (7.934 M).
+"""
+
+import ml_collections
+
+from regnet_jax import zoo
+
+
+def get_config(schedule: str = "") -> ml_collections.ConfigDict:
+    """The RegNetX-1.6GF config; ``schedule`` is '' (100 epochs), '25ep' or '10ep'."""
+    return zoo.get_config("regnetx_1.6gf", schedule)

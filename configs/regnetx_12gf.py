@@ -1,0 +1,24 @@
+"""RegNetX-12GF: the pycls dds_baselines recipe (RegNet), reference.md §1.
+
+Train (100 epochs, global batch 512, lr 0.4, cosine, 5-epoch linear warmup from 0.1x, Nesterov SGD, wd 5e-5):
+
+    python -m regnet_jax.train --config=configs/regnetx_12gf.py --workdir=DIR
+
+Design-space schedules of the paper: ``--config=configs/regnetx_12gf.py:25ep`` (batch 128, lr 0.1) and ``:10ep``
+(batch 128, lr 0.05), both without warmup.
+
+Expected ImageNet top-1 error: 20.3±0.04 % (paper, 5 runs); released pycls checkpoint 20.288 % top-1 /
+5.284 % top-5.
+
+Complexity at 224 px: flops 12,086,679,016 (12.087 G multiply-adds), params 46,106,056
+(46.106 M), acts 21,366,568 (21.367 M).
+"""
+
+import ml_collections
+
+from regnet_jax import zoo
+
+
+def get_config(schedule: str = "") -> ml_collections.ConfigDict:
+    """The RegNetX-12GF config; ``schedule`` is '' (100 epochs), '25ep' or '10ep'."""
+    return zoo.get_config("regnetx_12gf", schedule)

@@ -1,0 +1,24 @@
+"""RegNetX-32GF: the pycls dds_baselines recipe (RegNet), reference.md §1.
+
+Train (100 epochs, global batch 256, lr 0.2, cosine, 5-epoch linear warmup from 0.1x, Nesterov SGD, wd 5e-5):
+
+    python -m regnet_jax.train --config=configs/regnetx_32gf.py --workdir=DIR
+
+Design-space schedules of the paper: ``--config=configs/regnetx_32gf.py:25ep`` (batch 128, lr 0.1) and ``:10ep``
+(batch 128, lr 0.05), both without warmup.
+
+Expected ImageNet top-1 error: 19.5±0.12 % (paper, 5 runs); released pycls checkpoint 19.498 % top-1 /
+4.878 % top-5.
+
+Complexity at 224 px: flops 31,735,930,792 (31.736 G multiply-adds), params 107,811,560
+(107.812 M), acts 36,302,160 (36.302 M).
+"""
+
+import ml_collections
+
+from regnet_jax import zoo
+
+
+def get_config(schedule: str = "") -> ml_collections.ConfigDict:
+    """The RegNetX-32GF config; ``schedule`` is '' (100 epochs), '25ep' or '10ep'."""
+    return zoo.get_config("regnetx_32gf", schedule)

@@ -1,0 +1,24 @@
+"""RegNetX-400MF: the pycls dds_baselines recipe (RegNet), reference.md §1.
+
+Train (100 epochs, global batch 1024, lr 0.8, cosine, 5-epoch linear warmup from 0.1x, Nesterov SGD, wd 5e-5):
+
+    python -m regnet_jax.train --config=configs/regnetx_400mf.py --workdir=DIR
+
+Design-space schedules of the paper: ``--config=configs/regnetx_400mf.py:25ep`` (batch 128, lr 0.1) and ``:10ep``
+(batch 128, lr 0.05), both without warmup.
+
+Expected ImageNet top-1 error: 27.3±0.15 % (paper, 5 runs); released pycls checkpoint 27.382 % top-1 /
+9.076 % top-5.
+
+Complexity at 224 px: flops 397,678,568 (0.398 G multiply-adds), params 5,157,512
+(5.158 M), acts 3,143,272 (3.143 M).
+"""
+
+import ml_collections
+
+from regnet_jax import zoo
+
+
+def get_config(schedule: str = "") -> ml_collections.ConfigDict:
+    """The RegNetX-400MF config; ``schedule`` is '' (100 epochs), '25ep' or '10ep'."""
+    return zoo.get_config("regnetx_400mf", schedule)

@@ -1,0 +1,24 @@
+"""RegNetX-4.0GF: the pycls dds_baselines recipe (RegNet), reference.md §1.
+
+Train (100 epochs, global batch 512, lr 0.4, cosine, 5-epoch linear warmup from 0.1x, Nesterov SGD, wd 5e-5):
+
+    python -m regnet_jax.train --config=configs/regnetx_4gf.py --workdir=DIR
+
+Design-space schedules of the paper: ``--config=configs/regnetx_4gf.py:25ep`` (batch 128, lr 0.1) and ``:10ep``
+(batch 128, lr 0.05), both without warmup.
+
+Expected ImageNet top-1 error: 21.4±0.19 % (paper, 5 runs); released pycls checkpoint 21.356 % top-1 /
+5.736 % top-5.
+
+Complexity at 224 px: flops 3,964,499,816 (3.964 G multiply-adds), params 22,118,248
+(22.118 M), acts 12,201,608 (12.202 M).
+"""
+
+import ml_collections
+
+from regnet_jax import zoo
+
+
+def get_config(schedule: str = "") -> ml_collections.ConfigDict:
+    """The RegNetX-4.0GF config; ``schedule`` is '' (100 epochs), '25ep' or '10ep'."""
+    return zoo.get_config("regnetx_4gf", schedule)

@@ -1,0 +1,24 @@
+"""RegNetX-6.4GF: the pycls dds_baselines recipe (RegNet), reference.md §1.
+
+Train (100 epochs, global batch 512, lr 0.4, cosine, 5-epoch linear warmup from 0.1x, Nesterov SGD, wd 5e-5):
+
+    python -m regnet_jax.train --config=configs/regnetx_6.4gf.py --workdir=DIR
+
+Design-space schedules of the paper: ``--config=configs/regnetx_6.4gf.py:25ep`` (batch 128, lr 0.1) and ``:10ep``
+(batch 128, lr 0.05), both without warmup.
+
+Expected ImageNet top-1 error: 20.8±0.07 % (paper, 5 runs); released pycls checkpoint 20.844 % top-1 /
+5.434 % top-5.
+
+Complexity at 224 px: flops 6,460,292,264 (6.460 G multiply-adds), params 26,209,256
+(26.209 M), acts 16,369,744 (16.370 M).
+"""
+
+import ml_collections
+
+from regnet_jax import zoo
+
+
+def get_config(schedule: str = "") -> ml_collections.ConfigDict:
+    """The RegNetX-6.4GF config; ``schedule`` is '' (100 epochs), '25ep' or '10ep'."""
+    return zoo.get_config("regnetx_6.4gf", schedule)

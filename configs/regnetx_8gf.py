@@ -1,0 +1,24 @@
+"""RegNetX-8.0GF: the pycls dds_baselines recipe (RegNet), reference.md §1.
+
+Train (100 epochs, global batch 512, lr 0.4, cosine, 5-epoch linear warmup from 0.1x, Nesterov SGD, wd 5e-5):
+
+    python -m regnet_jax.train --config=configs/regnetx_8gf.py --workdir=DIR
+
+Design-space schedules of the paper: ``--config=configs/regnetx_8gf.py:25ep`` (batch 128, lr 0.1) and ``:10ep``
+(batch 128, lr 0.05), both without warmup.
+
+Expected ImageNet top-1 error: 20.7±0.07 % (paper, 5 runs); released pycls checkpoint 20.728 % top-1 /
+5.42 % top-5.
+
+Complexity at 224 px: flops 7,995,133,416 (7.995 G multiply-adds), params 39,572,648
+(39.573 M), acts 14,059,688 (14.060 M).
+"""
+
+import ml_collections
+
+from regnet_jax import zoo
+
+
+def get_config(schedule: str = "") -> ml_collections.ConfigDict:
+    """The RegNetX-8.0GF config; ``schedule`` is '' (100 epochs), '25ep' or '10ep'."""
+    return zoo.get_config("regnetx_8gf", schedule)

@@ -1,0 +1,24 @@
+"""RegNetY-1.6GF: the pycls dds_baselines recipe (RegNet), reference.md §1.
+
+Train (100 epochs, global batch 1024, lr 0.8, cosine, 5-epoch linear warmup from 0.1x, Nesterov SGD, wd 5e-5):
+
+    python -m regnet_jax.train --config=configs/regnety_1.6gf.py --workdir=DIR
+
+Design-space schedules of the paper: ``--config=configs/regnety_1.6gf.py:25ep`` (batch 128, lr 0.1) and ``:10ep``
+(batch 128, lr 0.05), both without warmup.
+
+Expected ImageNet top-1 error: 22.0±0.08 % (paper, 5 runs); released pycls checkpoint 22.066 % top-1 /
+6.134 % top-5.
+
+Complexity at 224 px: flops 1,612,087,326 (1.612 G multiply-adds), params 11,202,430
+(11.202 M), acts 8,044,814 (8.045 M).
+"""
+
+import ml_collections
+
+from regnet_jax import zoo
+
+
+def get_config(schedule: str = "") -> ml_collections.ConfigDict:
+    """The RegNetY-1.6GF config; ``schedule`` is '' (100 epochs), '25ep' or '10ep'."""
+    return zoo.get_config("regnety_1.6gf", schedule)

@@ -1,0 +1,24 @@
+"""RegNetY-12GF: the pycls dds_baselines recipe (RegNet), reference.md §1.
+
+Train (100 epochs, global batch 512, lr 0.4, cosine, 5-epoch linear warmup from 0.1x, Nesterov SGD, wd 5e-5):
+
+    python -m regnet_jax.train --config=configs/regnety_12gf.py --workdir=DIR
+
+Design-space schedules of the paper: ``--config=configs/regnety_12gf.py:25ep`` (batch 128, lr 0.1) and ``:10ep``
+(batch 128, lr 0.05), both without warmup.
+
+Expected ImageNet top-1 error: 19.7±0.06 % (paper, 5 runs); released pycls checkpoint 19.67 % top-1 /
+4.856 % top-5.
+
+Complexity at 224 px: flops 12,092,395,504 (12.092 G multiply-adds), params 51,822,544
+(51.823 M), acts 21,384,496 (21.384 M).
+"""
+
+import ml_collections
+
+from regnet_jax import zoo
+
+
+def get_config(schedule: str = "") -> ml_collections.ConfigDict:
+    """The RegNetY-12GF config; ``schedule`` is '' (100 epochs), '25ep' or '10ep'."""
+    return zoo.get_config("regnety_12gf", schedule)

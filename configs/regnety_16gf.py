@@ -1,0 +1,24 @@
+"""RegNetY-16GF: the pycls dds_baselines recipe (RegNet), reference.md §1.
+
+Train (100 epochs, global batch 256, lr 0.2, cosine, 5-epoch linear warmup from 0.1x, Nesterov SGD, wd 5e-5):
+
+    python -m regnet_jax.train --config=configs/regnety_16gf.py --workdir=DIR
+
+Design-space schedules of the paper: ``--config=configs/regnety_16gf.py:25ep`` (batch 128, lr 0.1) and ``:10ep``
+(batch 128, lr 0.05), both without warmup.
+
+Expected ImageNet top-1 error: 19.6±0.16 % (paper, 5 runs); released pycls checkpoint 19.608 % top-1 /
+4.944 % top-5.
+
+Complexity at 224 px: flops 15,911,534,044 (15.912 G multiply-adds), params 83,590,140
+(83.590 M), acts 23,041,228 (23.041 M).
+"""
+
+import ml_collections
+
+from regnet_jax import zoo
+
+
+def get_config(schedule: str = "") -> ml_collections.ConfigDict:
+    """The RegNetY-16GF config; ``schedule`` is '' (100 epochs), '25ep' or '10ep'."""
+    return zoo.get_config("regnety_16gf", schedule)

@@ -1,0 +1,24 @@
+"""RegNetY-400MF: the pycls dds_baselines recipe (RegNet), reference.md §1.
+
+Train (100 epochs, global batch 1024, lr 0.8, cosine, 5-epoch linear warmup from 0.1x, Nesterov SGD, wd 5e-5):
+
+    python -m regnet_jax.train --config=configs/regnety_400mf.py --workdir=DIR
+
+Design-space schedules of the paper: ``--config=configs/regnety_400mf.py:25ep`` (batch 128, lr 0.1) and ``:10ep``
+(batch 128, lr 0.05), both without warmup.
+
+Expected ImageNet top-1 error: 25.9±0.16 % (paper, 5 runs); released pycls checkpoint 25.898 % top-1 /
+8.07 % top-5.
+
+Complexity at 224 px: flops 401,849,056 (0.402 G multiply-adds), params 4,344,144
+(4.344 M), acts 3,892,496 (3.892 M).
+"""
+
+import ml_collections
+
+from regnet_jax import zoo
+
+
+def get_config(schedule: str = "") -> ml_collections.ConfigDict:
+    """The RegNetY-400MF config; ``schedule`` is '' (100 epochs), '25ep' or '10ep'."""
+    return zoo.get_config("regnety_400mf", schedule)

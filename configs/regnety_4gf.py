@@ -1,0 +1,24 @@
+"""RegNetY-4.0GF: the pycls dds_baselines recipe (RegNet), reference.md §1.
+
+Train (100 epochs, global batch 512, lr 0.4, cosine, 5-epoch linear warmup from 0.1x, Nesterov SGD, wd 5e-5):
+
+    python -m regnet_jax.train --config=configs/regnety_4gf.py --workdir=DIR
+
+Design-space schedules of the paper: ``--config=configs/regnety_4gf.py:25ep`` (batch 128, lr 0.1) and ``:10ep``
+(batch 128, lr 0.05), both without warmup.
+
+Expected ImageNet top-1 error: 20.6±0.08 % (paper, 5 runs); released pycls checkpoint 20.64 % top-1 /
+5.336 % top-5.
+
+Complexity at 224 px: flops 3,973,301,344 (3.973 G multiply-adds), params 20,646,656
+(20.647 M), acts 12,287,200 (12.287 M).
+"""
+
+import ml_collections
+
+from regnet_jax import zoo
+
+
+def get_config(schedule: str = "") -> ml_collections.ConfigDict:
+    """The RegNetY-4.0GF config; ``schedule`` is '' (100 epochs), '25ep' or '10ep'."""
+    return zoo.get_config("regnety_4gf", schedule)

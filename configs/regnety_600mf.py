@@ -1,0 +1,24 @@
+"""RegNetY-600MF: the pycls dds_baselines recipe (RegNet), reference.md §1.
+
+Train (100 epochs, global batch 1024, lr 0.8, cosine, 5-epoch linear warmup from 0.1x, Nesterov SGD, wd 5e-5):
+
+    python -m regnet_jax.train --config=configs/regnety_600mf.py --workdir=DIR
+
+Design-space schedules of the paper: ``--config=configs/regnety_600mf.py:25ep`` (batch 128, lr 0.1) and ``:10ep``
+(batch 128, lr 0.05), both without warmup.
+
+Expected ImageNet top-1 error: 24.5±0.07 % (paper, 5 runs); released pycls checkpoint 24.54 % top-1 /
+7.28 % top-5.
+
+Complexity at 224 px: flops 601,227,608 (0.601 G multiply-adds), params 6,055,160
+(6.055 M), acts 4,334,296 (4.334 M).
+"""
+
+import ml_collections
+
+from regnet_jax import zoo
+
+
+def get_config(schedule: str = "") -> ml_collections.ConfigDict:
+    """The RegNetY-600MF config; ``schedule`` is '' (100 epochs), '25ep' or '10ep'."""
+    return zoo.get_config("regnety_600mf", schedule)

@@ -1,0 +1,24 @@
+"""RegNetY-800MF: the pycls dds_baselines recipe (RegNet), reference.md §1.
+
+Train (100 epochs, global batch 1024, lr 0.8, cosine, 5-epoch linear warmup from 0.1x, Nesterov SGD, wd 5e-5):
+
+    python -m regnet_jax.train --config=configs/regnety_800mf.py --workdir=DIR
+
+Design-space schedules of the paper: ``--config=configs/regnety_800mf.py:25ep`` (batch 128, lr 0.1) and ``:10ep``
+(batch 128, lr 0.05), both without warmup.
+
+Expected ImageNet top-1 error: 23.7±0.03 % (paper, 5 runs); released pycls checkpoint 23.684 % top-1 /
+6.846 % top-5.
+
+Complexity at 224 px: flops 797,183,328 (0.797 G multiply-adds), params 6,263,168
+(6.263 M), acts 5,249,888 (5.250 M).
+"""
+
+import ml_collections
+
+from regnet_jax import zoo
+
+
+def get_config(schedule: str = "") -> ml_collections.ConfigDict:
+    """The RegNetY-800MF config; ``schedule`` is '' (100 epochs), '25ep' or '10ep'."""
+    return zoo.get_config("regnety_800mf", schedule)

@@ -1,0 +1,24 @@
+"""RegNetY-8.0GF: the pycls dds_baselines recipe (RegNet), reference.md §1.
+
+Train (100 epochs, global batch 512, lr 0.4, cosine, 5-epoch linear warmup from 0.1x, Nesterov SGD, wd 5e-5):
+
+    python -m regnet_jax.train --config=configs/regnety_8gf.py --workdir=DIR
+
+Design-space schedules of the paper: ``--config=configs/regnety_8gf.py:25ep`` (batch 128, lr 0.1) and ``:10ep``
+(batch 128, lr 0.05), both without warmup.
+
+Expected ImageNet top-1 error: 20.1±0.09 % (paper, 5 runs); released pycls checkpoint 20.052 % top-1 /
+5.06 % top-5.
+
+Complexity at 224 px: flops 7,963,074,196 (7.963 G multiply-adds), params 39,180,068
+(39.180 M), acts 17,968,916 (17.969 M).
+"""
+
+import ml_collections
+
+from regnet_jax import zoo
+
+
+def get_config(schedule: str = "") -> ml_collections.ConfigDict:
+    """The RegNetY-8.0GF config; ``schedule`` is '' (100 epochs), '25ep' or '10ep'."""
+    return zoo.get_config("regnety_8gf", schedule)

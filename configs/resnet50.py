@@ -1,0 +1,24 @@
+"""ResNet-50: the pycls dds_baselines recipe (AnyNet baseline), reference.md §1.
+
+Train (100 epochs, global batch 256, lr 0.2, cosine, no warmup (as in the pycls yaml), Nesterov SGD, wd 5e-5):
+
+    python -m regnet_jax.train --config=configs/resnet50.py --workdir=DIR
+
+Design-space schedules of the paper: ``--config=configs/resnet50.py:25ep`` (batch 128, lr 0.1) and ``:10ep``
+(batch 128, lr 0.05), both without warmup.
+
+Expected ImageNet top-1 error: 23.2±0.09 % (paper, 5 runs); released pycls checkpoint 23.19 % top-1 /
+6.63 % top-5.
+
+Complexity at 224 px: flops 4,089,185,256 (4.089 G multiply-adds), params 25,557,032
+(25.557 M), acts 11,315,688 (11.316 M).
+"""
+
+import ml_collections
+
+from regnet_jax import zoo
+
+
+def get_config(schedule: str = "") -> ml_collections.ConfigDict:
+    """The ResNet-50 config; ``schedule`` is '' (100 epochs), '25ep' or '10ep'."""
+    return zoo.get_config("resnet50", schedule)

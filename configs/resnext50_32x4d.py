@@ -1,0 +1,24 @@
+"""ResNeXt-50 32x4d: the pycls dds_baselines recipe (AnyNet baseline), reference.md §1.
+
+Train (100 epochs, global batch 256, lr 0.2, cosine, no warmup (as in the pycls yaml), Nesterov SGD, wd 5e-5):
+
+    python -m regnet_jax.train --config=configs/resnext50_32x4d.py --workdir=DIR
+
+Design-space schedules of the paper: ``--config=configs/resnext50_32x4d.py:25ep`` (batch 128, lr 0.1) and ``:10ep``
+(batch 128, lr 0.05), both without warmup.
+
+Expected ImageNet top-1 error: 21.9±0.10 % (paper, 5 runs); released pycls checkpoint 21.884 % top-1 /
+6.062 % top-5.
+
+Complexity at 224 px: flops 4,230,480,872 (4.230 G multiply-adds), params 25,028,904
+(25.029 M), acts 14,602,216 (14.602 M).
+"""
+
+import ml_collections
+
+from regnet_jax import zoo
+
+
+def get_config(schedule: str = "") -> ml_collections.ConfigDict:
+    """The ResNeXt-50 32x4d config; ``schedule`` is '' (100 epochs), '25ep' or '10ep'."""
+    return zoo.get_config("resnext50_32x4d", schedule)

@@ -1,0 +1,173 @@
+"""The config schema shared by every tool, its validation, and the training-schedule presets.
+
+``config.model`` describes an AnyNet or a RegNet (field names are a public contract: sweeps, configs and the
+trainer all use them); the rest of the config describes data, optimisation and the run. Validation turns every
+bad value into a ``ConfigError`` that names the field, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+
+MODEL_TYPES = ("regnet", "anynet")
+STEM_TYPES = ("simple_stem_in", "res_stem_in", "res_stem_cifar")
+BLOCK_TYPES = ("vanilla_block", "res_basic_block", "res_bottleneck_block")
+ACTIVATIONS = ("relu", "silu", "swish", "gelu")
+DTYPES = ("float32", "bfloat16", "float16")
+
+COMMON_FIELDS = ("type", "stem_type", "stem_w", "block_type", "se_ratio", "num_classes")
+REGNET_FIELDS = ("depth", "w0", "wa", "wm", "group_w", "bot_mul")
+ANYNET_FIELDS = ("depths", "widths", "strides", "bot_muls", "group_ws")
+# Optional model fields and their defaults (absent = default).
+OPTIONAL_MODEL_FIELDS: dict[str, Any] = {
+    "activation": "relu",
+    "zero_init_last_bn": False,
+    "dtype": "float32",
+    "param_dtype": "float32",
+}
+QUANT = 8
+
+
+class ConfigError(ValueError):
+    """A config value is missing, unknown or out of range; the message names the field and the fix."""
+
+
+def _as_dict(model: Any) -> dict[str, Any]:
+    if isinstance(model, ml_collections.ConfigDict):
+        return model.to_dict()
+    if isinstance(model, Mapping):
+        return dict(model)
+    raise ConfigError(f"config.model must be a ConfigDict or a mapping, got {type(model).__name__}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check(ok: bool, field: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"config.model.{field}={value!r} is invalid: must be {allowed}")
+
+
+def _check_bot_mul(field: str, b: Any) -> None:
+    _check(_is_num(b) and b > 0 and (b < 1 or float(b).is_integer()), field, b, "> 0, and an integer when >= 1 (e.g. 0.25, 1, 4)")
+
+
+def validate_model(model: Any) -> dict[str, Any]:
+    """Check a model config; return it as a plain dict with the optional fields filled in."""
+    m = _as_dict(model)
+    mtype = m.get("type")
+    _check(mtype in MODEL_TYPES, "type", mtype, f"one of {MODEL_TYPES}")
+    own = REGNET_FIELDS if mtype == "regnet" else ANYNET_FIELDS
+    other = ANYNET_FIELDS if mtype == "regnet" else REGNET_FIELDS
+    known = set(COMMON_FIELDS) | set(own) | set(OPTIONAL_MODEL_FIELDS)
+    for k in m:
+        if k in other:
+            raise ConfigError(f"config.model.{k} is a field of type '{'anynet' if mtype == 'regnet' else 'regnet'}' models, not '{mtype}': remove it")
+        if k not in known:
+            raise ConfigError(f"config.model.{k} is not a model field; known fields for type '{mtype}': {sorted(known)}")
+    for k in (*COMMON_FIELDS, *own):
+        if k not in m or m[k] is None:
+            raise ConfigError(f"config.model.{k} is missing: type '{mtype}' models need {list(COMMON_FIELDS + own)}")
+    for k, default in OPTIONAL_MODEL_FIELDS.items():
+        m.setdefault(k, default)
+
+    _check(m["stem_type"] in STEM_TYPES, "stem_type", m["stem_type"], f"one of {STEM_TYPES}")
+    _check(m["block_type"] in BLOCK_TYPES, "block_type", m["block_type"], f"one of {BLOCK_TYPES}")
+    _check(_is_int(m["stem_w"]) and m["stem_w"] > 0, "stem_w", m["stem_w"], "a positive integer")
+    _check(_is_int(m["num_classes"]) and m["num_classes"] > 0, "num_classes", m["num_classes"], "a positive integer")
+    _check(_is_num(m["se_ratio"]) and 0 <= m["se_ratio"] <= 1, "se_ratio", m["se_ratio"], "in [0, 1] (0 = no SE; RegNetY uses 0.25)")
+    if m["se_ratio"] > 0 and m["block_type"] != "res_bottleneck_block":
+        raise ConfigError(f"config.model.se_ratio={m['se_ratio']} needs block_type 'res_bottleneck_block' (SE sits inside the bottleneck); got '{m['block_type']}'")
+    _check(m["activation"] in ACTIVATIONS, "activation", m["activation"], f"one of {ACTIVATIONS}")
+    _check(isinstance(m["zero_init_last_bn"], bool), "zero_init_last_bn", m["zero_init_last_bn"], "True or False")
+    for k in ("dtype", "param_dtype"):
+        _check(m[k] in DTYPES, k, m[k], f"one of {DTYPES}")
+
+    if mtype == "regnet":
+        _check(_is_int(m["depth"]) and m["depth"] >= 1, "depth", m["depth"], "a positive integer (number of blocks)")
+        _check(_is_int(m["w0"]) and m["w0"] > 0 and m["w0"] % QUANT == 0, "w0", m["w0"], f"a positive multiple of {QUANT}")
+        _check(_is_num(m["wa"]) and m["wa"] >= 0, "wa", m["wa"], ">= 0")
+        _check(_is_num(m["wm"]) and m["wm"] > 1, "wm", m["wm"], "> 1 (wm <= 1 would give a single stage width)")
+        _check(_is_int(m["group_w"]) and m["group_w"] >= 1, "group_w", m["group_w"], "a positive integer")
+        _check_bot_mul("bot_mul", m["bot_mul"])
+        return m
+
+    m.update({k: list(m[k]) for k in ANYNET_FIELDS if isinstance(m[k], (list, tuple))})
+    for k in ANYNET_FIELDS:
+        _check(isinstance(m[k], list) and len(m[k]) > 0, k, m[k], "a non-empty list with one entry per stage")
+    n = len(m["depths"])
+    for k in ANYNET_FIELDS[1:]:
+        if len(m[k]) != n:
+            raise ConfigError(f"config.model.{k} has {len(m[k])} entries but depths has {n}: give one entry per stage in each list")
+    for i in range(n):
+        d, w, s, b, g = (m[k][i] for k in ANYNET_FIELDS)
+        _check(_is_int(d) and d >= 1, f"depths[{i}]", d, "a positive integer")
+        _check(_is_int(w) and w >= 1, f"widths[{i}]", w, "a positive integer")
+        _check(s in (1, 2), f"strides[{i}]", s, "1 or 2")
+        _check_bot_mul(f"bot_muls[{i}]", b)
+        _check(_is_int(g) and g >= 1, f"group_ws[{i}]", g, "a positive integer")
+        if m["block_type"] == "res_bottleneck_block":
+            w_b = int(round(w * b))
+            if w_b < 1 or w_b % g:
+                raise ConfigError(
+                    f"config.model stage {i + 1}: bottleneck width round(widths[{i}]*bot_muls[{i}]) = round({w}*{b}) = {w_b} "
+                    f"is not divisible by group_ws[{i}]={g}; choose widths/group widths so that it is, or use "
+                    "regnet_jax.models.regnet.adjust_block_compatibility"
+                )
+    return m
+
+
+def model_config(**fields: Any) -> ml_collections.ConfigDict:
+    """A validated ``config.model`` from keyword fields (the optional fields filled in)."""
+    return ml_collections.ConfigDict(validate_model(fields))
+
+
+# The paper's design-space schedules (reference.md §4.4) and the zoo recipe (§1.1, §4.1).
+SCHEDULES: dict[str, dict[str, Any]] = {
+    "100ep": dict(num_epochs=100, batch_size=None, base_lr=None, warmup_epochs=5),
+    "25ep": dict(num_epochs=25, batch_size=128, base_lr=0.1, warmup_epochs=0),
+    "10ep": dict(num_epochs=10, batch_size=128, base_lr=0.05, warmup_epochs=0),
+}
+
+
+def default_lr(batch_size: int) -> float:
+    """The linear scaling rule of the reference recipe: 0.1 per 128 images."""
+    return 0.1 * batch_size / 128
+
+
+def base_config(model: Mapping[str, Any], batch_size: int = 1024, schedule: str = "100ep") -> ml_collections.ConfigDict:
+    """A complete training config for ``model`` with the reference recipe and the named schedule.
+
+    ``batch_size`` is the 100-epoch batch (the zoo table's); the 10/25-epoch schedules use 128 as in the paper.
+    """
+    if schedule not in SCHEDULES:
+        raise ConfigError(f"schedule {schedule!r} is unknown: use one of {sorted(SCHEDULES)} (e.g. --config=configs/regnetx_400mf.py:25ep)")
+    preset = SCHEDULES[schedule]
+    bs = preset["batch_size"] or batch_size
+    c = ml_collections.ConfigDict()
+    c.model = model_config(**dict(model))
+    c.resolution = 224
+    c.schedule = schedule
+    c.num_epochs = preset["num_epochs"]
+    c.batch_size = bs
+    c.seed = 0
+    c.dataset = ml_collections.ConfigDict(dict(name="imagenet2012", data_dir=""))
+    c.optim = ml_collections.ConfigDict(
+        dict(
+            base_lr=preset["base_lr"] or default_lr(bs),
+            momentum=0.9,
+            nesterov=True,
+            weight_decay=5e-5,
+            warmup_epochs=preset["warmup_epochs"],
+            warmup_factor=0.1,
+        )
+    )
+    return c
