@@ -1,0 +1,82 @@
+"""Weights-only checkpoints: Flax variables plus the model config and the input conventions they expect.
+
+Layout of such a directory (what ``convert`` writes and ``train``/``evaluate``/``predict`` load)::
+
+    DIR/meta.json      {"format", "model": config.model, "input": {"channel_order", "mean", "std"}, "source"}
+    DIR/variables/     orbax checkpoint of {"params": ..., "batch_stats": ...}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+FORMAT = "regnet_jax.weights/1"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, on [0, 1] pixels
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class WeightsError(ValueError):
+    """A weights directory is missing, incomplete or not in this format."""
+
+
+def input_spec(channel_order: str = "rgb", mean=IMAGENET_MEAN, std=IMAGENET_STD) -> dict[str, Any]:
+    """Input conventions: channel order of the network's input and the RGB mean/std on [0, 1] pixels."""
+    if channel_order not in ("rgb", "bgr"):
+        raise WeightsError(f"channel_order must be 'rgb' or 'bgr', got {channel_order!r}")
+    return {"channel_order": channel_order, "mean": list(map(float, mean)), "std": list(map(float, std))}
+
+
+def save_weights(
+    directory: str,
+    variables: Mapping[str, Any],
+    model: Mapping[str, Any],
+    input_conventions: Mapping[str, Any] | None = None,
+    source: str = "",
+) -> None:
+    """Write ``{'params', 'batch_stats'}`` with the model config and input conventions to ``directory`` (must not exist)."""
+    import orbax.checkpoint as ocp
+
+    directory = os.path.abspath(directory)
+    if os.path.exists(directory):
+        raise WeightsError(f"{directory} already exists: choose a new output directory (nothing is overwritten)")
+    tree = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+    tree = jax.tree_util.tree_map(np.asarray, dict(tree))
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(os.path.join(directory, "variables"), tree)
+    meta = {
+        "format": FORMAT,
+        "model": dict(model),
+        "input": dict(input_conventions or input_spec()),
+        "source": source,
+    }
+    with open(os.path.join(directory, "meta.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+
+
+def is_weights_dir(directory: str) -> bool:
+    return os.path.isfile(os.path.join(directory, "meta.json")) and os.path.isdir(os.path.join(directory, "variables"))
+
+
+def load_weights(directory: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(variables, meta)`` from a directory written by ``save_weights``."""
+    import orbax.checkpoint as ocp
+
+    directory = os.path.abspath(directory)
+    if not is_weights_dir(directory):
+        raise WeightsError(f"{directory} is not a regnet_jax weights directory (expected meta.json and variables/ in it)")
+    with open(os.path.join(directory, "meta.json")) as f:
+        meta = json.load(f)
+    if meta.get("format") != FORMAT:
+        raise WeightsError(f"{directory}/meta.json has format {meta.get('format')!r}, expected {FORMAT!r}")
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            tree = ckptr.restore(os.path.join(directory, "variables"))
+    except Exception as e:  # orbax raises many types for truncated or corrupt files
+        raise WeightsError(f"could not read {directory}/variables ({type(e).__name__}: {e}); the checkpoint is incomplete or corrupt") from e
+    return jax.tree_util.tree_map(np.asarray, tree), meta
