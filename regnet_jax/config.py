@@ -143,10 +143,16 @@ def default_lr(batch_size: int) -> float:
     return 0.1 * batch_size / 128
 
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, on [0, 1] pixels (reference.md §4.2)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DATASET_KINDS = ("imagenet2012", "folder", "synthetic", "quickstart", "<any TFDS image-classification name>")
+
+
 def base_config(model: Mapping[str, Any], batch_size: int = 1024, schedule: str = "100ep") -> ml_collections.ConfigDict:
     """A complete training config for ``model`` with the reference recipe and the named schedule.
 
     ``batch_size`` is the 100-epoch batch (the zoo table's); the 10/25-epoch schedules use 128 as in the paper.
+    Every field is documented in docs/training.md.
     """
     if schedule not in SCHEDULES:
         raise ConfigError(f"schedule {schedule!r} is unknown: use one of {sorted(SCHEDULES)} (e.g. --config=configs/regnetx_400mf.py:25ep)")
@@ -157,17 +163,95 @@ def base_config(model: Mapping[str, Any], batch_size: int = 1024, schedule: str 
     c.resolution = 224
     c.schedule = schedule
     c.num_epochs = preset["num_epochs"]
-    c.batch_size = bs
+    c.batch_size = bs  # global, over all devices of all processes
+    c.eval_batch_size = 0  # 0 = same as batch_size
     c.seed = 0
-    c.dataset = ml_collections.ConfigDict(dict(name="imagenet2012", data_dir=""))
+    c.dataset = ml_collections.ConfigDict(
+        dict(
+            name="imagenet2012",  # 'imagenet2012', any TFDS name, 'folder', 'synthetic' or 'quickstart'
+            data_dir="",  # TFDS data dir ('' = TFDS default) or the root of a folder dataset
+            train_split="train",
+            eval_split="validation",
+            num_train_examples=0,  # 0 = the whole split; >0 = use only the first N (and N synthetic images)
+            num_eval_examples=0,
+            channel_order="rgb",  # 'bgr' for pycls weights (reference.md §4.3)
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            eval_crop_fraction=224 / 256,  # eval: resize the shorter side to resolution / this, centre-crop
+            min_area=0.08,  # inception crop area fraction U(min_area, 1)
+            aspect_ratio=(3 / 4, 4 / 3),
+            flip=True,
+            pca_std=0.1,  # PCA lighting noise (0 = off)
+            shuffle_buffer=16_384,  # TFDS streams only; in-memory and folder datasets are fully permuted
+            cache=False,
+            output_dtype="float32",  # or 'bfloat16'
+            prefetch=2,  # batches on device ahead of the step
+        )
+    )
     c.optim = ml_collections.ConfigDict(
         dict(
             base_lr=preset["base_lr"] or default_lr(bs),
             momentum=0.9,
             nesterov=True,
             weight_decay=5e-5,
+            wd_exclude_bn_bias=False,  # pycls decays every parameter
             warmup_epochs=preset["warmup_epochs"],
             warmup_factor=0.1,
+            lr_per_step=False,  # pycls sets the lr once per epoch
+            label_smoothing=0.0,
+            ema_decay=0.0,  # 0 = no EMA; e.g. 0.9999 keeps an EMA of params and BN stats, evaluated separately
         )
     )
+    c.log_every_steps = 50
+    c.eval_every_epochs = 1
+    c.checkpoint_every_steps = 0  # 0 = at the end of every epoch only
+    c.keep_checkpoints = 3  # the last N are kept, plus the best by top-1 error
+    c.init_from = ""  # fine-tuning: a weights directory (regnet_jax.convert) or a training workdir
+    c.freeze_trunk = False  # with init_from: train only the head (linear probe; the trunk's BN stays in eval mode)
     return c
+
+
+def _field_error(field: str, value: Any, allowed: str) -> ConfigError:
+    return ConfigError(f"config.{field}={value!r} is invalid: must be {allowed}")
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Check a full training config (model and training fields); raise ConfigError naming the field and the fix."""
+    validate_model(config.model)
+    checks = [
+        ("resolution", _is_int(config.resolution) and config.resolution >= 8, "an integer >= 8 (pixels)"),
+        ("num_epochs", _is_int(config.num_epochs) and config.num_epochs >= 1, "a positive integer"),
+        ("batch_size", _is_int(config.batch_size) and config.batch_size >= 1, "a positive integer (global batch)"),
+        ("eval_batch_size", _is_int(config.eval_batch_size) and config.eval_batch_size >= 0, "0 (= batch_size) or a positive integer"),
+        ("seed", _is_int(config.seed), "an integer"),
+        ("dataset.name", isinstance(config.dataset.name, str) and config.dataset.name, f"a dataset name: {', '.join(DATASET_KINDS)}"),
+        ("dataset.channel_order", config.dataset.channel_order in ("rgb", "bgr"), "'rgb' or 'bgr'"),
+        ("dataset.mean", len(config.dataset.mean) == 3, "3 numbers (RGB, on [0, 1] pixels)"),
+        ("dataset.std", len(config.dataset.std) == 3 and all(s > 0 for s in config.dataset.std), "3 positive numbers (RGB)"),
+        ("dataset.eval_crop_fraction", 0 < config.dataset.eval_crop_fraction <= 1, "in (0, 1], e.g. 0.875 = 224/256"),
+        ("dataset.min_area", 0 < config.dataset.min_area <= 1, "in (0, 1]"),
+        ("dataset.aspect_ratio", len(config.dataset.aspect_ratio) == 2 and 0 < config.dataset.aspect_ratio[0] <= config.dataset.aspect_ratio[1], "(low, high) with 0 < low <= high"),
+        ("dataset.pca_std", config.dataset.pca_std >= 0, ">= 0"),
+        ("dataset.output_dtype", config.dataset.output_dtype in ("float32", "bfloat16"), "'float32' or 'bfloat16'"),
+        ("dataset.num_train_examples", _is_int(config.dataset.num_train_examples) and config.dataset.num_train_examples >= 0, "0 (all) or a positive integer"),
+        ("dataset.num_eval_examples", _is_int(config.dataset.num_eval_examples) and config.dataset.num_eval_examples >= 0, "0 (all) or a positive integer"),
+        ("optim.base_lr", _is_num(config.optim.base_lr) and config.optim.base_lr > 0, "a positive number"),
+        ("optim.momentum", 0 <= config.optim.momentum < 1, "in [0, 1)"),
+        ("optim.weight_decay", config.optim.weight_decay >= 0, ">= 0"),
+        ("optim.warmup_epochs", _is_int(config.optim.warmup_epochs) and 0 <= config.optim.warmup_epochs <= config.num_epochs, "an integer in [0, num_epochs]"),
+        ("optim.warmup_factor", 0 <= config.optim.warmup_factor <= 1, "in [0, 1]"),
+        ("optim.label_smoothing", 0 <= config.optim.label_smoothing < 1, "in [0, 1)"),
+        ("optim.ema_decay", 0 <= config.optim.ema_decay < 1, "in [0, 1) (0 = off)"),
+        ("log_every_steps", _is_int(config.log_every_steps) and config.log_every_steps >= 1, "a positive integer"),
+        ("eval_every_epochs", _is_int(config.eval_every_epochs) and config.eval_every_epochs >= 0, "0 (only at the end) or a positive integer"),
+        ("checkpoint_every_steps", _is_int(config.checkpoint_every_steps) and config.checkpoint_every_steps >= 0, "0 (every epoch) or a positive integer"),
+        ("keep_checkpoints", _is_int(config.keep_checkpoints) and config.keep_checkpoints >= 1, "a positive integer"),
+    ]
+    for field, ok, allowed in checks:
+        if not ok:
+            value = config
+            for part in field.split("."):
+                value = value[part]
+            raise _field_error(field, value, allowed)
+    if config.freeze_trunk and not config.init_from:
+        raise ConfigError("config.freeze_trunk=True needs config.init_from (a weights directory or a training workdir): a linear probe of a random trunk is meaningless")

@@ -60,7 +60,29 @@ def save_weights(
 
 
 def is_weights_dir(directory: str) -> bool:
+    """Whether ``directory`` looks like a weights directory (meta.json and variables/), not a training workdir."""
     return os.path.isfile(os.path.join(directory, "meta.json")) and os.path.isdir(os.path.join(directory, "variables"))
+
+
+def read_meta(directory: str) -> dict[str, Any]:
+    """The ``meta.json`` of a weights directory: ``{"format", "model", "input", "source"}``.
+
+    ``read_meta(dir)["model"]`` is the ``config.model`` to fine-tune these weights with.
+    """
+    directory = os.path.abspath(directory)
+    if not is_weights_dir(directory):
+        raise WeightsError(f"{directory} is not a regnet_jax weights directory (expected meta.json and variables/ in it)")
+    try:
+        with open(os.path.join(directory, "meta.json")) as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as e:
+        raise WeightsError(f"{directory}/meta.json cannot be read ({type(e).__name__}: {e})") from e
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise WeightsError(f"{directory}/meta.json is not in format {FORMAT!r}")
+    for key in ("model", "input"):
+        if not isinstance(meta.get(key), dict):
+            raise WeightsError(f"{directory}/meta.json has no {key!r} entry")
+    return meta
 
 
 def load_weights(directory: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -68,12 +90,7 @@ def load_weights(directory: str) -> tuple[dict[str, Any], dict[str, Any]]:
     import orbax.checkpoint as ocp
 
     directory = os.path.abspath(directory)
-    if not is_weights_dir(directory):
-        raise WeightsError(f"{directory} is not a regnet_jax weights directory (expected meta.json and variables/ in it)")
-    with open(os.path.join(directory, "meta.json")) as f:
-        meta = json.load(f)
-    if meta.get("format") != FORMAT:
-        raise WeightsError(f"{directory}/meta.json has format {meta.get('format')!r}, expected {FORMAT!r}")
+    meta = read_meta(directory)
     try:
         with ocp.StandardCheckpointer() as ckptr:
             tree = ckptr.restore(os.path.join(directory, "variables"))

@@ -1,0 +1,205 @@
+"""Input pipelines: per-process training batches in a (seed, epoch)-determined order, exact padded evaluation.
+
+    check_dataset(config)                              # raises DatasetNotReadyError before anything else runs
+    train = TrainInput(config, process_index, process_count)
+    for batch in train.epoch(epoch, start_step):       # {'image': [L, R, R, 3], 'label': [L]} numpy, L = batch / processes
+    ev = EvalInput(config, process_index, process_count)
+    for batch in ev.batches():                         # adds 'mask' (0 on padding); every example exactly once
+    device_prefetch(iterator, mesh, size)              # -> global jax.Arrays sharded over the mesh, `size` ahead
+
+Order: for in-memory, folder and synthetic data the epoch's order is ``permutation(seed, epoch)``; global batch t is
+rows [t*B, (t+1)*B) of it and process p reads rows [t*B + p*L, t*B + (p+1)*L), so the global batches are the same
+whatever the number of processes, and resuming at step s reads nothing before it. TFDS streams are split between
+processes (``tfds.split_for_jax_process``) and shuffled by files and by a buffer, both seeded by (seed, epoch);
+resuming skips the records already consumed before decoding them.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from typing import Any, Iterator
+
+import jax
+import numpy as np
+import tensorflow as tf
+
+from regnet_jax.config import ConfigError
+from regnet_jax.data import augment
+from regnet_jax.data.sources import DatasetNotReadyError, IndexedSource, TfdsSource, open_source, quickstart_arrays
+
+__all__ = ["DatasetNotReadyError", "EvalInput", "TrainInput", "check_dataset", "device_prefetch", "quickstart_arrays"]
+
+# Keep TensorFlow off accelerators: JAX owns them, tf.data only runs on the host.
+tf.config.set_visible_devices([], "GPU")
+
+
+def _check_classes(config, source) -> None:
+    if source.num_classes > config.model.num_classes:
+        raise ConfigError(
+            f"dataset {config.dataset.name!r} has {source.num_classes} classes but config.model.num_classes="
+            f"{config.model.num_classes}: set --config.model.num_classes={source.num_classes}"
+        )
+
+
+def check_dataset(config) -> None:
+    """Open both splits (cheap: metadata and file lists only); raise DatasetNotReadyError / ConfigError if unusable."""
+    for split, limit in ((config.dataset.train_split, config.dataset.num_train_examples), (config.dataset.eval_split, config.dataset.num_eval_examples)):
+        _check_classes(config, open_source(config, split, limit))
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return int(np.random.default_rng([seed, epoch]).integers(2**31 - 1))
+
+
+def _options(ds: tf.data.Dataset) -> tf.data.Dataset:
+    opts = tf.data.Options()
+    opts.deterministic = True
+    opts.autotune.enabled = True
+    return ds.with_options(opts)
+
+
+class TrainInput:
+    """This process's training batches; see the module docstring for the order."""
+
+    def __init__(self, config, process_index: int = 0, process_count: int = 1):
+        self.config = config
+        self.process_index, self.process_count = process_index, process_count
+        if config.batch_size % process_count:
+            raise ConfigError(f"config.batch_size={config.batch_size} is not divisible by the {process_count} processes")
+        self.global_batch = config.batch_size
+        self.local_batch = config.batch_size // process_count
+        self.source = open_source(config, config.dataset.train_split, config.dataset.num_train_examples)
+        _check_classes(config, self.source)
+        if isinstance(self.source, TfdsSource):
+            import tensorflow_datasets as tfds
+
+            self._subsplit = tfds.split_for_jax_process(self.source.split, process_index=process_index, process_count=process_count)
+            shard_sizes = [
+                self.source.subsplit_size(tfds.split_for_jax_process(self.source.split, process_index=p, process_count=process_count))
+                for p in range(process_count)
+            ]
+            self.steps_per_epoch = min(shard_sizes) // self.local_batch
+            self._cached = None
+        else:
+            self.steps_per_epoch = self.source.num_examples // self.global_batch
+        if self.steps_per_epoch < 1:
+            raise ConfigError(
+                f"the training split has {self.source.num_examples} examples, fewer than one global batch "
+                f"(config.batch_size={config.batch_size}): lower the batch size"
+            )
+        self.num_examples = self.source.num_examples
+
+    def _augment(self, ds: tf.data.Dataset, epoch: int) -> tf.data.Dataset:
+        cfg, res = self.config.dataset, self.config.resolution
+        base = tf.constant([self.config.seed, epoch], tf.int64)
+
+        def preprocess(position, ex):
+            seed = tf.random.experimental.stateless_fold_in(base, position)
+            fn = augment.plain_preprocess(ex["image"], cfg, res) if self.source.presized else augment.train_preprocess(ex["image"], seed, cfg, res)
+            return {"image": fn, "label": ex["label"]}
+
+        ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return _options(ds.batch(self.local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
+
+    def _indexed_rows(self, epoch: int, start_step: int) -> tuple[np.ndarray, np.ndarray]:
+        steps, g, l, p = self.steps_per_epoch, self.global_batch, self.local_batch, self.process_index
+        perm = np.random.default_rng([self.config.seed, epoch]).permutation(self.source.num_examples)[: steps * g]
+        positions = np.arange(steps * g).reshape(steps, self.process_count, l)[start_step:, p].reshape(-1)
+        return perm[positions], positions
+
+    def dataset(self, epoch: int, start_step: int = 0) -> tf.data.Dataset:
+        """The tf.data pipeline of ``epoch`` from step ``start_step`` (batches of ``local_batch``)."""
+        if not 0 <= start_step <= self.steps_per_epoch:
+            raise ValueError(f"start_step={start_step} outside [0, {self.steps_per_epoch}]")
+        if isinstance(self.source, IndexedSource):
+            rows, positions = self._indexed_rows(epoch, start_step)
+            ds = tf.data.Dataset.zip(tf.data.Dataset.from_tensor_slices(positions), self.source.records(rows))
+            return self._augment(ds, epoch)
+        seed = _epoch_seed(self.config.seed, epoch)
+        if self.config.dataset.cache:
+            if self._cached is None:
+                self._cached = self.source.read(self._subsplit, None).cache()
+            ds = self._cached
+        else:
+            ds = self.source.read(self._subsplit, seed)
+        ds = ds.shuffle(self.config.dataset.shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
+        ds = ds.take(self.steps_per_epoch * self.local_batch).enumerate().skip(start_step * self.local_batch)
+        offset = self.process_index * self.steps_per_epoch * self.local_batch  # distinct augmentation seeds per process
+        return self._augment(ds.map(lambda i, ex: (i + offset, ex)), epoch)
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+        """Numpy batches of ``epoch`` from ``start_step`` to the end of the epoch."""
+        return self.dataset(epoch, start_step).as_numpy_iterator()
+
+
+class EvalInput:
+    """This process's evaluation batches: its contiguous share of the split, padded to a common number of batches."""
+
+    def __init__(self, config, process_index: int = 0, process_count: int = 1, split: str | None = None):
+        self.config = config
+        batch = config.eval_batch_size or config.batch_size
+        if batch % process_count:
+            raise ConfigError(f"eval batch {batch} is not divisible by the {process_count} processes: set config.eval_batch_size")
+        self.local_batch = batch // process_count
+        self.source = open_source(config, split or config.dataset.eval_split, config.dataset.num_eval_examples)
+        _check_classes(config, self.source)
+        self.num_examples = self.source.num_examples
+        if isinstance(self.source, TfdsSource):
+            import tensorflow_datasets as tfds
+
+            subsplits = tfds.even_splits(self.source.split, process_count, drop_remainder=False)
+            sizes = [self.source.subsplit_size(s) for s in subsplits]
+            self._subsplit = subsplits[process_index]
+        else:
+            shards = np.array_split(np.arange(self.num_examples), process_count)
+            sizes = [len(s) for s in shards]
+            self._rows = shards[process_index]
+        self.local_examples = sizes[process_index]
+        self.num_batches = max(1, math.ceil(max(sizes) / self.local_batch))
+
+    def dataset(self) -> tf.data.Dataset:
+        cfg, res = self.config.dataset, self.config.resolution
+        if isinstance(self.source, IndexedSource):
+            ds = self.source.records(self._rows)
+        else:
+            ds = self.source.read(self._subsplit, None)
+        fn = augment.plain_preprocess if self.source.presized else augment.eval_preprocess
+        ds = ds.map(lambda ex: {"image": fn(ex["image"], cfg, res), "label": ex["label"]}, num_parallel_calls=tf.data.AUTOTUNE)
+        return _options(ds.batch(self.local_batch).prefetch(tf.data.AUTOTUNE))
+
+    def batches(self) -> Iterator[dict[str, np.ndarray]]:
+        """``num_batches`` batches of ``local_batch`` rows with 'mask' = 1 on real examples, 0 on padding."""
+        produced = 0
+        for batch in self.dataset().as_numpy_iterator():
+            yield _pad(batch, self.local_batch)
+            produced += 1
+        if produced < self.num_batches:
+            res = self.config.resolution
+            empty = {
+                "image": np.zeros((self.local_batch, res, res, 3), jax.numpy.dtype(self.config.dataset.output_dtype)),
+                "label": np.zeros((self.local_batch,), np.int32),
+                "mask": np.zeros((self.local_batch,), np.float32),
+            }
+            for _ in range(self.num_batches - produced):
+                yield empty
+
+
+def _pad(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+    n = len(batch["label"])
+    out = {k: np.concatenate([v, np.zeros((size - n, *v.shape[1:]), v.dtype)]) if n < size else v for k, v in batch.items()}
+    out["mask"] = (np.arange(size) < n).astype(np.float32)
+    return out
+
+
+def device_prefetch(iterator: Iterator[dict[str, np.ndarray]], mesh: jax.sharding.Mesh, size: int = 2) -> Iterator[dict[str, Any]]:
+    """Turn process-local numpy batches into global arrays sharded over ``mesh``'s batch axis, ``size`` batches ahead."""
+    from regnet_jax.parallel import shard_batch
+
+    queue: collections.deque = collections.deque()
+    for batch in iterator:
+        queue.append(shard_batch(batch, mesh))
+        if len(queue) > size:
+            yield queue.popleft()
+    while queue:
+        yield queue.popleft()

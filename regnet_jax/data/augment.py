@@ -1,0 +1,134 @@
+"""Train and eval preprocessing in TensorFlow, as pycls does it (reference.md §4.2), on encoded or decoded images.
+
+Every random choice is a stateless op seeded by ``seed`` (a [2] int tensor derived from (config.seed, epoch, example
+position)), so augmentation is reproducible whatever the number of processes, threads or restarts.
+Images are either encoded bytes (JPEG: decoded fused with the crop; PNG/GIF/BMP: decoded, then cropped) or uint8
+HxWxC arrays (C = 1 or 3). Output: HxWx3, normalised, RGB or BGR, float32 or bfloat16.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import tensorflow as tf
+
+# fb.resnet.torch PCA lighting constants, RGB (reference.md §4.2).
+PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
+PCA_EIGVEC = (
+    (-0.5675, 0.7192, 0.4009),
+    (-0.5808, -0.0045, -0.8140),
+    (-0.5836, -0.6948, 0.4203),
+)
+CROP_TRIES = 10
+
+
+def image_shape(image: tf.Tensor) -> tf.Tensor:
+    """(height, width) of an encoded or decoded image, without decoding JPEG pixels."""
+    if image.dtype != tf.string:
+        return tf.shape(image)[:2]
+    return tf.cond(
+        tf.io.is_jpeg(image),
+        lambda: tf.image.extract_jpeg_shape(image)[:2],
+        lambda: tf.shape(tf.io.decode_image(image, channels=3, expand_animations=False))[:2],
+    )
+
+
+def decode_crop(image: tf.Tensor, window: tf.Tensor) -> tf.Tensor:
+    """The ``window`` = (y, x, h, w) of an image as uint8 HxWx3; JPEG decoding only decodes the window."""
+    y, x, h, w = tf.unstack(window)
+    if image.dtype != tf.string:
+        crop = image[y : y + h, x : x + w]
+        return tf.image.grayscale_to_rgb(crop) if crop.shape[-1] == 1 else crop
+    return tf.cond(
+        tf.io.is_jpeg(image),
+        lambda: tf.image.decode_and_crop_jpeg(image, window, channels=3),
+        lambda: tf.io.decode_image(image, channels=3, expand_animations=False)[y : y + h, x : x + w],
+    )
+
+
+def inception_crop_window(
+    hw: tf.Tensor, seed: tf.Tensor, min_area: float, aspect_ratio: Sequence[float]
+) -> tf.Tensor:
+    """pycls ``random_sized_crop``: up to 10 tries of area U(min_area, 1) and aspect U(lo, hi), w/h swapped with p=0.5;
+    the first try that fits wins, else a centred square of the shorter side. Returns (y, x, h, w) int32."""
+    h, w = tf.cast(hw[0], tf.float32), tf.cast(hw[1], tf.float32)
+    seeds = tf.random.experimental.stateless_split(seed, 5)
+    area = tf.random.stateless_uniform([CROP_TRIES], seeds[0], min_area, 1.0) * h * w
+    ratio = tf.random.stateless_uniform([CROP_TRIES], seeds[1], aspect_ratio[0], aspect_ratio[1])
+    w_crop = tf.round(tf.sqrt(area * ratio))
+    h_crop = tf.round(tf.sqrt(area / ratio))
+    swap = tf.random.stateless_uniform([CROP_TRIES], seeds[2]) < 0.5
+    w_crop, h_crop = tf.where(swap, h_crop, w_crop), tf.where(swap, w_crop, h_crop)
+    fits = (h_crop <= h) & (w_crop <= w) & (h_crop >= 1) & (w_crop >= 1)
+    first = tf.argmax(tf.cast(fits, tf.int32))  # index of the first fitting try (0 if none; checked below)
+    hc, wc = tf.gather(h_crop, first), tf.gather(w_crop, first)
+    # Offsets as np.random.randint(0, h - h_crop): uniform over [0, h - h_crop - 1], 0 when the crop is full-size.
+    u = tf.random.stateless_uniform([2], seeds[3])
+    y = tf.floor(u[0] * tf.maximum(h - hc, 1.0))
+    x = tf.floor(u[1] * tf.maximum(w - wc, 1.0))
+    side = tf.minimum(h, w)
+    fallback = tf.stack([tf.math.ceil((h - side) / 2), tf.math.ceil((w - side) / 2), side, side])
+    window = tf.where(tf.reduce_any(fits), tf.stack([y, x, hc, wc]), fallback)
+    return tf.cast(window, tf.int32)
+
+
+def _resize(image: tf.Tensor, size: tf.Tensor | Sequence[int]) -> tf.Tensor:
+    # Bilinear with half-pixel centres and no antialiasing, as cv2.INTER_LINEAR.
+    return tf.image.resize(tf.cast(image, tf.float32), size, method="bilinear", antialias=False)
+
+
+def _normalize(image: tf.Tensor, mean: Sequence[float], std: Sequence[float], channel_order: str, dtype: tf.DType) -> tf.Tensor:
+    """[0, 1]-scaled RGB -> (x - mean) / std, then optionally reversed to BGR."""
+    image = (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+    if channel_order == "bgr":
+        image = image[..., ::-1]
+    return tf.cast(image, dtype)
+
+
+def lighting(image: tf.Tensor, seed: tf.Tensor, std: float) -> tf.Tensor:
+    """AlexNet-style PCA lighting on a [0, 1] RGB image: add eigvec @ (alpha * eigval), alpha ~ N(0, std)."""
+    alpha = tf.random.stateless_normal([3], seed) * std
+    rgb = tf.linalg.matvec(tf.constant(PCA_EIGVEC, tf.float32), alpha * tf.constant(PCA_EIGVAL, tf.float32))
+    return image + rgb
+
+
+def train_preprocess(image: tf.Tensor, seed: tf.Tensor, cfg, resolution: int) -> tf.Tensor:
+    """Inception crop, resize, flip, PCA lighting, normalise (``cfg`` = config.dataset)."""
+    seeds = tf.random.experimental.stateless_split(seed, 3)
+    window = inception_crop_window(image_shape(image), seeds[0], cfg.min_area, tuple(cfg.aspect_ratio))
+    out = _resize(decode_crop(image, window), [resolution, resolution])
+    if cfg.flip:
+        flip = tf.random.stateless_uniform([], seeds[1]) < 0.5
+        out = tf.where(flip, out[:, ::-1], out)
+    out = out / 255.0
+    if cfg.pca_std > 0:
+        out = lighting(out, seeds[2], cfg.pca_std)
+    return _normalize(out, cfg.mean, cfg.std, cfg.channel_order, tf.dtypes.as_dtype(cfg.output_dtype))
+
+
+def eval_size(resolution: int, crop_fraction: float) -> int:
+    """The shorter side before the centre crop: 256 for 224 px at the reference's 224/256."""
+    return int(round(resolution / crop_fraction))
+
+
+def eval_preprocess(image: tf.Tensor, cfg, resolution: int) -> tf.Tensor:
+    """pycls test transform: resize the shorter side to ``eval_size`` (long side floor(long/short*size)), centre-crop."""
+    hw = image_shape(image)
+    full = decode_crop(image, tf.concat([[0, 0], hw], 0))
+    size = eval_size(resolution, cfg.eval_crop_fraction)
+    h, w = tf.cast(hw[0], tf.float64), tf.cast(hw[1], tf.float64)
+    new_h = tf.where(h <= w, tf.constant(size, tf.float64), tf.floor(h / w * size))
+    new_w = tf.where(h <= w, tf.floor(w / h * size), tf.constant(size, tf.float64))
+    new_hw = tf.cast(tf.stack([new_h, new_w]), tf.int32)
+    out = _resize(full, new_hw)
+    y = (new_hw[0] - resolution + 1) // 2  # ceil((size - crop) / 2)
+    x = (new_hw[1] - resolution + 1) // 2
+    out = out[y : y + resolution, x : x + resolution]
+    out = tf.ensure_shape(out, [resolution, resolution, 3]) / 255.0
+    return _normalize(out, cfg.mean, cfg.std, cfg.channel_order, tf.dtypes.as_dtype(cfg.output_dtype))
+
+
+def plain_preprocess(image: tf.Tensor, cfg, resolution: int) -> tf.Tensor:
+    """Already at ``resolution`` (synthetic data): only normalise."""
+    out = tf.ensure_shape(tf.cast(image, tf.float32), [resolution, resolution, 3]) / 255.0
+    return _normalize(out, cfg.mean, cfg.std, cfg.channel_order, tf.dtypes.as_dtype(cfg.output_dtype))

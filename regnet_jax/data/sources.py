@@ -1,0 +1,233 @@
+"""Where examples come from: TFDS datasets, a folder of class sub-folders, synthetic images, the quickstart set.
+
+Two kinds of source:
+
+* ``IndexedSource`` (folder, synthetic, quickstart): random access by example index, so the trainer can use an exact
+  permutation per (seed, epoch), give each process exactly its rows of every global batch, and resume mid-epoch
+  without reading what came before.
+* ``TfdsSource``: a TFDS split read as a stream; each process reads its own part (``tfds.split_for_jax_process``)
+  and shuffles it with a buffer seeded by (seed, epoch).
+
+Elements are ``{'image': encoded bytes or uint8 HxWxC, 'label': int32}``. Every source raises
+``DatasetNotReadyError`` naming where it looked and how to prepare the data before anything else happens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+
+from regnet_jax.config import ConfigError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+QUICKSTART_UPSCALE = 4  # 8x8 digits are stored at 32x32 so that crops are not a few pixels wide
+QUICKSTART_TEST_FRACTION = 0.2
+SYNTHETIC_SIZES = {"train": 1_281_167, "validation": 50_000}  # ImageNet's, unless num_*_examples is set
+
+
+class DatasetNotReadyError(ConfigError):
+    """The dataset is not where the config says, or not prepared; the message says where we looked and what to do."""
+
+
+@dataclasses.dataclass
+class IndexedSource:
+    """Examples addressable by index: ``records(indices)`` is a tf.data.Dataset of those examples in that order."""
+
+    num_examples: int
+    num_classes: int
+    make_records: Callable[[np.ndarray], tf.data.Dataset]
+    presized: bool = False  # images are already at the training resolution (synthetic): no crop/resize
+
+    def records(self, indices: np.ndarray) -> tf.data.Dataset:
+        return self.make_records(np.asarray(indices, np.int64))
+
+
+@dataclasses.dataclass
+class TfdsSource:
+    """A prepared TFDS split, read with JPEG bytes left encoded (decoded later, fused with the crop)."""
+
+    builder: object
+    split: str
+    num_examples: int
+    num_classes: int
+    presized: bool = False
+
+    def read(self, subsplit: str, shuffle_seed: int | None) -> tf.data.Dataset:
+        import tensorflow_datasets as tfds
+
+        decoders = {"image": tfds.decode.SkipDecoding()} if _image_is_encoded(self.builder) else None
+        ds = self.builder.as_dataset(
+            split=subsplit,
+            shuffle_files=shuffle_seed is not None,
+            decoders=decoders,
+            read_config=tfds.ReadConfig(shuffle_seed=shuffle_seed, try_autocache=False),
+        )
+        return ds.map(lambda ex: {"image": ex["image"], "label": tf.cast(ex["label"], tf.int32)})
+
+    def subsplit_size(self, subsplit: str) -> int:
+        return int(self.builder.info.splits[subsplit].num_examples)
+
+
+def _image_is_encoded(builder) -> bool:
+    import tensorflow_datasets as tfds
+
+    return isinstance(builder.info.features["image"], tfds.features.Image)
+
+
+def _limit(n_total: int, limit: int) -> int:
+    return min(n_total, limit) if limit else n_total
+
+
+def _from_arrays(images: np.ndarray, labels: np.ndarray) -> Callable[[np.ndarray], tf.data.Dataset]:
+    def make(indices: np.ndarray) -> tf.data.Dataset:
+        return tf.data.Dataset.from_tensor_slices({"image": images[indices], "label": labels[indices].astype(np.int32)})
+
+    return make
+
+
+@functools.lru_cache(maxsize=1)
+def quickstart_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """scikit-learn's 8x8 digits (1,797 real scans, 10 classes), shipped in its wheel: (x_train, y_train, x_test, y_test).
+
+    A fixed 80/20 split (permutation seed 0); pixels 0..16 scaled to uint8, upscaled 4x (bilinear) to 32x32 RGB.
+    """
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = (digits.images * (255.0 / 16.0)).astype(np.float32)[..., None]
+    size = 8 * QUICKSTART_UPSCALE
+    images = tf.image.resize(images, [size, size], method="bilinear", antialias=True).numpy()
+    images = np.repeat(np.clip(np.round(images), 0, 255).astype(np.uint8), 3, axis=-1)
+    labels = digits.target.astype(np.int32)
+    order = np.random.default_rng(0).permutation(len(labels))
+    n_test = int(round(len(labels) * QUICKSTART_TEST_FRACTION))
+    test, train = order[:n_test], order[n_test:]
+    return images[train], labels[train], images[test], labels[test]
+
+
+def quickstart_source(split: str, limit: int) -> IndexedSource:
+    x_train, y_train, x_test, y_test = quickstart_arrays()
+    if split == "train":
+        x, y = x_train, y_train
+    elif split in ("test", "validation"):
+        x, y = x_test, y_test
+    else:
+        raise ConfigError(f"config.dataset split {split!r} does not exist for 'quickstart': use 'train' and 'test'")
+    n = _limit(len(y), limit)
+    return IndexedSource(n, 10, _from_arrays(x[:n], y[:n]))
+
+
+def synthetic_source(split: str, limit: int, resolution: int, num_classes: int, seed: int) -> IndexedSource:
+    """Random uint8 images already at ``resolution`` and random labels, generated from the example index."""
+    n = limit or SYNTHETIC_SIZES.get(split, SYNTHETIC_SIZES["validation"])
+    salt = 0 if split == "train" else 1
+
+    def make(indices: np.ndarray) -> tf.data.Dataset:
+        def example(i):
+            s = tf.stack([tf.cast(seed * 2 + salt, tf.int64), i])
+            image = tf.random.stateless_uniform([resolution, resolution, 3], s, 0, 256, dtype=tf.int32)
+            label = tf.random.stateless_uniform([], s[::-1], 0, num_classes, dtype=tf.int32)
+            return {"image": tf.cast(image, tf.uint8), "label": label}
+
+        return tf.data.Dataset.from_tensor_slices(indices).map(example)
+
+    return IndexedSource(n, num_classes, make, presized=True)
+
+
+def _folder_split_dir(root: str, split: str) -> str:
+    candidates = [split] + (["val"] if split == "validation" else [])
+    for name in candidates:
+        if os.path.isdir(os.path.join(root, name)):
+            return os.path.join(root, name)
+    raise DatasetNotReadyError(
+        f"folder dataset: no split directory {' or '.join(os.path.join(root, c) for c in candidates)}. "
+        "Lay the images out as DATA_DIR/train/<class>/<image> and DATA_DIR/val/<class>/<image> "
+        "(same class folder names in both) and set --config.dataset.data_dir=DATA_DIR"
+    )
+
+
+def list_folder(root: str, split: str) -> tuple[list[str], np.ndarray, list[str]]:
+    """(paths, labels, class names) of ROOT/SPLIT/<class>/<image>, classes sorted by name, files sorted."""
+    split_dir = _folder_split_dir(root, split)
+    classes = sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d)))
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        files = sorted(f for f in os.listdir(os.path.join(split_dir, name)) if f.lower().endswith(IMAGE_EXTENSIONS))
+        paths += [os.path.join(split_dir, name, f) for f in files]
+        labels += [label] * len(files)
+    if not paths:
+        raise DatasetNotReadyError(
+            f"folder dataset: found no images ({', '.join(IMAGE_EXTENSIONS)}) in class sub-folders of {split_dir}; "
+            "expected DATA_DIR/<split>/<class>/<image>"
+        )
+    return paths, np.asarray(labels, np.int32), classes
+
+
+def folder_source(root: str, split: str, limit: int) -> IndexedSource:
+    if not root:
+        raise DatasetNotReadyError("dataset 'folder' needs --config.dataset.data_dir=DATA_DIR (with DATA_DIR/train/<class>/<image>)")
+    paths, labels, classes = list_folder(root, split)
+    n = _limit(len(paths), limit)
+    paths_arr = np.asarray(paths[:n])
+
+    def make(indices: np.ndarray) -> tf.data.Dataset:
+        ds = tf.data.Dataset.from_tensor_slices({"path": paths_arr[indices], "label": labels[indices]})
+        return ds.map(lambda ex: {"image": tf.io.read_file(ex["path"]), "label": ex["label"]})
+
+    return IndexedSource(n, len(classes), make)
+
+
+def _tfds_help(name: str, data_dir: str) -> str:
+    if name.startswith("imagenet2012"):
+        manual = os.path.join(data_dir, "downloads", "manual")
+        return (
+            "ImageNet cannot be downloaded automatically. Put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar "
+            f"(from image-net.org) in {manual}, then run:\n"
+            f"    tfds build imagenet2012 --data_dir={data_dir} --manual_dir={manual}\n"
+            f"and train with --config.dataset.data_dir={data_dir}"
+        )
+    return (
+        f"Prepare it on a machine with internet access:\n    tfds build {name} --data_dir={data_dir}\n"
+        f"(copy {data_dir} here if this machine is offline) and train with --config.dataset.data_dir={data_dir}"
+    )
+
+
+def tfds_source(name: str, data_dir: str, split: str, limit: int) -> TfdsSource:
+    import tensorflow_datasets as tfds
+
+    data_dir = os.path.expanduser(data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets"))
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise DatasetNotReadyError(
+            f"config.dataset.name={name!r} is neither a TFDS dataset (tfds.list_builders() lists them) nor one of "
+            "'folder', 'synthetic', 'quickstart'"
+        ) from None
+    if not builder.is_prepared():
+        raise DatasetNotReadyError(f"TFDS dataset {name!r} is not prepared: looked in {builder.data_dir}. {_tfds_help(name, data_dir)}")
+    features = builder.info.features
+    if "image" not in features or "label" not in features:
+        raise DatasetNotReadyError(f"TFDS dataset {name!r} has features {sorted(features)}; an image classification dataset needs 'image' and 'label'")
+    splits = builder.info.splits
+    if split not in splits:
+        raise DatasetNotReadyError(f"TFDS dataset {name!r} has no split {split!r}; it has {sorted(splits)}: set config.dataset.train_split / eval_split")
+    n = _limit(int(splits[split].num_examples), limit)
+    sub = split if n == splits[split].num_examples else f"{split}[:{n}]"
+    return TfdsSource(builder, sub, n, int(features["label"].num_classes))
+
+
+def open_source(config, split: str, limit: int):
+    """The source of ``split`` for ``config.dataset`` (an IndexedSource or a TfdsSource)."""
+    d = config.dataset
+    if d.name == "quickstart":
+        return quickstart_source(split, limit)
+    if d.name == "synthetic":
+        return synthetic_source(split, limit, config.resolution, config.model.num_classes, config.seed)
+    if d.name == "folder":
+        return folder_source(d.data_dir, split, limit)
+    return tfds_source(d.name, d.data_dir, split, limit)

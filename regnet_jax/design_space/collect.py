@@ -1,0 +1,142 @@
+"""``collect``: one table of every model of a sweep (``results.csv`` and ``results.jsonl``), rebuilt from the run
+directories each time, so rerunning it (or a resumed launch) never duplicates rows.
+
+Columns: id, status (done / running / incomplete / failed / pending), attempts; the model's parameters (RegNet:
+depth, w0, wa, wm, group_w, bot_mul; AnyNet: the per-stage lists) and derived ones (d = total blocks, w4 = last
+stage width, g = largest group width, b = 1 / bot_mul as in the paper, num_stages, the resolved stage lists);
+flops, params, acts (at the sweep's resolution); epochs done out of num_epochs, steps; final and best top-1 error,
+final top-5 error; ``error``, the metric the analysis uses: the best top-1 error over the evaluations, of the EMA
+weights when the run evaluated them (pycls's ``min_top1_err`` of ``test_ema_epoch``) and of the weights otherwise
+(``error_source`` says which); wall time.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from typing import Any, Callable
+
+from regnet_jax.complexity import count
+from regnet_jax.design_space.launch import is_done, is_locked
+from regnet_jax.design_space.layout import SweepDir, read_json
+from regnet_jax.metrics import EVAL_EMA_FILE, EVAL_FILE, read_jsonl
+from regnet_jax.models.spec import model_spec
+
+COLUMNS = (
+    "id", "sweep", "status", "attempts", "type",
+    "depth", "w0", "wa", "wm", "group_w", "bot_mul", "depths", "widths", "bot_muls", "group_ws",
+    "d", "w4", "g", "b", "num_stages", "stage_depths", "stage_widths", "stage_group_ws", "se_ratio",
+    "flops", "params", "acts", "epochs", "num_epochs", "steps",
+    "final_top1_err", "final_top5_err", "best_top1_err", "error", "error_source", "wall_time_s",
+)  # fmt: skip
+
+
+def _evals(path: str) -> list[dict[str, Any]]:
+    """Evaluation records, one per step (the last one wins: a resumed run may repeat a step)."""
+    by_step = {r["step"]: r for r in read_jsonl(path)}
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def model_fields(model: dict[str, Any], resolution: int) -> dict[str, Any]:
+    """The table's model columns for one ``config.model``: its own fields, the derived d/w4/g/b and its complexity."""
+    spec = model_spec(model)
+    row: dict[str, Any] = {"type": model["type"], "se_ratio": model["se_ratio"]}
+    keys = ("depth", "w0", "wa", "wm", "group_w", "bot_mul") if model["type"] == "regnet" else ("depths", "widths", "bot_muls", "group_ws")
+    row.update({k: model[k] for k in keys})
+    row.update(
+        d=sum(spec.depths),
+        w4=spec.widths[-1],
+        g=max(spec.group_ws),
+        b=round(1 / max(spec.bot_muls), 6),
+        num_stages=spec.num_stages,
+        stage_depths=list(spec.depths),
+        stage_widths=list(spec.widths),
+        stage_group_ws=list(spec.group_ws),
+    )
+    row.update(count(spec, resolution))
+    return row
+
+
+def _status(sd: SweepDir, mid: str, evals: list[dict[str, Any]], attempts: list[dict[str, Any]]) -> str:
+    if is_done(sd, mid):
+        return "done"
+    if is_locked(sd, mid):
+        return "running"
+    if attempts and attempts[-1]["result"] != "preempted" and attempts[-1]["result"] != "done":
+        return "failed"
+    return "incomplete" if evals or os.path.exists(os.path.join(sd.run_dir(mid), "checkpoints")) else "pending"
+
+
+def model_row(sd: SweepDir, mid: str, name: str) -> dict[str, Any]:
+    """The table row of one model."""
+    config = sd.config(mid)
+    run = sd.run_dir(mid)
+    evals = _evals(os.path.join(run, EVAL_FILE))
+    ema = _evals(os.path.join(run, EVAL_EMA_FILE))
+    launch_path = os.path.join(run, "launch.json")
+    attempts = read_json(launch_path)["attempts"] if os.path.exists(launch_path) else []
+    summary_path = os.path.join(run, "summary.json")
+    summary = read_json(summary_path) if is_done(sd, mid) else {}
+    row: dict[str, Any] = {"id": mid, "sweep": name, "status": _status(sd, mid, evals, attempts), "attempts": len(attempts)}
+    row.update(model_fields(config["model"], config["resolution"]))
+    last = evals[-1] if evals else {}
+    source = ema if ema else evals
+    row.update(
+        epochs=last.get("epoch"),
+        num_epochs=config["num_epochs"],
+        steps=last.get("step"),
+        final_top1_err=last.get("top1_err"),
+        final_top5_err=last.get("top5_err"),
+        best_top1_err=min((r["top1_err"] for r in evals), default=None),
+        error=min((r["top1_err"] for r in source), default=None),
+        error_source=("ema" if ema else "model") if source else None,
+        wall_time_s=summary.get("wall_time_s"),
+    )
+    return row
+
+
+def collect(sweep_dir: str, log: Callable[[str], None] | None = print) -> list[dict[str, Any]]:
+    """Build the table of ``sweep_dir``, write results.csv / results.jsonl, print a summary; returns the rows."""
+    sd = SweepDir(sweep_dir).require()
+    info = sd.spec()
+    rows = [model_row(sd, mid, info["spec"]["name"]) for mid in sd.model_ids()]
+    _write_table(sd, rows)
+    if log:
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[r["status"]] = counts.get(r["status"], 0) + 1
+        done = [r for r in rows if r["status"] == "done"]
+        line = f"collect: {len(rows)} models in {sweep_dir}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+        if done:
+            best = min(done, key=lambda r: r["error"])
+            line += f"; best {best['id']} error {best['error']:.2f}%, mean {sum(r['error'] for r in done) / len(done):.2f}%"
+        log(line + f" -> {sd.results_csv}")
+    return rows
+
+
+def _write_table(sd: SweepDir, rows: list[dict[str, Any]]) -> None:
+    tmp = f"{sd.results_jsonl}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    os.replace(tmp, sd.results_jsonl)
+    tmp = f"{sd.results_csv}.tmp{os.getpid()}"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: json.dumps(v, separators=(",", ":")) if isinstance(v, list) else ("" if v is None else v) for k, v in r.items()})
+    os.replace(tmp, sd.results_csv)
+
+
+def read_results(sweep_dir: str) -> list[dict[str, Any]]:
+    """The rows of a sweep: collected afresh if the directory holds the sweep, else read from its results.jsonl."""
+    sd = SweepDir(sweep_dir)
+    if sd.exists():
+        return collect(sweep_dir, log=None)
+    if os.path.exists(sd.results_jsonl):
+        return read_jsonl(sd.results_jsonl)
+    sd.require()
+    return []
+

@@ -1,0 +1,383 @@
+"""``launch``: train a sweep's models, resumably, several at once across the machine's devices.
+
+Each model trains in its own process (``python -m regnet_jax.train --config=DIR/configs/ID.py --workdir=DIR/runs/ID``),
+or, with ``in_process``, inside the launcher (saves the ~20 s of imports per model that dominate tiny CPU sweeps).
+
+* Resumable: a model whose ``runs/ID/summary.json`` says ``done`` is skipped; an interrupted one resumes from its
+  checkpoints (the trainer does that). A per-model lock (``runs/ID/.lock``, flock) keeps two launchers, e.g. on
+  several machines sharing the directory, from training the same model at once.
+* Failures are retried up to ``max_retry`` times per launch; exit status 2 (bad config or data) is not retried,
+  because it would fail the same way. Every attempt is recorded in ``runs/ID/launch.json``, its output in
+  ``runs/ID/train.log``.
+* Devices: ``auto`` runs one model per GPU (``CUDA_VISIBLE_DEVICES``) when ``nvidia-smi`` lists GPUs, else one
+  model at a time; ``gpu:0,1,2,3`` / ``tpu:0,1,2,3`` name them; ``none`` leaves the environment alone.
+* If the launcher dies (even by SIGKILL) its trainers get SIGTERM (Linux ``PR_SET_PDEATHSIG``), checkpoint and stop.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import ctypes
+import dataclasses
+import fcntl
+import logging
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from typing import Any, Callable, Iterator
+
+from regnet_jax.config import ConfigError
+from regnet_jax.design_space.layout import SweepDir, model_id, read_json, write_json
+from regnet_jax.metrics import format_eta, read_jsonl
+
+EXIT_BAD_INPUT = 2  # the trainer's status for a bad config, missing data or an unusable checkpoint
+EXIT_PREEMPTED = 3
+TPU_BASE_PORT = 8476
+
+
+@dataclasses.dataclass
+class LaunchOptions:
+    """How to launch (see ``python -m regnet_jax.sweep launch --help``)."""
+
+    parallel: int = 0  # models at once; 0 = one per device (1 without accelerators)
+    devices: str = "auto"  # 'auto', 'none', 'cpu', 'gpu:0,1,...', 'tpu:0,1,...'
+    max_retry: int = 3
+    only: tuple[str, ...] = ()  # model ids or indices
+    shard: str = ""  # 'i/n': the models whose index is i mod n
+    trainer: str = ""  # command that trains one config; '' = this Python's regnet_jax.train
+    in_process: bool = False
+    heartbeat_s: float = 60.0
+    poll_s: float = 0.5
+
+
+def is_done(sd: SweepDir, mid: str) -> bool:
+    """Whether the model's run finished (its summary.json says done)."""
+    path = os.path.join(sd.run_dir(mid), "summary.json")
+    try:
+        return read_json(path).get("status") == "done"
+    except (OSError, ValueError):
+        return False
+
+
+def select_models(sd: SweepDir, only: tuple[str, ...] = (), shard: str = "") -> list[str]:
+    """The sweep's model ids restricted to ``only`` (ids or indices) and to shard 'i/n'."""
+    ids = sd.model_ids()
+    if only:
+        wanted = {model_id(int(x)) for x in only}
+        missing = sorted(wanted - set(ids))
+        if missing:
+            raise ConfigError(f"--only names models {missing} that {sd.root} does not have (it has {ids[0]}..{ids[-1]})")
+        ids = [i for i in ids if i in wanted]
+    if shard:
+        try:
+            k, n = (int(x) for x in shard.split("/"))
+            assert 0 <= k < n
+        except (ValueError, AssertionError):
+            raise ConfigError(f"--shard={shard!r}: write i/n with 0 <= i < n, e.g. --shard=0/4") from None
+        ids = [i for i in ids if int(i) % n == k]
+    return ids
+
+
+def _gpu_ids() -> list[str]:
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(out.stdout.splitlines()) if line.startswith("GPU ")]
+
+
+def device_slots(devices: str, parallel: int) -> tuple[list[dict[str, str]], str]:
+    """One environment per concurrent slot, and a description. Slots cycle over the devices when parallel > #devices."""
+    kind, _, ids = devices.partition(":")
+    if kind == "auto":
+        gpus = _gpu_ids()
+        kind, ids = ("gpu", ",".join(gpus)) if gpus else ("none", "")
+    if kind in ("none", "cpu"):
+        env = {"JAX_PLATFORMS": "cpu"} if kind == "cpu" else {}
+        n = max(parallel, 1)
+        return [dict(env) for _ in range(n)], f"{n} at once, {'CPU' if kind == 'cpu' else 'default devices'}"
+    if kind.isdigit():  # '0,1,2' means GPUs
+        kind, ids = "gpu", devices
+    id_list = [x for x in ids.split(",") if x.strip()]
+    if kind not in ("gpu", "tpu") or not id_list:
+        raise ConfigError(f"--devices={devices!r}: use auto, none, cpu, gpu:0,1,... or tpu:0,1,...")
+    n = parallel or len(id_list)
+    slots = []
+    for s in range(n):
+        dev = id_list[s % len(id_list)]
+        if kind == "gpu":
+            env = {"CUDA_VISIBLE_DEVICES": dev}
+            if n > len(id_list):  # several models per GPU: do not let the first one take 75% of its memory
+                env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+        else:  # one chip per process on a TPU VM (the single-chip topology variables of libtpu)
+            env = {"TPU_VISIBLE_CHIPS": dev, "TPU_CHIPS_PER_PROCESS_BOUNDS": "1,1,1", "TPU_PROCESS_BOUNDS": "1,1,1",
+                   "TPU_PROCESS_PORT": str(TPU_BASE_PORT + int(dev))}  # fmt: skip
+        slots.append(env)
+    return slots, f"{n} at once on {kind.upper()}s {','.join(id_list)}"
+
+
+class ModelLock:
+    """An exclusive, non-blocking flock on runs/ID/.lock; the OS releases it when the holder dies."""
+
+    def __init__(self, sd: SweepDir, mid: str):
+        os.makedirs(sd.run_dir(mid), exist_ok=True)
+        self.path = os.path.join(sd.run_dir(mid), ".lock")
+        self.fd: int | None = None
+
+    def acquire(self) -> bool:
+        """True if this process now holds the lock, False if another one does."""
+        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self.fd = fd
+        return True
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing releases the lock
+            self.fd = None
+
+
+def is_locked(sd: SweepDir, mid: str) -> bool:
+    """Whether some launcher is training this model right now."""
+    if not os.path.exists(os.path.join(sd.run_dir(mid), ".lock")):
+        return False
+    lock = ModelLock(sd, mid)
+    got = lock.acquire()
+    lock.release()
+    return not got
+
+
+def _record_attempt(sd: SweepDir, mid: str, attempt: dict[str, Any]) -> None:
+    path = os.path.join(sd.run_dir(mid), "launch.json")
+    rec = read_json(path) if os.path.exists(path) else {"attempts": []}
+    rec["attempts"].append(attempt)
+    write_json(path, rec)
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the launcher dies, so no orphan trainer keeps running (Linux only)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _progress_of(sd: SweepDir, mid: str, num_epochs: int) -> str:
+    recs = read_jsonl(os.path.join(sd.run_dir(mid), "train_metrics.jsonl"))
+    return f"{mid} epoch {recs[-1]['epoch']:.1f}/{num_epochs}" if recs else f"{mid} starting"
+
+
+@dataclasses.dataclass
+class _Job:
+    mid: str
+    attempt: int
+    slot: int
+    start: float
+    proc: Any = None
+    lock: Any = None
+
+
+class Launcher:
+    """Runs the selected models through their attempts, printing progress and an ETA."""
+
+    def __init__(self, sweep_dir: str, opts: LaunchOptions, log: Callable[[str], None] = print):
+        self.sd = SweepDir(sweep_dir).require()
+        self.opts, self.log = opts, log
+        self.ids = select_models(self.sd, tuple(opts.only), opts.shard)
+        self.num_epochs = int(self.sd.spec().get("num_epochs", 0))
+        self.done = [m for m in self.ids if is_done(self.sd, m)]
+        self.failed: list[str] = []
+        self.busy_elsewhere: list[str] = []
+        self.times: list[float] = []
+        self.attempts: collections.Counter[str] = collections.Counter()
+
+    def _trainer_cmd(self, mid: str) -> list[str]:
+        base = shlex.split(self.opts.trainer) if self.opts.trainer else [sys.executable, "-m", "regnet_jax.train", "--nodistributed"]
+        return [*base, f"--config={self.sd.config_py(mid)}", f"--workdir={self.sd.run_dir(mid)}"]
+
+    def _eta(self, remaining: int, slots: int) -> str:
+        if not self.times:
+            return "?"
+        return format_eta(sum(self.times) / len(self.times) * remaining / max(slots, 1))
+
+    def _finish(self, job: _Job, rc: int, todo: collections.deque, slots: int, running: int) -> None:
+        seconds = time.time() - job.start
+        ok = rc == 0 and is_done(self.sd, job.mid)
+        result = "done" if ok else {EXIT_BAD_INPUT: "bad config or data", EXIT_PREEMPTED: "preempted"}.get(rc, "failed")
+        _record_attempt(self.sd, job.mid, {"start": job.start, "seconds": round(seconds, 1), "rc": rc, "result": result,
+                                           "host": socket.gethostname(), "attempt": job.attempt})  # fmt: skip
+        log_path = os.path.join(self.sd.run_dir(job.mid), "train.log")
+        if ok:
+            self.done.append(job.mid)
+            self.times.append(seconds)
+            err = read_json(os.path.join(self.sd.run_dir(job.mid), "summary.json")).get("best_top1_err")
+            what = f"done in {seconds:.0f}s, best top-1 err {err:.2f}%"
+        elif rc != EXIT_BAD_INPUT and job.attempt <= self.opts.max_retry:
+            todo.appendleft(job.mid)
+            what = f"{result} (exit {rc}, attempt {job.attempt}); retrying - see {log_path}"
+        else:
+            self.failed.append(job.mid)
+            what = f"{result} (exit {rc}) after {job.attempt} attempt(s); giving up - see {log_path}"
+        remaining = len(todo) + running
+        self.log(f"[{len(self.done)}/{len(self.ids)}] {job.mid} {what} | {len(self.failed)} failed, {running} running, "
+                 f"{len(todo)} queued, ETA {self._eta(remaining, slots)}")  # fmt: skip
+
+    def run(self) -> dict[str, Any]:
+        """Train every selected model that is not done; returns counts (done, failed, skipped, busy_elsewhere)."""
+        slots, desc = device_slots(self.opts.devices, 1 if self.opts.in_process else self.opts.parallel)
+        todo = collections.deque(m for m in self.ids if m not in self.done)
+        self.log(f"launch: {len(self.ids)} models in {self.sd.root}: {len(self.done)} done already (skipped), {len(todo)} to train; "
+                 f"{'in this process' if self.opts.in_process else desc}; up to {self.opts.max_retry} retries each")  # fmt: skip
+        skipped = len(self.done)
+        if self.opts.in_process:
+            self._run_in_process(todo)
+        else:
+            self._run_subprocesses(todo, slots)
+        summary = {"done": len(self.done), "failed": self.failed, "skipped": skipped, "busy_elsewhere": self.busy_elsewhere, "total": len(self.ids)}
+        self.log(f"launch: {len(self.done)}/{len(self.ids)} done, {len(self.failed)} failed"
+                 + (f", {len(self.busy_elsewhere)} being trained by another launcher" if self.busy_elsewhere else "")
+                 + f". Next: python -m regnet_jax.sweep collect --out={self.sd.root}")  # fmt: skip
+        return summary
+
+    def _claim(self, mid: str, slot: int) -> _Job | None:
+        """A new attempt of ``mid`` holding its lock, or None if another launcher is training it."""
+        lock = ModelLock(self.sd, mid)
+        if not lock.acquire():
+            self.busy_elsewhere.append(mid)
+            self.log(f"{mid}: another launcher is training it; skipped")
+            return None
+        self.attempts[mid] += 1
+        return _Job(mid, self.attempts[mid], slot, time.time(), lock=lock)
+
+    def _start(self, mid: str, slot: int, env: dict[str, str]) -> _Job | None:
+        job = self._claim(mid, slot)
+        if job is None:
+            return None
+        log = open(os.path.join(self.sd.run_dir(mid), "train.log"), "a")
+        log.write(f"\n=== attempt {job.attempt} on {socket.gethostname()} at {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n")
+        log.flush()
+        cmd = self._trainer_cmd(mid)
+        job.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+                                    preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)  # fmt: skip
+        log.close()
+        return job
+
+    def _run_subprocesses(self, todo: collections.deque, slots: list[dict[str, str]]) -> None:
+        running: dict[int, _Job] = {}
+        last_beat = time.time()
+        try:
+            while todo or running:
+                for slot, env in enumerate(slots):
+                    while slot not in running and todo:
+                        job = self._start(todo.popleft(), slot, env)
+                        if job:
+                            running[slot] = job
+                for slot, job in list(running.items()):
+                    rc = job.proc.poll()
+                    if rc is not None:
+                        del running[slot]
+                        job.lock.release()
+                        self._finish(job, rc, todo, len(slots), len(running))
+                if running and time.time() - last_beat > self.opts.heartbeat_s:
+                    last_beat = time.time()
+                    self.log("running: " + "; ".join(_progress_of(self.sd, j.mid, self.num_epochs) for j in running.values()))
+                time.sleep(self.opts.poll_s)
+        finally:  # interrupted (Ctrl-C, SIGTERM): let the trainers checkpoint and stop
+            for job in running.values():
+                with contextlib.suppress(OSError):
+                    job.proc.terminate()
+            for job in running.values():
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    job.proc.wait(timeout=120)
+                job.lock.release()
+
+    def _run_in_process(self, todo: collections.deque) -> None:
+        while todo:
+            mid = todo.popleft()
+            job = self._claim(mid, 0)
+            if job is None:
+                continue
+            try:
+                rc = self._train_here(job)
+            finally:
+                job.lock.release()
+            self._finish(job, rc, todo, 1, 0)
+
+    def _train_here(self, job: _Job) -> int:
+        """Train in this process with the trainer's log lines going to runs/ID/train.log; returns an exit status."""
+        import ml_collections
+        from absl import logging as absl_logging
+
+        from regnet_jax import train as train_lib
+
+        log_path = os.path.join(self.sd.run_dir(job.mid), "train.log")
+        handler = logging.FileHandler(log_path)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        absl_logger, absl_handler = logging.getLogger("absl"), absl_logging.get_absl_handler()
+        console_level = absl_handler.level
+        absl_logger.addHandler(handler)
+        absl_handler.setLevel(logging.WARNING)  # the console shows the sweep's progress, not every model's steps
+        absl_logging.set_verbosity(absl_logging.INFO)
+        try:
+            with open(log_path, "a") as f:
+                f.write(f"\n=== attempt {job.attempt} (in process) at {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n")
+            train_lib.train_and_evaluate(ml_collections.ConfigDict(self.sd.config(job.mid)), self.sd.run_dir(job.mid))
+            return 0
+        except ConfigError as e:
+            logging.getLogger("absl").error("error: %s", e)
+            return EXIT_BAD_INPUT
+        except train_lib.Preempted:
+            raise  # SIGTERM: stop the whole launch; the checkpoint is saved and a relaunch resumes
+        except Exception:  # any training failure is retried, like a crashed subprocess
+            logging.getLogger("absl").error("%s", traceback.format_exc())
+            return 1
+        finally:
+            absl_logger.removeHandler(handler)
+            handler.close()
+            absl_handler.setLevel(console_level)
+
+
+def launch(sweep_dir: str, opts: LaunchOptions | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train the sweep's models (see the module docstring); returns counts of done/failed/skipped models."""
+    return Launcher(sweep_dir, opts or LaunchOptions(), log).run()
+
+
+SLURM_TEMPLATE = """#!/bin/bash
+# One SLURM array task per model of the sweep in {root}; written by `python -m regnet_jax.sweep launch --slurm`.
+# Submit with:  sbatch {path}
+# Finished models exit at once (they are skipped), so resubmitting the whole array only trains what is missing.
+#SBATCH --job-name={name}
+#SBATCH --array=0-{last}%{max_jobs}
+#SBATCH --gres=gpu:{gpus}
+#SBATCH --cpus-per-task={cpus}
+#SBATCH --time={time}
+#SBATCH --output={root}/slurm/%A_%a.out
+{partition}
+cd {cwd}
+exec {python} -m regnet_jax.sweep launch --out={root} --only=$SLURM_ARRAY_TASK_ID --devices=none --max_retry={retry}
+"""
+
+
+def write_slurm_script(sweep_dir: str, *, partition: str = "", gpus: int = 1, cpus: int = 10, time_limit: str = "24:00:00",
+                       max_jobs: int = 128, max_retry: int = 3) -> str:  # fmt: skip
+    """Write DIR/slurm_array.sh (one array task per model) and return its path; submitting it is left to the user."""
+    sd = SweepDir(sweep_dir).require()
+    n = len(sd.model_ids())
+    root = os.path.abspath(sd.root)
+    path = os.path.join(root, "slurm_array.sh")
+    os.makedirs(os.path.join(root, "slurm"), exist_ok=True)
+    text = SLURM_TEMPLATE.format(root=root, path=path, name=sd.spec()["spec"]["name"], last=n - 1, max_jobs=max_jobs, gpus=gpus,
+                                 cpus=cpus, time=time_limit, partition=f"#SBATCH --partition={partition}" if partition else "",
+                                 cwd=os.getcwd(), python=sys.executable, retry=max_retry)  # fmt: skip
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o755)
+    return path

@@ -1,0 +1,100 @@
+"""Where a sweep keeps its files, and reading them back.
+
+    DIR/sweep.json               the resolved sweep spec, the design space and the sampling statistics
+    DIR/configs/NNNNNN.json      one complete training config per model (``model`` as in regnet_jax/config.py)
+    DIR/configs/NNNNNN.py        an ml_collections config file reading that JSON (python -m regnet_jax.train --config=...)
+    DIR/configs_summary.json     per model: drawn values, config.model and flops/params/acts; aggregate statistics
+    DIR/runs/NNNNNN/             the model's training workdir (the trainer's files) plus launch.json and train.log
+    DIR/results.csv, results.jsonl    the table written by ``collect``
+    DIR/analysis/                the report written by ``analyze`` (analysis.html, analysis.json, *.png)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+from regnet_jax.config import ConfigError
+
+
+class SweepError(ConfigError):
+    """A sweep directory is missing, incomplete or belongs to a different sweep."""
+
+
+def model_id(index: int) -> str:
+    return f"{index:06d}"
+
+
+def write_json(path: str, obj: Any) -> None:
+    """Write atomically (a reader never sees half a file; a killed writer leaves the old file)."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=False)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: str) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepDir:
+    """The paths of one sweep directory."""
+
+    root: str
+
+    @property
+    def spec_path(self) -> str:
+        return os.path.join(self.root, "sweep.json")
+
+    @property
+    def configs_dir(self) -> str:
+        return os.path.join(self.root, "configs")
+
+    @property
+    def summary_path(self) -> str:
+        return os.path.join(self.root, "configs_summary.json")
+
+    @property
+    def results_csv(self) -> str:
+        return os.path.join(self.root, "results.csv")
+
+    @property
+    def results_jsonl(self) -> str:
+        return os.path.join(self.root, "results.jsonl")
+
+    def config_json(self, mid: str) -> str:
+        return os.path.join(self.configs_dir, f"{mid}.json")
+
+    def config_py(self, mid: str) -> str:
+        return os.path.join(self.configs_dir, f"{mid}.py")
+
+    def run_dir(self, mid: str) -> str:
+        return os.path.join(self.root, "runs", mid)
+
+    def exists(self) -> bool:
+        return os.path.exists(self.spec_path)
+
+    def require(self) -> "SweepDir":
+        """Self, or a SweepError saying how to create the sweep."""
+        if not self.exists():
+            raise SweepError(f"{self.root} is not a sweep directory (no sweep.json): create it with `python -m regnet_jax.sweep setup --out={self.root} ...`")
+        return self
+
+    def spec(self) -> dict[str, Any]:
+        return read_json(self.require().spec_path)
+
+    def model_ids(self) -> list[str]:
+        """The ids of the models set up, in order."""
+        self.require()
+        return sorted(f[:-5] for f in os.listdir(self.configs_dir) if f.endswith(".json") and f[:-5].isdigit())
+
+    def config(self, mid: str) -> dict[str, Any]:
+        return read_json(self.config_json(mid))
+
+    def summary(self) -> dict[str, Any]:
+        return read_json(self.summary_path)

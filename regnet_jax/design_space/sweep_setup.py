@@ -1,0 +1,261 @@
+"""``setup``: a sweep spec -> one complete training config per sampled model, plus a summary.
+
+A sweep spec is a plain dict (or the ConfigDict of an ``experiments/*.py`` file) with these fields; absent fields take
+the defaults in ``SPEC_DEFAULTS``:
+
+    name        label in reports ('' = the sweep directory's name)
+    space       a registered design space (``regnet_jax.design_space.SPACES``)
+    n, seed     number of models and the sampling seed
+    flops, params, acts   [lo, hi] complexity regime at the training resolution (0 = unbounded; flops = mult-adds)
+    schedule    '10ep' / '25ep' / '100ep' preset of regnet_jax.config.base_config (used when ``base`` is '')
+    base        a training config file to start from, e.g. 'configs/quickstart.py' ('' = base_config(schedule))
+    dataset, num_epochs, resolution, batch_size   overrides of the training config (0/'' = keep); a batch-size
+                override scales optim.base_lr linearly (0.1 per 128 images is the paper's rule)
+    dists       {param: 'kind:low:high:q'} distributions replacing the space's (a fork)
+    model       {field: value} fixed config.model fields replacing the space's (e.g. {'se_ratio': 0.25})
+    train       {'dotted.field': value} any other training-config override (e.g. {'optim.base_lr': 0.1})
+    max_draws   give up (with a clear error) after this many draws
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.machinery
+import json
+import os
+import time
+from typing import Any, Callable, Mapping
+
+import ml_collections
+import numpy as np
+
+from regnet_jax import zoo
+from regnet_jax.config import SCHEDULES, ConfigError, base_config, validate_config
+from regnet_jax.design_space.layout import SweepDir, SweepError, model_id, read_json, write_json
+from regnet_jax.design_space.spaces import CX_METRICS, DesignSpace, SampleResult, get_space, sample_space
+
+SPEC_DEFAULTS: dict[str, Any] = dict(
+    name="",
+    space="",
+    n=0,
+    seed=0,
+    flops=[0, 0],
+    params=[0, 0],
+    acts=[0, 0],
+    schedule="10ep",
+    base="",
+    dataset="",
+    num_epochs=0,
+    resolution=0,
+    batch_size=0,
+    dists={},
+    model={},
+    train={},
+    max_draws=1_000_000,
+)
+
+CONFIG_PY = '''"""Model {mid} of sweep {name!r} (design space {space}), written by `python -m regnet_jax.sweep setup`.
+
+Train it on its own:  python -m regnet_jax.train --config={py} --workdir={workdir}
+The config is the JSON file beside this one; edit that file, not this one.
+"""
+
+import json
+import pathlib
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """The complete training config of this model."""
+    return ml_collections.ConfigDict(json.loads(pathlib.Path(__file__).with_suffix(".json").read_text()))
+'''
+
+
+def normalize_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The spec with defaults filled in, JSON-able, checked for unknown fields and obvious mistakes."""
+    spec = _plain(spec)
+    unknown = sorted(set(spec) - set(SPEC_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"sweep spec fields {unknown} are unknown; the fields are {sorted(SPEC_DEFAULTS)}")
+    out = {**copy.deepcopy(SPEC_DEFAULTS), **spec}
+    if not out["space"]:
+        raise ConfigError("the sweep needs a design space: --space=NAME (e.g. anynetx_a, regnetx) or a sweep config with `space`")
+    if not isinstance(out["n"], int) or out["n"] < 1:
+        raise ConfigError(f"n={out['n']!r}: give the number of models with --n=N (N >= 1)")
+    for m in CX_METRICS:
+        v = out[m]
+        if not (isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, (int, float)) and x >= 0 for x in v)):
+            raise ConfigError(f"{m}={v!r}: give a range LO,HI (0 = unbounded), e.g. --{m}=360e6,400e6")
+        if v[0] and v[1] and v[0] > v[1]:
+            raise ConfigError(f"{m}={v!r}: the low end is above the high end")
+        out[m] = [float(x) for x in v]
+    if not out["base"] and out["schedule"] not in SCHEDULES:
+        raise ConfigError(f"schedule {out['schedule']!r} is unknown: use one of {sorted(SCHEDULES)}")
+    return out
+
+
+def _plain(spec: Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(spec, ml_collections.ConfigDict):
+        spec = spec.to_dict()
+    return json.loads(json.dumps(dict(spec)))
+
+
+def load_config_file(path_arg: str) -> Any:
+    """``get_config()`` of a config file, or ``get_config(arg)`` for ``'file.py:arg'`` (as ml_collections does)."""
+    path, _, arg = path_arg.partition(":")
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} not found")
+    name = "_sweep_cfg_" + os.path.splitext(os.path.basename(path))[0].replace(".", "_").replace("-", "_")
+    module = importlib.machinery.SourceFileLoader(name, path).load_module()
+    return module.get_config(arg) if arg else module.get_config()
+
+
+def space_for(spec: Mapping[str, Any]) -> DesignSpace:
+    """The spec's design space, forked with its ``dists`` / ``model`` overrides if any."""
+    space = get_space(spec["space"])
+    if spec["dists"] or spec["model"]:
+        space = space.fork(space.name, dists=spec["dists"], model={k: v for k, v in spec["model"].items() if k != "num_classes"})
+    return space
+
+
+def _set_dotted(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
+    node, parts = config, key.split(".")
+    for p in parts[:-1]:
+        if p not in node:
+            raise ConfigError(f"train override {key!r}: config has no field {p!r}")
+        node = node[p]
+    if parts[-1] not in node:
+        raise ConfigError(f"train override {key!r}: config has no field {parts[-1]!r}; fields here: {sorted(node.keys())}")
+    try:
+        node[parts[-1]] = value
+    except TypeError as e:
+        raise ConfigError(f"train override {key}={value!r}: {e}") from None
+
+
+def training_template(spec: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """The training config every model of the sweep shares (its ``model`` is a placeholder, replaced per sample)."""
+    if spec["base"]:
+        config = load_config_file(spec["base"])
+        if not isinstance(config, ml_collections.ConfigDict) or "model" not in config:
+            raise ConfigError(f"base config {spec['base']!r} must return a complete training ConfigDict (with a model)")
+        config = copy.deepcopy(config)
+    else:
+        config = base_config(zoo.ZOO["regnetx_200mf"].model, schedule=spec["schedule"])
+    if spec["dataset"]:
+        config.dataset.name = spec["dataset"]
+    if spec["num_epochs"]:
+        config.num_epochs = int(spec["num_epochs"])
+        config.optim.warmup_epochs = min(config.optim.warmup_epochs, config.num_epochs)
+    if spec["resolution"]:
+        config.resolution = int(spec["resolution"])
+    if spec["batch_size"]:
+        config.optim.base_lr = config.optim.base_lr * spec["batch_size"] / config.batch_size
+        config.batch_size = int(spec["batch_size"])
+    if "num_classes" in spec["model"]:
+        config.model.num_classes = int(spec["model"]["num_classes"])
+    for key, value in spec["train"].items():
+        _set_dotted(config, key, value)
+    return config
+
+
+def model_config(template: ml_collections.ConfigDict, model: Mapping[str, Any]) -> dict[str, Any]:
+    """The complete, validated training config (as a plain dict) of one sampled model."""
+    config = copy.deepcopy(template)
+    config.model = ml_collections.ConfigDict(dict(model))
+    validate_config(config)
+    return json.loads(config.to_json_best_effort())
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    a = np.asarray(values, float)
+    return {"min": float(a.min()), "mean": float(a.mean()), "median": float(np.median(a)), "max": float(a.max())}
+
+
+def _regime(spec: Mapping[str, Any]) -> dict[str, list[float]]:
+    return {m: spec[m] for m in CX_METRICS if any(spec[m])}
+
+
+def _check_existing(sd: SweepDir, spec: dict[str, Any]) -> int:
+    """How many models ``sd`` already holds for this spec (0 if new); raises if it holds a different sweep."""
+    if not sd.exists():
+        return 0
+    old = sd.spec()["spec"]
+    diff = sorted(k for k in set(old) | set(spec) if k != "n" and old.get(k) != spec.get(k))
+    if diff:
+        detail = ", ".join(f"{k}: {old.get(k)!r} -> {spec.get(k)!r}" for k in diff)
+        raise SweepError(f"{sd.root} already holds a different sweep ({detail}); choose a new --out (nothing was changed)")
+    have = len(sd.model_ids())
+    if spec["n"] < have:
+        raise SweepError(f"{sd.root} already holds {have} models, more than n={spec['n']}; use --n={have} or more (models are never removed)")
+    return have
+
+
+def setup_sweep(spec: Mapping[str, Any], out: str, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Sample the sweep's models and write their configs into ``out``; returns sweep.json's content.
+
+    Rerunning with the same spec does nothing; with a larger ``n`` it appends models (sampling is sequential from
+    the seed, so the first models are the same ones); any other change is refused, so results are never mixed.
+    """
+    spec = normalize_spec(spec)
+    spec["name"] = spec["name"] or os.path.basename(os.path.normpath(out))
+    sd = SweepDir(out)
+    have = _check_existing(sd, spec)
+    if have == spec["n"]:
+        log(f"setup: {out} already holds the {have} models of this sweep; nothing to do")
+        return sd.spec()
+    space = space_for(spec)
+    template = training_template(spec)
+    resolution, num_classes = int(template.resolution), int(template.model.num_classes)
+    result = sample_space(space, spec["n"], spec["seed"], resolution=resolution, num_classes=num_classes,
+                          regime=_regime(spec), max_draws=spec["max_draws"], log=log)  # fmt: skip
+    configs = [model_config(template, s.model) for s in result.samples]
+    for i in range(have):
+        if sd.config(model_id(i)) != configs[i]:
+            raise SweepError(f"{out}: model {model_id(i)} on disk differs from what this spec samples now (was the code or a config file changed?); use a new --out")
+    os.makedirs(sd.configs_dir, exist_ok=True)
+    for i in range(have, spec["n"]):
+        mid = model_id(i)
+        write_json(sd.config_json(mid), configs[i])
+        with open(sd.config_py(mid), "w") as f:
+            f.write(CONFIG_PY.format(mid=mid, name=spec["name"], space=space.name, py=sd.config_py(mid), workdir=sd.run_dir(mid)))
+    write_json(sd.summary_path, _summary(result))
+    info = {
+        "spec": spec,
+        "space": space.describe(),
+        "resolution": resolution,
+        "num_classes": num_classes,
+        "num_epochs": int(template.num_epochs),
+        "sampling": {"draws": result.draws, "rejected": result.rejected, "seconds": round(result.seconds, 3)},
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    write_json(sd.spec_path, info)
+    fl = _stats([s.complexity["flops"] for s in result.samples])
+    log(
+        f"setup: {spec['n']} models of {space.name} ({spec['n'] - have} new) in {out}/configs: flops {fl['min'] / 1e6:.3g}-"
+        f"{fl['max'] / 1e6:.3g} M (mean {fl['mean'] / 1e6:.3g} M) at {resolution} px, {template.num_epochs} epochs each; "
+        f"{result.draws:,} draws in {result.seconds:.1f}s"
+    )
+    log(f"next: python -m regnet_jax.sweep launch --out={out}")
+    return info
+
+
+def _summary(result: SampleResult) -> dict[str, Any]:
+    models = [
+        {"id": model_id(i), "values": s.values, "model": s.model, "complexity": s.complexity}
+        for i, s in enumerate(result.samples)
+    ]  # fmt: skip
+    return {
+        "num_models": len(models),
+        "complexity": {m: _stats([s.complexity[m] for s in result.samples]) for m in CX_METRICS},
+        "draws": result.draws,
+        "rejected": result.rejected,
+        "models": models,
+    }
+
+
+def read_spec_file(path: str) -> dict[str, Any]:
+    """A sweep spec from a JSON file or an ml_collections config file (``file.py[:arg]``)."""
+    if path.endswith(".json"):
+        return read_json(path)
+    return _plain(load_config_file(path))

@@ -1,0 +1,155 @@
+"""Classify images with converted or trained weights: the top-5 classes with names and probabilities.
+
+    python -m regnet_jax.predict --checkpoint=DIR IMAGE [IMAGE ...] [--top_k=5] [--resolution=224] [--json]
+
+``--checkpoint`` is a weights directory (``python -m regnet_jax.convert``) or a training workdir (its newest good
+checkpoint). Preprocessing is the evaluation transform (reference.md §4.2): resize the shorter side to
+``resolution / crop_fraction`` (256 for 224 px), centre-crop ``resolution``, then the channel order and mean/std
+the weights expect (pycls weights: BGR). Class names: the 1000 ImageNet classes shipped in
+``regnet_jax/assets/imagenet_classes.tsv``, or ``--labels=FILE`` (one name per line) for other heads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from importlib import resources
+from typing import Any
+
+import numpy as np
+
+IMAGENET_CLASSES = "imagenet_classes.tsv"
+
+
+class PredictError(ValueError):
+    """Bad images, labels or arguments; the message names the file and the fix."""
+
+
+def imagenet_classes() -> list[tuple[str, str]]:
+    """The 1000 ImageNet-1k classes in label order, as ``(wordnet id, name)`` (torchvision's names)."""
+    text = resources.files("regnet_jax").joinpath("assets", IMAGENET_CLASSES).read_text(encoding="utf-8")
+    rows = [tuple(line.split("\t", 1)) for line in text.splitlines() if line]
+    return [(wnid, name) for wnid, name in rows]
+
+
+def class_names(num_classes: int, labels_file: str = "") -> list[str]:
+    """Names for a head of ``num_classes``: from ``labels_file``, else ImageNet's when there are 1000, else 'class i'."""
+    if labels_file:
+        try:
+            with open(labels_file, encoding="utf-8") as f:
+                names = [line.strip() for line in f if line.strip()]
+        except OSError as e:
+            raise PredictError(f"cannot read --labels file {labels_file} ({e.strerror})") from e
+        if len(names) != num_classes:
+            raise PredictError(f"--labels file {labels_file} has {len(names)} names but the model has {num_classes} classes")
+        return names
+    if num_classes == 1000:
+        return [name for _, name in imagenet_classes()]
+    return [f"class {i}" for i in range(num_classes)]
+
+
+def preprocess(path: str, conventions: dict[str, Any], resolution: int, crop_fraction: float) -> np.ndarray:
+    """One image file as the network's HxWx3 float32 input (the evaluation transform and the weights' conventions)."""
+    import ml_collections
+    import tensorflow as tf
+
+    from regnet_jax.data import augment
+
+    if not os.path.isfile(path):
+        raise PredictError(f"image {path} does not exist")
+    cfg = ml_collections.ConfigDict(
+        dict(eval_crop_fraction=crop_fraction, mean=tuple(conventions["mean"]), std=tuple(conventions["std"]),
+             channel_order=conventions["channel_order"], output_dtype="float32")
+    )  # fmt: skip
+    try:
+        return augment.eval_preprocess(tf.io.read_file(path), cfg, resolution).numpy()
+    except tf.errors.OpError as e:
+        raise PredictError(f"cannot decode {path} as an image (JPEG, PNG, GIF or BMP): {e.message.splitlines()[0]}") from e
+
+
+def top_k(probs: np.ndarray, names: list[str], k: int) -> list[dict[str, Any]]:
+    """The ``k`` most probable classes of one probability vector, best first."""
+    order = np.argsort(-probs, kind="stable")[:k]
+    return [{"label": int(i), "name": names[i], "prob": float(probs[i])} for i in order]
+
+
+def format_results(results: list[dict[str, Any]]) -> str:
+    """The human-readable listing: each image, then its classes ranked with percentages."""
+    lines = []
+    for r in results:
+        lines.append(r["image"])
+        lines += [f"  {rank}. {100 * c['prob']:6.2f}%  {c['name']} ({c['label']})" for rank, c in enumerate(r["top"], 1)]
+    return "\n".join(lines)
+
+
+def predict(
+    checkpoint: str,
+    images: list[str],
+    *,
+    k: int = 5,
+    resolution: int = 224,
+    crop_fraction: float = 224 / 256,
+    labels_file: str = "",
+    ema: bool = False,
+    batch_size: int = 32,
+) -> list[dict[str, Any]]:
+    """``[{"image", "top": [{"label", "name", "prob"}, ...]}]`` for each image, in order."""
+    import jax
+
+    from regnet_jax.checkpoint import load_pretrained
+    from regnet_jax.models import create_model
+
+    if not images:
+        raise PredictError("give one or more image files after the flags")
+    if k < 1 or resolution < 8 or not 0 < crop_fraction <= 1 or batch_size < 1:
+        raise PredictError("need --top_k >= 1, --resolution >= 8, 0 < --crop_fraction <= 1 and --batch_size >= 1")
+    pre = load_pretrained(checkpoint, ema=ema)
+    names = class_names(pre.model["num_classes"], labels_file)
+    model = create_model(pre.model)
+    apply = jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, x, train=False).astype("float32"), axis=-1))
+    variables = jax.device_put(pre.variables)
+    out = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size]
+        x = np.stack([preprocess(p, pre.input, resolution, crop_fraction) for p in chunk])
+        pad = batch_size - len(chunk) if len(images) > batch_size else 0  # one compiled shape for every chunk
+        x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
+        probs = np.asarray(apply(variables, x))[: len(chunk)]
+        out += [{"image": p, "top": top_k(pr, names, min(k, len(names)))} for p, pr in zip(chunk, probs)]
+    return out
+
+
+def main(argv: list[str]) -> None:
+    from absl import flags
+
+    FLAGS = flags.FLAGS
+    if not FLAGS.checkpoint:
+        raise PredictError("--checkpoint is required (a weights directory or a training workdir)")
+    t = time.perf_counter()
+    results = predict(
+        FLAGS.checkpoint, argv[1:], k=FLAGS.top_k, resolution=FLAGS.resolution, crop_fraction=FLAGS.crop_fraction,
+        labels_file=FLAGS.labels, ema=FLAGS.ema, batch_size=FLAGS.batch_size,
+    )  # fmt: skip
+    print(json.dumps(results) if FLAGS.json else format_results(results))
+    dt = time.perf_counter() - t
+    print(f"{len(results)} images in {dt:.1f} s ({len(results) / dt:.1f} images/s, including loading and compiling)", file=sys.stderr)
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    from absl import flags
+
+    from regnet_jax.cli import run
+    from regnet_jax.weights import WeightsError
+
+    flags.DEFINE_string("checkpoint", None, "A weights directory (regnet_jax.convert) or a training workdir.")
+    flags.DEFINE_integer("top_k", 5, "How many classes to print per image.")
+    flags.DEFINE_integer("resolution", 224, "Crop size fed to the network.")
+    flags.DEFINE_float("crop_fraction", 224 / 256, "Centre-crop fraction: the shorter side is resized to resolution / this.")
+    flags.DEFINE_string("labels", "", "File with one class name per line (default: ImageNet's for 1000-class heads).")
+    flags.DEFINE_bool("ema", False, "Use the EMA weights of a training workdir.")
+    flags.DEFINE_integer("batch_size", 32, "Images per forward pass.")
+    flags.DEFINE_bool("json", False, "Print the results as one JSON list.")
+    run(main, user_errors=(PredictError, WeightsError))

@@ -1,0 +1,339 @@
+"""Data-parallel training with exact evaluation, checkpoints and metrics.
+
+    python -m regnet_jax.train --config=configs/regnety_4gf.py[:25ep|:10ep] --workdir=DIR [--config.batch_size=256 ...]
+
+Resumes from DIR's newest good checkpoint if there is one. Multi-host: every process runs the same command;
+``jax.distributed.initialize`` is called on a detected cluster launch (SLURM, Open MPI, TPU pod) or with
+``--distributed`` (plus ``--coordinator_address/--num_processes/--process_id`` where JAX cannot detect them).
+Exit status: 0 done, 1 failure (e.g. a NaN loss), 2 bad config/data/checkpoint, 3 preempted (checkpoint saved).
+
+Writes into DIR: config.json, checkpoints/, eval_metrics.jsonl (+ eval_ema_metrics.jsonl), train_metrics.jsonl,
+TensorBoard events, curves.png and, when finished, summary.json (see docs/training.md).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import flags, logging
+from clu import metric_writers
+from ml_collections import config_flags
+
+from regnet_jax import checkpoint as ckpt_lib
+from regnet_jax import complexity, data, metrics, optim, parallel
+from regnet_jax.cli import run
+from regnet_jax.config import ConfigError, validate_config
+from regnet_jax.evaluate import apply_input_conventions, run_evaluation
+from regnet_jax.models import create_model
+from regnet_jax.weights import WeightsError
+
+EXIT_PREEMPTED = 3
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or inf; nothing was saved after the last finite step."""
+
+
+class Preempted(RuntimeError):
+    """SIGTERM (or a multi-host preemption notice) arrived; a checkpoint of the current step was saved."""
+
+
+class _SigtermFlag:
+    """Remembers a SIGTERM so the loop can checkpoint at the next step boundary instead of dying mid-step."""
+
+    def __init__(self):
+        self.raised = False
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread (e.g. some test runners): no preemption handling
+            self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        logging.warning("SIGTERM received: will save a checkpoint at the next step and stop")
+        self.raised = True
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def preempted(self, step: int) -> bool:
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            return self.raised or multihost_utils.reached_preemption_sync_point(step)
+        return self.raised
+
+
+def _write_json(path: str, obj: Any) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def _finetune_config(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, ckpt_lib.Pretrained | None]:
+    """Load ``config.init_from`` (if set) and adopt its input conventions into the data config."""
+    if not config.init_from:
+        return config, None
+    pre = ckpt_lib.load_pretrained(config.init_from)
+    d = config.dataset
+    if (d.channel_order, tuple(d.mean), tuple(d.std)) != (pre.input["channel_order"], tuple(pre.input["mean"]), tuple(pre.input["std"])):
+        logging.info("init_from %s: using its input conventions %s instead of the config's", pre.source, pre.input)
+    return apply_input_conventions(config, pre.input), pre
+
+
+class _Trainer:
+    """The state of one run; ``run()`` trains from wherever the workdir left off."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+        self.config, self.workdir = config, workdir
+        self.is_chief = jax.process_index() == 0
+        self.mesh = parallel.make_mesh()
+        for what, batch in (("config.batch_size", config.batch_size), ("eval batch", config.eval_batch_size or config.batch_size)):
+            if batch % self.mesh.size:
+                raise ConfigError(f"{what}={batch} is not divisible by the {self.mesh.size} devices: use a multiple of {self.mesh.size}")
+        pidx, pcount = jax.process_index(), jax.process_count()
+        self.train_input = data.TrainInput(config, pidx, pcount)
+        self.eval_input = data.EvalInput(config, pidx, pcount)
+        self.steps_per_epoch = self.train_input.steps_per_epoch
+        self.total_steps = self.steps_per_epoch * config.num_epochs
+        self.model = create_model(config, bn_axis_name=parallel.AXIS)
+        image_shape = (config.resolution, config.resolution, 3)
+        shapes = jax.eval_shape(lambda: parallel.init_variables(self.model, jax.random.key(0), image_shape))
+        self.tx = optim.make_optimizer(config, self.steps_per_epoch, shapes["params"])
+        self.ema = config.optim.ema_decay > 0
+        self.state = parallel.create_train_state(self.model, self.tx, jax.random.key(config.seed), image_shape, self.mesh, self.ema)
+        self.signature = ckpt_lib.state_signature(self.state)
+        self.train_step = parallel.make_train_step(
+            self.model, self.tx, self.mesh, num_classes=config.model.num_classes,
+            label_smoothing=config.optim.label_smoothing, ema_decay=config.optim.ema_decay, bn_train=not config.freeze_trunk,
+        )  # fmt: skip
+        self.eval_step = parallel.make_eval_step(self.model, self.mesh, num_classes=config.model.num_classes)
+        self.ckpt = ckpt_lib.Checkpointer(workdir, config.keep_checkpoints)
+        self.prior_wall_time = 0.0
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.workdir, name)
+
+    def start(self, pre: ckpt_lib.Pretrained | None) -> int:
+        """Restore the newest good checkpoint, else initialise (from ``pre`` when fine-tuning); returns the step."""
+        restored = self.ckpt.restore_latest(self.state)
+        if restored is not None:
+            self.state, meta = restored
+            self.prior_wall_time = float(meta.get("wall_time_s", 0.0))
+            step = int(ckpt_lib.host(self.state.step))
+            if meta.get("steps_per_epoch") != self.steps_per_epoch:
+                logging.warning(
+                    "the checkpoint was written with %s steps per epoch, this config has %d (batch size or dataset "
+                    "changed): the data order will not continue exactly", meta.get("steps_per_epoch"), self.steps_per_epoch,
+                )  # fmt: skip
+            logging.info("resumed from %s at step %d (epoch %d)", self.ckpt.directory, step, step // self.steps_per_epoch)
+            return step
+        if pre is not None:
+            fresh = jax.tree_util.tree_map(ckpt_lib.host, self.state.variables())
+            variables, reinit = ckpt_lib.merge_pretrained(fresh, pre, self.config.model)
+            logging.info("initialised from %s%s", pre.source, " (head re-initialised: different number of classes)" if reinit else "")
+            self.state = parallel.replicate(parallel.state_from_variables(variables, self.tx, self.ema), self.mesh)
+        return 0
+
+    def save(self, step: int, metrics_: dict[str, float] | None = None) -> None:
+        meta = {
+            "step": step,
+            "epoch": step / self.steps_per_epoch,
+            "steps_per_epoch": self.steps_per_epoch,
+            "global_batch": self.config.batch_size,
+            "wall_time_s": self.prior_wall_time + time.perf_counter() - self.t_start,
+            "signature": self.signature,
+        }
+        self.ckpt.save(step, self.state, meta, metrics_)
+
+    def evaluate(self, step: int, writer) -> dict[str, float]:
+        """Evaluate (and the EMA weights, if any), append the JSON lines, write the scalars."""
+        epoch = step // self.steps_per_epoch
+        logged = {r["step"] for r in metrics.read_jsonl(self._path(metrics.EVAL_FILE))}
+        result = {}
+        for ema, fname in ((False, metrics.EVAL_FILE), (True, metrics.EVAL_EMA_FILE)):
+            if ema and not self.ema:
+                continue
+            t = time.perf_counter()
+            out = run_evaluation(self.eval_step, self.state.variables(ema), self.eval_input, self.mesh)
+            record = {"step": step, "epoch": epoch, "top1_err": out["top1_err"], "top5_err": out["top5_err"], "loss": out["loss"]}
+            prefix = "eval_ema" if ema else "eval"
+            logging.info(
+                "%s epoch %d step %d: top-1 err %.2f%%, top-5 err %.2f%%, loss %.4f (%d images, %.1fs)",
+                prefix, epoch, step, out["top1_err"], out["top5_err"], out["loss"], out["count"], time.perf_counter() - t,
+            )  # fmt: skip
+            writer.write_scalars(step, {f"{prefix}/{k}": v for k, v in record.items() if k not in ("step", "epoch")})
+            if self.is_chief and step not in logged:  # a resumed run re-evaluates a step it already logged
+                metrics.append_jsonl(self._path(fname), record)
+            if not ema:
+                result = record
+        return result
+
+    def _check_finite(self, pending: list[dict[str, jax.Array]], step: int) -> None:
+        if pending and not all(bool(ckpt_lib.host(m["finite"])) for m in pending):
+            last = self.ckpt.steps()
+            raise NonFiniteLossError(
+                f"the training loss became NaN or inf before step {step}; stopped without saving. The last good "
+                f"checkpoint is {'step %d in %s' % (last[-1], self.ckpt.directory) if last else 'none'}. Lower "
+                "config.optim.base_lr or add warmup (config.optim.warmup_epochs), then rerun to resume from it"
+            )
+
+    def run(self, pre: ckpt_lib.Pretrained | None) -> dict[str, Any]:
+        config = self.config
+        self.t_start = time.perf_counter()
+        step = self.start(pre)
+        cx = complexity.count(config.model, config.resolution)
+        # TensorBoard events from process 0; the readable log lines are written by _log_train / evaluate.
+        writer = metric_writers.SummaryWriter(self.workdir) if self.is_chief else metric_writers.MultiWriter([])
+        writer.write_hparams({"params": cx["params"], "flops": cx["flops"], "global_batch": config.batch_size, "num_epochs": config.num_epochs})
+        logging.info(
+            "model: %s params, %s flops (mult-adds at %d px); %d devices in %d processes; %d steps/epoch of %d images; "
+            "%d epochs; starting at step %d",
+            f"{cx['params']:,}", f"{cx['flops']:,}", config.resolution, self.mesh.size, jax.process_count(),
+            self.steps_per_epoch, config.batch_size, config.num_epochs, step,
+        )  # fmt: skip
+        if self.is_chief:
+            _write_json(self._path("config.json"), json.loads(config.to_json_best_effort()))
+        sigterm = _SigtermFlag()
+        try:
+            self._loop(step, writer, sigterm)
+        finally:
+            sigterm.restore()
+            self.ckpt.wait()
+            writer.close()
+        return self._finish(cx)
+
+    def _loop(self, step: int, writer, sigterm: _SigtermFlag) -> None:
+        config = self.config
+        progress = metrics.Progress(self.total_steps, step, config.batch_size)
+        pending: list[dict[str, jax.Array]] = []
+        while step < self.total_steps:
+            epoch, offset = divmod(step, self.steps_per_epoch)
+            batches = data.device_prefetch(self.train_input.epoch(epoch, offset), self.mesh, config.dataset.prefetch)
+            for batch in batches:
+                self.state, m = self.train_step(self.state, batch)
+                pending.append(m)
+                step += 1
+                if step % config.log_every_steps == 0 or step % self.steps_per_epoch == 0:
+                    self._check_finite(pending, step)
+                    self._log_train(step, pending, progress.report(step), writer)
+                    pending = []
+                if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 and step % self.steps_per_epoch:
+                    self._check_finite(pending, step)
+                    self.save(step)
+                if sigterm.preempted(step):
+                    self._check_finite(pending, step)
+                    self.save(step)
+                    self.ckpt.wait()
+                    raise Preempted(f"preempted at step {step}; checkpoint saved in {self.ckpt.directory}: rerun the same command to resume")
+            epoch += 1
+            last = step == self.total_steps
+            record = None
+            if last or (config.eval_every_epochs and epoch % config.eval_every_epochs == 0):
+                record = self.evaluate(step, writer)
+            self.save(step, {"top1_err": record["top1_err"]} if record else None)
+            progress.restart(step)
+        evals = metrics.read_jsonl(self._path(metrics.EVAL_FILE))
+        if not evals or evals[-1]["step"] != step:
+            self.evaluate(step, writer)  # the final evaluation's line is missing (e.g. eval_metrics.jsonl was removed)
+
+    def _log_train(self, step: int, pending: list[dict[str, jax.Array]], speed: dict[str, float], writer) -> None:
+        fetched = [{k: float(ckpt_lib.host(v)) for k, v in m.items()} for m in pending]
+        count = sum(m["count"] for m in fetched)
+        loss = sum(m["loss"] * m["count"] for m in fetched) / count
+        top1_err = 100.0 * (1.0 - sum(m["correct"] for m in fetched) / count)
+        epoch = step / self.steps_per_epoch
+        lr = optim.lr_at_step(self.config, step - 1, self.steps_per_epoch)
+        record = {"step": step, "epoch": epoch, "loss": loss, "top1_err": top1_err, "lr": lr,
+                  "images_per_s": speed["images_per_s"], "steps_per_s": speed["steps_per_s"]}  # fmt: skip
+        logging.info(
+            "step %d/%d epoch %.2f/%d: loss %.4f, top-1 err %.2f%%, lr %.5g | %.1f images/s, %.2f steps/s, ETA %s",
+            step, self.total_steps, epoch, self.config.num_epochs, loss, top1_err, lr, speed["images_per_s"],
+            speed["steps_per_s"], metrics.format_eta(speed["eta_s"]),
+        )  # fmt: skip
+        writer.write_scalars(step, {f"train/{k}": v for k, v in record.items() if k != "step"} | {"train/eta_s": speed["eta_s"]})
+        if self.is_chief:
+            metrics.append_jsonl(self._path(metrics.TRAIN_FILE), record)
+
+    def _finish(self, cx: dict[str, int]) -> dict[str, Any]:
+        evals = metrics.read_jsonl(self._path(metrics.EVAL_FILE))
+        final = evals[-1]
+        summary = {
+            "status": "done",
+            "epochs": self.config.num_epochs,
+            "steps": self.total_steps,
+            "final": {k: final[k] for k in ("top1_err", "top5_err", "loss")},
+            "best_top1_err": min(r["top1_err"] for r in evals),
+            "wall_time_s": self.prior_wall_time + time.perf_counter() - self.t_start,
+            "params": cx["params"],
+            "flops": cx["flops"],
+        }
+        if self.is_chief:
+            _write_json(self._path("summary.json"), summary)
+            plot = metrics.plot_curves(self.workdir)
+            logging.info("done: final top-1 err %.2f%% (best %.2f%%), %.0fs; curves in %s",
+                         final["top1_err"], summary["best_top1_err"], summary["wall_time_s"], plot)  # fmt: skip
+        return summary
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Train ``config`` in ``workdir`` (resuming from its checkpoints), evaluating as configured; returns summary.json's
+    content. Raises ConfigError (bad config, data not prepared, unusable checkpoint), NonFiniteLossError, Preempted."""
+    metrics.quiet_library_logs()
+    config = copy.deepcopy(config)
+    validate_config(config)
+    data.check_dataset(config)  # before anything else: fail fast with the preparation instructions
+    config, pre = _finetune_config(config)
+    os.makedirs(workdir, exist_ok=True)
+    trainer = _Trainer(config, workdir)
+    try:
+        return trainer.run(pre)
+    finally:
+        trainer.ckpt.close()
+
+
+def _define_flags() -> flags.FlagValues:
+    """The command-line flags (defined only when run as a program, so importing this module defines none)."""
+    config_flags.DEFINE_config_file("config", None, "Training config file, e.g. configs/regnety_4gf.py or configs/regnety_4gf.py:25ep.", lock_config=True)
+    flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the resolved config (resumes from it).")
+    flags.DEFINE_bool("distributed", None, "Call jax.distributed.initialize (default: only on a detected cluster launch).")
+    flags.DEFINE_string("coordinator_address", "", "host:port of process 0, where JAX cannot detect it.")
+    flags.DEFINE_integer("num_processes", 0, "Number of processes, where JAX cannot detect it.")
+    flags.DEFINE_integer("process_id", -1, "This process's index, where JAX cannot detect it.")
+    return flags.FLAGS
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    FLAGS = flags.FLAGS
+    if FLAGS.config is None or not FLAGS.workdir:
+        raise ConfigError("--config and --workdir are both required, e.g. --config=configs/quickstart.py --workdir=/tmp/quickstart")
+    parallel.maybe_initialize_distributed(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    try:
+        summary = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except Preempted as e:
+        logging.warning("%s", e)
+        sys.exit(EXIT_PREEMPTED)
+    except NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    if jax.process_index() == 0:
+        f = summary["final"]
+        print(f"final: top-1 error {f['top1_err']:.2f}% (accuracy {100 - f['top1_err']:.2f}%), top-5 error {f['top5_err']:.2f}%, "
+              f"loss {f['loss']:.4f}; best top-1 error {summary['best_top1_err']:.2f}%; {summary['wall_time_s']:.0f}s")  # fmt: skip
+
+
+if __name__ == "__main__":
+    _define_flags()
+    run(main, user_errors=(WeightsError,))

@@ -1,0 +1,94 @@
+"""Shared by the trainer tests: a tiny config that trains in seconds, and running the CLI in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+
+import ml_collections
+
+from regnet_jax.config import base_config
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# Two stages, widths 8 and 16, dense 3x3 convs (group width = width: XLA:CPU's grouped-conv backward is slow).
+TINY_MODEL = dict(
+    type="anynet", stem_type="simple_stem_in", stem_w=8, block_type="res_bottleneck_block",
+    depths=[1, 1], widths=[8, 16], strides=[2, 2], bot_muls=[1.0, 1.0], group_ws=[8, 16], se_ratio=0.25, num_classes=10,
+)  # fmt: skip
+
+
+def tiny_config(**overrides) -> ml_collections.ConfigDict:
+    """Quickstart digits at 16 px, 128 training images, global batch 32 (4 per device on 8), 2 epochs."""
+    c = base_config(TINY_MODEL, batch_size=32, schedule="100ep")
+    c.num_epochs = 2
+    c.resolution = 16
+    c.eval_batch_size = 16
+    c.dataset.name = "quickstart"
+    c.dataset.eval_split = "test"
+    c.dataset.num_train_examples = 128
+    c.dataset.num_eval_examples = 50  # not a multiple of the eval batch: the last batch is padded
+    c.dataset.min_area = 0.35
+    c.dataset.flip = False
+    c.dataset.pca_std = 0.0
+    c.optim.base_lr = 0.2
+    c.optim.warmup_epochs = 1
+    c.log_every_steps = 2
+    c.keep_checkpoints = 100
+    for key, value in overrides.items():
+        node = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return c
+
+
+def write_config_file(path: pathlib.Path, config: ml_collections.ConfigDict) -> pathlib.Path:
+    """A config .py file for the CLI that returns exactly ``config``."""
+    text = json.dumps(json.loads(config.to_json_best_effort()))
+    path.write_text(
+        "import json\nimport ml_collections\n\n\n"
+        f"def get_config():\n    return ml_collections.ConfigDict(json.loads({text!r}))\n"
+    )
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def cli_env(num_devices: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(JAX_NUM_CPU_DEVICES=str(num_devices), JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
+    return env
+
+
+def start_cli(module: str, args: list[str], num_devices: int, log_path: pathlib.Path) -> subprocess.Popen:
+    """Start ``python -m module args`` in its own process group, output to ``log_path``."""
+    log = open(log_path, "w")
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *args], cwd=REPO, env=cli_env(num_devices), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Kill a started process (and its group) if it is still running."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
+def run_cli(module: str, args: list[str], num_devices: int, log_path: pathlib.Path, timeout: float) -> int:
+    proc = start_cli(module, args, num_devices, log_path)
+    try:
+        return proc.wait(timeout=timeout)
+    finally:
+        stop(proc)
