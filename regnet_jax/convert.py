@@ -245,7 +245,7 @@ def _shape(sd: Mapping[str, Any], path: tuple[str, ...], layout: str) -> tuple[i
 def _se_ratio(w_ins: list[int], w_ses: list[int]) -> float:
     """The ratio r with round(r * w_in) == w_se for every block, preferring RegNetY's 0.25."""
     for r in (0.25, w_ses[0] / w_ins[0]):
-        if all(int(round(r * wi)) == ws for wi, ws in zip(w_ins, w_ses)):
+        if all(round(r * wi) == ws for wi, ws in zip(w_ins, w_ses)):
             return r
     raise ConversionError(f"SE widths {w_ses} are not round(r * w_in) of the block input widths {w_ins} for any one ratio r")
 
@@ -269,7 +269,7 @@ def infer_model(state_dict: Mapping[str, Any], layout: str) -> dict[str, Any]:
     w_in, i = stem[0], 1
     while _shape(state_dict, (f"s{i}", "b1", "f", "a", "kernel"), layout):
         j = 1
-        while (a := _shape(state_dict, (f"s{i}", f"b{j}", "f", "a", "kernel"), layout)) is not None:
+        while _shape(state_dict, (f"s{i}", f"b{j}", "f", "a", "kernel"), layout) is not None:
             b = _shape(state_dict, (f"s{i}", f"b{j}", "f", "b", "kernel"), layout)
             c = _shape(state_dict, (f"s{i}", f"b{j}", "f", "c", "kernel"), layout)
             if b is None or c is None:
@@ -440,7 +440,8 @@ def convert_file(
     source = f"{layout} {os.path.abspath(checkpoint)}" + (f" ({note})" if note else "")
     weights.save_weights(output, variables, model, conventions, source)
     n_params = sum(int(np.prod(np.shape(x))) for x in jax.tree_util.tree_leaves(variables["params"]))
-    return {"output": output, "model": model, "input": conventions, "note": note, "params": n_params, "keys": len(sd)}
+    n_tensors = len(jax.tree_util.tree_leaves(variables))
+    return {"output": output, "model": model, "input": conventions, "note": note, "params": n_params, "tensors": n_tensors}
 
 
 def main(argv: list[str]) -> None:
@@ -458,7 +459,7 @@ def main(argv: list[str]) -> None:
     if out["note"]:
         print(f"note: {out['note']}")
     print(
-        f"converted {out['keys']} tensors ({out['params']:,} parameters) of {getattr(FLAGS, 'from')} {FLAGS.checkpoint} "
+        f"converted {out['tensors']} tensors ({out['params']:,} parameters) of {getattr(FLAGS, 'from')} {FLAGS.checkpoint} "
         f"in {time.perf_counter() - t:.1f} s -> {out['output']} (input: {out['input']['channel_order'].upper()}, "
         "ImageNet mean/std)"
     )

@@ -8,7 +8,7 @@ Public API (usable outside the trainer, e.g. by benchmarks)::
     replicate(tree, mesh) -> tree of replicated global arrays      # host values identical on every process
     create_train_state(model, tx, rng, image_shape, mesh, ema=False) -> TrainState  # initialised replicated
     make_train_step(model, tx, mesh, *, num_classes, label_smoothing=0.0, ema_decay=0.0, bn_train=True)
-        -> step(state, batch) -> (state, metrics)   # state donated; metrics: loss, correct, count, finite
+        -> step(state, batch) -> (state, metrics)   # state donated; metrics: loss, correct, count, finite (loss and params)
     make_eval_step(model, mesh, *, num_classes) -> step(variables, batch) -> {loss, top1, top5, count} (sums)
 
 ``model`` must be built with ``create_model(config, bn_axis_name=AXIS)`` so that BatchNorm averages its batch
@@ -166,7 +166,10 @@ def make_train_step(
         loss = jax.lax.psum(loss, axis)
         correct = jax.lax.psum(jnp.sum(jnp.argmax(logits, -1) == labels), axis)
         new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state, ema=ema)
-        metrics = {"loss": loss, "correct": correct, "count": jnp.asarray(global_batch, jnp.int32), "finite": jnp.isfinite(loss)}
+        # Finite loss *and* finite updated parameters: the loss only reveals a diverged update one step later, and a
+        # checkpoint of this step must never hold NaN/inf weights.
+        finite = jnp.isfinite(loss) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(params)]))
+        metrics = {"loss": loss, "correct": correct, "count": jnp.asarray(global_batch, jnp.int32), "finite": finite}
         return new_state, metrics
 
     mapped = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(axis)), out_specs=(P(), P()))

@@ -184,8 +184,8 @@ class _Trainer:
         if pending and not all(bool(ckpt_lib.host(m["finite"])) for m in pending):
             last = self.ckpt.steps()
             raise NonFiniteLossError(
-                f"the training loss became NaN or inf before step {step}; stopped without saving. The last good "
-                f"checkpoint is {'step %d in %s' % (last[-1], self.ckpt.directory) if last else 'none'}. Lower "
+                f"the training loss or the weights became NaN or inf by step {step}; stopped without saving. The last "
+                f"good checkpoint is {'step %d in %s' % (last[-1], self.ckpt.directory) if last else 'none'}. Lower "
                 "config.optim.base_lr or add warmup (config.optim.warmup_epochs), then rerun to resume from it"
             )
 

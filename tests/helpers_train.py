@@ -10,11 +10,21 @@ import socket
 import subprocess
 import sys
 
+import tempfile
+
+import jax
 import ml_collections
 
 from regnet_jax.config import base_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# The trainer tests compile the same tiny steps many times, in this process and in subprocesses: share the compiled
+# executables through JAX's persistent cache (keyed by the computation, so a stale entry is never used).
+XLA_CACHE = os.path.join(tempfile.gettempdir(), f"regnet_jax_test_xla_cache_{os.getuid()}")
+jax.config.update("jax_compilation_cache_dir", XLA_CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 # Two stages, widths 8 and 16, dense 3x3 convs (group width = width: XLA:CPU's grouped-conv backward is slow).
 TINY_MODEL = dict(
@@ -67,7 +77,10 @@ def free_port() -> int:
 
 def cli_env(num_devices: int) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(JAX_NUM_CPU_DEVICES=str(num_devices), JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
+    env.update(
+        JAX_NUM_CPU_DEVICES=str(num_devices), JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO),
+        JAX_COMPILATION_CACHE_DIR=XLA_CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
     return env
 
 

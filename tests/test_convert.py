@@ -195,7 +195,7 @@ def test_torchvision_width_rounding_builds_the_variant(name, tv_widths, tv_param
 
 
 def test_other_differences_are_not_turned_into_variants(golden):
-    _, meta, sd = golden
+    _, _, sd = golden
     tv = {_pycls_to_torchvision(k): v for k, v in sd.items()}
     other = zoo.get_config("regnety_400mf")  # different depths: the config is kept and the conversion fails
     assert convert.resolve_model(tv, other, "torchvision") == (other.model.to_dict(), "")

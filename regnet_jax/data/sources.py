@@ -214,10 +214,17 @@ def tfds_source(name: str, data_dir: str, split: str, limit: int) -> TfdsSource:
     if "image" not in features or "label" not in features:
         raise DatasetNotReadyError(f"TFDS dataset {name!r} has features {sorted(features)}; an image classification dataset needs 'image' and 'label'")
     splits = builder.info.splits
-    if split not in splits:
-        raise DatasetNotReadyError(f"TFDS dataset {name!r} has no split {split!r}; it has {sorted(splits)}: set config.dataset.train_split / eval_split")
-    n = _limit(int(splits[split].num_examples), limit)
-    sub = split if n == splits[split].num_examples else f"{split}[:{n}]"
+    try:
+        total = int(splits[split].num_examples)  # also accepts slices such as 'train[:90%]'
+    except (KeyError, ValueError, AssertionError):
+        raise DatasetNotReadyError(
+            f"TFDS dataset {name!r} has no split {split!r}; it has {sorted(splits)} (slices like 'train[:90%]' work too): "
+            "set config.dataset.train_split / eval_split"
+        ) from None
+    n = _limit(total, limit)
+    if n < total and "[" in split:
+        raise ConfigError(f"config.dataset.num_*_examples cannot shorten the sliced split {split!r}: slice it in the split name instead")
+    sub = split if n == total else f"{split}[:{n}]"
     return TfdsSource(builder, sub, n, int(features["label"].num_classes))
 
 

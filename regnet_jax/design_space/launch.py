@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 import traceback
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from regnet_jax.config import ConfigError
 from regnet_jax.design_space.layout import SweepDir, model_id, read_json, write_json

@@ -27,7 +27,7 @@ import numpy as np
 from regnet_jax.design_space import analysis as an
 from regnet_jax.design_space.collect import read_results
 from regnet_jax.design_space.efit import block_widths_of
-from regnet_jax.design_space.layout import SweepDir, write_json
+from regnet_jax.design_space.layout import SweepDir, SweepError, write_json
 from regnet_jax.metrics import EVAL_FILE, read_jsonl
 
 
@@ -198,7 +198,7 @@ def analyze(
     done = [(n, d, [r for r in rows if r["status"] == "done" and r.get("error") is not None], a) for n, d, rows, a in sweeps]
     done = [s for s in done if s[2]]
     if not done:
-        raise SystemExit("analyze: no finished models yet in " + ", ".join(sweep_dirs) + ": run `python -m regnet_jax.sweep launch` first")
+        raise SweepError("no finished models yet in " + ", ".join(sweep_dirs) + ": run `python -m regnet_jax.sweep launch --out=DIR` first")
     for _, _, rows, a in done:  # the rows of analysis.json carry e_fit; reuse them for the plots
         if rows and "e_fit" not in rows[0]:
             an.add_efit(rows)
@@ -240,7 +240,8 @@ def _html(result: dict[str, Any], figs: dict[str, str], per_sweep: dict[str, dic
     for n, a in result["sweeps"].items():
         e = a.get("error")
         best = a["best"][0]["id"] if a.get("best") else "-"
-        rows.append([n, f"{a['done']}/{a['models']}", *(e[k] for k in ("min", "mean", "median", "max")) if e else ["-"] * 4, best, a["dir"]])
+        stats = [e[k] for k in ("min", "mean", "median", "max")] if e else ["-"] * 4
+        rows.append([n, f"{a['done']}/{a['models']}", *stats, best, a["dir"]])
     parts.append(_table(["sweep", "done", "min err", "mean err", "median err", "max err", "best", "directory"], rows))
     parts.append(f"<p>Ranking by mean error (best first): <b>{html.escape(' < '.join(result['ranking_by_mean_error']))}</b></p>")
     parts.append("<h2>Error EDF</h2>" + _img(figs["edf"], "EDF"))

@@ -1,0 +1,32 @@
+"""Fine-tune a pretrained RegNetY-400MF on TFDS ``tf_flowers`` (5 classes): a new head, everything else loaded.
+
+    python -m regnet_jax.convert --from=pycls --checkpoint=RegNetY-400MF_dds_8gpu.pyth \\
+        --config=configs/regnety_400mf.py --output=/tmp/y400mf
+    python -m regnet_jax.train --config=configs/finetune_example.py:/tmp/y400mf --workdir=/tmp/flowers
+
+The argument after ':' is ``config.init_from``: a weights directory (as written by ``regnet_jax.convert``) or a
+training workdir. The weights' input conventions (pycls: BGR) are applied to the data automatically.
+Linear probe instead (frozen trunk, only the head trains): add ``--config.freeze_trunk=True --config.optim.base_lr=0.1``.
+tf_flowers has a single split of 3,670 images; the last 10% are held out for evaluation.
+"""
+
+import ml_collections
+
+from regnet_jax import zoo
+from regnet_jax.config import ConfigError
+
+
+def get_config(init_from: str = "") -> ml_collections.ConfigDict:
+    """Fine-tuning config; ``init_from`` (the ':' argument) is the pretrained weights directory or workdir."""
+    if not init_from:
+        raise ConfigError("give the pretrained weights: --config=configs/finetune_example.py:WEIGHTS_DIR_OR_WORKDIR")
+    config = zoo.get_config("regnety_400mf", "10ep")  # the pretrained architecture; 10 epochs at batch 128
+    config.init_from = init_from
+    config.model.num_classes = 5
+    config.dataset.name = "tf_flowers"
+    config.dataset.train_split = "train[:90%]"
+    config.dataset.eval_split = "train[90%:]"
+    config.batch_size = 64
+    config.optim.base_lr = 0.01  # a tenth of the from-scratch lr at this batch: the trunk is already trained
+    config.optim.warmup_epochs = 1
+    return config

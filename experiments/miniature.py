@@ -1,0 +1,38 @@
+"""The miniature: the paper's method end to end on one CPU machine, on the offline digits of the quickstart.
+
+Three design spaces (AnyNetX_A, AnyNetX_E, RegNetX), scaled down to 32x32 images: at most 4 blocks per AnyNet stage
+and 16 blocks per RegNet, widths up to 128, group widths 8-32 (XLA:CPU's grouped convolutions with tiny groups are
+~17x slower than dense ones, see docs/design_space.md) and the regime 1.2-1.6 M flops at 32 px (the quickstart model
+has 0.95 M). Each model trains 8 epochs with the quickstart recipe. ``experiments/miniature.sh`` runs it all::
+
+    bash experiments/miniature.sh /tmp/regnet_miniature          # ~25 min on 2 CPU cores
+
+One space by hand::
+
+    python -m regnet_jax.sweep setup --config=experiments/miniature.py:anynetx_a --out=/tmp/mini/anynetx_a
+"""
+
+import os
+
+import ml_collections
+
+QUICKSTART = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "configs", "quickstart.py")
+MINI_ANYNET = {"depth": "log_uniform:1:4:1", "width": "log_uniform:8:128:8", "group_w": "power2_uniform:8:32:8"}
+MINI_REGNET = {"depth": "uniform:4:16:1", "w0": "log_uniform:8:64:8", "wa": "log_uniform:4.0:64.0:0.1", "group_w": "power2_uniform:8:32:8"}
+SPACES = ("anynetx_a", "anynetx_e", "regnetx")
+
+
+def get_config(space: str = "anynetx_a") -> ml_collections.ConfigDict:
+    """The miniature sweep of ``space`` (any registered space; the three above are the ones the script runs)."""
+    c = ml_collections.ConfigDict()
+    c.name = space
+    c.space = space
+    c.n = 16
+    c.seed = 0
+    c.flops = (1.2e6, 1.6e6)
+    c.base = os.path.normpath(QUICKSTART)
+    c.num_epochs = 8
+    c.dists = MINI_REGNET if space.startswith("regnet") else MINI_ANYNET
+    c.model = {"stem_w": 16}
+    c.train = {"eval_every_epochs": 1, "log_every_steps": 22}
+    return c

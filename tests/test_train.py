@@ -1,0 +1,197 @@
+"""End-to-end training on 8 emulated devices: outputs, resume, kill-and-resume, NaN, corrupt checkpoints, TFDS
+imagenet2012 (mocked), fine-tuning, and the CLI's errors."""
+
+import json
+import os
+import re
+import shutil
+import time
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from regnet_jax import checkpoint, weights
+from regnet_jax.train import NonFiniteLossError, train_and_evaluate
+from tests.helpers_train import TINY_MODEL, run_cli, start_cli, stop, tiny_config, write_config_file
+
+EVAL_KEYS = {"step", "epoch", "top1_err", "top5_err", "loss"}
+
+
+def _config():
+    return tiny_config(checkpoint_every_steps=1)  # 2 epochs x 4 steps, a checkpoint after every step
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One finished tiny run (shared, read-only: tests that modify it work on a copy)."""
+    workdir = tmp_path_factory.mktemp("trained") / "run"
+    summary = train_and_evaluate(_config(), str(workdir))
+    return workdir, summary
+
+
+def _copy(trained, tmp_path):
+    dst = tmp_path / "run"
+    shutil.copytree(trained[0], dst)
+    return dst
+
+
+def _final_variables(workdir):
+    return checkpoint.load_pretrained(str(workdir)).variables
+
+
+def _assert_same_variables(a, b, rtol=1e-6):
+    for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree_util.tree_leaves(b)):
+        np.testing.assert_allclose(x, y, rtol=rtol, atol=1e-7, err_msg=jax.tree_util.keystr(path))
+
+
+def _read_jsonl(path):
+    return [json.loads(line) for line in open(path)]
+
+
+def test_run_writes_its_records_and_rerun_is_a_noop(trained):
+    workdir, summary = trained
+    evals = _read_jsonl(workdir / "eval_metrics.jsonl")
+    assert [r["step"] for r in evals] == [4, 8] and [r["epoch"] for r in evals] == [1, 2]
+    assert all(set(r) == EVAL_KEYS for r in evals)
+    assert all(0 <= r["top1_err"] <= 100 and 0 <= r["top5_err"] <= r["top1_err"] for r in evals)
+    assert set(summary) == {"status", "epochs", "steps", "final", "best_top1_err", "wall_time_s", "params", "flops"}
+    assert summary["status"] == "done" and summary["epochs"] == 2 and summary["steps"] == 8
+    assert summary["final"] == {k: evals[-1][k] for k in ("top1_err", "top5_err", "loss")}
+    assert summary["best_top1_err"] == min(r["top1_err"] for r in evals)
+    assert isinstance(summary["params"], int) and summary["params"] > 0 and isinstance(summary["flops"], int)
+    assert json.loads((workdir / "summary.json").read_text()) == summary
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["batch_size"] == 32 and config["model"]["widths"] == [8, 16]
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
+    assert (workdir / "curves.png").stat().st_size > 0
+    train_log = _read_jsonl(workdir / "train_metrics.jsonl")
+    assert {"loss", "top1_err", "lr", "images_per_s", "steps_per_s"} <= set(train_log[0])
+    ckpt = checkpoint.Checkpointer(str(workdir), read_only=True)
+    assert ckpt.steps() == list(range(1, 9))
+    ckpt.close()
+
+
+def test_rerunning_a_finished_run_trains_nothing(trained, tmp_path):
+    workdir = _copy(trained, tmp_path)
+    before = _final_variables(workdir)
+    summary = train_and_evaluate(_config(), str(workdir))
+    assert summary["steps"] == 8 and summary["final"] == trained[1]["final"]
+    assert len(_read_jsonl(workdir / "eval_metrics.jsonl")) == 2  # no duplicate lines
+    _assert_same_variables(_final_variables(workdir), before, rtol=0)
+
+
+@pytest.mark.timeout(300)
+def test_killed_and_resumed_run_matches_uninterrupted(trained, tmp_path):
+    cfg_file = write_config_file(tmp_path / "config.py", _config())
+    workdir = tmp_path / "killed"
+    args = [f"--config={cfg_file}", f"--workdir={workdir}"]
+    proc = start_cli("regnet_jax.train", args, 8, tmp_path / "first.log")
+    try:
+        deadline = time.time() + 180
+        while not (workdir / "checkpoints" / "2").is_dir():  # step 2 of 8 finished and saved: kill mid-run
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            assert time.time() < deadline, "the training subprocess made no checkpoint in time"
+            time.sleep(0.02)
+        os.killpg(proc.pid, 9)
+        proc.wait(timeout=30)
+    finally:
+        stop(proc)
+    assert proc.returncode == -9
+    assert not (workdir / "summary.json").exists()
+    killed_at = checkpoint.Checkpointer(str(workdir), read_only=True).steps()[-1]
+    assert killed_at < 8
+    assert run_cli("regnet_jax.train", args, 8, tmp_path / "second.log", timeout=180) == 0, (tmp_path / "second.log").read_text()[-3000:]
+    log = (tmp_path / "second.log").read_text()
+    assert f"at step {killed_at} " in log  # resumed where it stopped, not from scratch
+    _assert_same_variables(_final_variables(workdir), _final_variables(trained[0]), rtol=1e-5)
+    # Same data order as the uninterrupted run: every logged training loss after the resume agrees.
+    resumed = {r["step"]: r["loss"] for r in _read_jsonl(workdir / "train_metrics.jsonl")}
+    reference = {r["step"]: r["loss"] for r in _read_jsonl(trained[0] / "train_metrics.jsonl")}
+    for step in [s for s in reference if s > killed_at]:
+        assert resumed[step] == pytest.approx(reference[step], rel=1e-5), step
+
+
+def test_corrupt_latest_checkpoint_is_reported_and_training_resumes_before_it(trained, tmp_path, caplog):
+    workdir = _copy(trained, tmp_path)
+    final = _final_variables(workdir)
+    os.remove(workdir / "summary.json")
+    for root, _, files in os.walk(workdir / "checkpoints" / "8" / "state"):
+        for f in files:
+            with open(os.path.join(root, f), "r+b") as fh:
+                fh.write(b"\x00" * 64)
+    summary = train_and_evaluate(_config(), str(workdir))
+    assert any("checkpoints/8 cannot be read" in r.getMessage() for r in caplog.records)
+    assert any(p.startswith("8.corrupt-") for p in os.listdir(workdir / "checkpoints"))
+    assert summary["steps"] == 8
+    _assert_same_variables(_final_variables(workdir), final, rtol=1e-5)  # redid step 8 from step 7
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(trained, tmp_path):
+    workdir = _copy(trained, tmp_path)
+    config = _config()
+    config.num_epochs = 4
+    config.optim.base_lr = 1e30  # the next update is huge but finite; the loss after it is not
+    with pytest.raises(NonFiniteLossError, match="NaN or inf") as e:
+        train_and_evaluate(config, str(workdir))
+    bad_step, last_good = map(int, re.search(r"by step (\d+).*checkpoint is step (\d+)", str(e.value)).groups())
+    assert 8 < bad_step and last_good == bad_step - 1
+    ckpt = checkpoint.Checkpointer(str(workdir), read_only=True)
+    assert ckpt.steps()[-1] == last_good  # nothing saved at or after the bad step
+    ckpt.close()
+    variables = _final_variables(workdir)  # the newest checkpoint restores, with finite weights
+    assert all(np.isfinite(v).all() for v in jax.tree_util.tree_leaves(variables))
+
+
+def _mock_imagenet_metadata(data_dir, n):
+    builder = tfds.builder("imagenet2012", data_dir=str(data_dir))
+    os.makedirs(builder.data_dir)
+    splits = [tfds.core.SplitInfo(name=s, shard_lengths=[n], num_bytes=0) for s in ("train", "validation")]
+    builder.info.set_splits(tfds.core.SplitDict(splits))
+    builder.info.write_to_directory(builder.data_dir)
+
+
+def test_imagenet2012_mock_data_end_to_end(tmp_path):
+    _mock_imagenet_metadata(tmp_path / "tfds", 40)
+    config = tiny_config(num_epochs=1, batch_size=16, **{"model.num_classes": 1000, "dataset.name": "imagenet2012",
+                         "dataset.data_dir": str(tmp_path / "tfds"), "dataset.eval_split": "validation",
+                         "dataset.num_train_examples": 0, "dataset.num_eval_examples": 0, "dataset.shuffle_buffer": 64,
+                         "dataset.flip": True, "dataset.pca_std": 0.1, "dataset.min_area": 0.08})  # fmt: skip
+    with tfds.testing.mock_data(num_examples=40, data_dir=str(tmp_path / "tfds")):
+        summary = train_and_evaluate(config, str(tmp_path / "run"))
+    assert summary["steps"] == 40 // 16
+    evals = _read_jsonl(tmp_path / "run" / "eval_metrics.jsonl")
+    assert len(evals) == 1 and evals[0]["step"] == 2  # 40 validation examples in 3 padded batches of 16
+
+
+def test_finetune_from_a_workdir_with_new_classes_and_frozen_trunk(trained, tmp_path):
+    config = tiny_config(num_epochs=1, init_from=str(trained[0]), freeze_trunk=True, **{"model.num_classes": 12})
+    train_and_evaluate(config, str(tmp_path / "probe"))
+    pre, tuned = _final_variables(trained[0]), _final_variables(tmp_path / "probe")
+    assert tuned["params"]["head"]["fc"]["kernel"].shape == (16, 12)
+    del pre["params"]["head"], tuned["params"]["head"]
+    _assert_same_variables(tuned, pre, rtol=0)  # trunk loaded and frozen, BN statistics untouched
+
+
+def test_finetune_from_weights_applies_their_input_conventions(trained, tmp_path):
+    variables = _final_variables(trained[0])
+    weights.save_weights(str(tmp_path / "weights"), variables, TINY_MODEL, weights.input_spec("bgr", (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)))
+    config = tiny_config(num_epochs=1, init_from=str(tmp_path / "weights"))
+    summary = train_and_evaluate(config, str(tmp_path / "tuned"))
+    resolved = json.loads((tmp_path / "tuned" / "config.json").read_text())
+    assert resolved["dataset"]["channel_order"] == "bgr" and resolved["dataset"]["mean"] == [0.5, 0.5, 0.5]
+    assert summary["status"] == "done"
+    bad = tiny_config(num_epochs=1, init_from=str(tmp_path / "weights"), **{"model.widths": [8, 24], "model.group_ws": [8, 24]})
+    with pytest.raises(checkpoint.CheckpointError, match="different architecture"):
+        train_and_evaluate(bad, str(tmp_path / "bad"))
+
+
+@pytest.mark.timeout(120)
+def test_cli_reports_an_unprepared_dataset_and_exits_2(tmp_path):
+    cfg_file = write_config_file(tmp_path / "config.py", tiny_config())
+    args = [f"--config={cfg_file}", f"--workdir={tmp_path / 'run'}", "--config.dataset.name=imagenet2012", f"--config.dataset.data_dir={tmp_path / 'tfds'}"]
+    assert run_cli("regnet_jax.train", args, 1, tmp_path / "log", timeout=100) == 2
+    log = (tmp_path / "log").read_text()
+    assert "error: TFDS dataset 'imagenet2012' is not prepared" in log and "tfds build imagenet2012" in log
+    assert not (tmp_path / "run").exists()  # stopped before doing anything else
