@@ -32,6 +32,7 @@ setup(
     version="0.1.0",
     description="RegNet and AnyNet (Designing Network Design Spaces) in JAX/Flax: models, training, design-space sweeps",
     packages=find_packages(include=["regnet_jax", "regnet_jax.*"]),
+    package_data={"regnet_jax": ["assets/*.tsv", "assets/*.md"]},
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,

@@ -238,7 +238,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         ("optim.base_lr", _is_num(config.optim.base_lr) and config.optim.base_lr > 0, "a positive number"),
         ("optim.momentum", 0 <= config.optim.momentum < 1, "in [0, 1)"),
         ("optim.weight_decay", config.optim.weight_decay >= 0, ">= 0"),
-        ("optim.warmup_epochs", _is_int(config.optim.warmup_epochs) and 0 <= config.optim.warmup_epochs <= config.num_epochs, "an integer in [0, num_epochs]"),
+        ("optim.warmup_epochs", _is_int(config.optim.warmup_epochs) and config.optim.warmup_epochs >= 0, "an integer >= 0"),
         ("optim.warmup_factor", 0 <= config.optim.warmup_factor <= 1, "in [0, 1]"),
         ("optim.label_smoothing", 0 <= config.optim.label_smoothing < 1, "in [0, 1)"),
         ("optim.ema_decay", 0 <= config.optim.ema_decay < 1, "in [0, 1) (0 = off)"),

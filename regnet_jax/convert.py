@@ -313,7 +313,7 @@ def resolve_model(state_dict: Mapping[str, Any], config: Any | None, layout: str
     pycls weights must fit ``config``. torchvision/timm weights: without a config the architecture is read from the
     weights; with one, a model that differs from it only in stage widths (torchvision's width rounding for x_400mf,
     y_800mf, y_8gf, y_128gf; timm's ``*_tv`` models) is built as that 'anynet' variant, and ``note`` says so.
-    Any other difference is left to ``from_layout``, which names the first key that does not fit.
+    Any other difference is left to ``from_layout``, which names the keys that do not fit.
     """
     from regnet_jax.models import model_spec
 

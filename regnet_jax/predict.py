@@ -105,6 +105,9 @@ def predict(
         raise PredictError("give one or more image files after the flags")
     if k < 1 or resolution < 8 or not 0 < crop_fraction <= 1 or batch_size < 1:
         raise PredictError("need --top_k >= 1, --resolution >= 8, 0 < --crop_fraction <= 1 and --batch_size >= 1")
+    missing = [p for p in images if not os.path.isfile(p)]
+    if missing:  # before the (slow) loading of the weights
+        raise PredictError(f"{len(missing)} of the images do not exist: {', '.join(missing[:3])}")
     pre = load_pretrained(checkpoint, ema=ema)
     names = class_names(pre.model["num_classes"], labels_file)
     model = create_model(pre.model)

@@ -81,8 +81,8 @@ def test_predict_uses_the_weights_conventions(weights_dir, tmp_path):
 def test_predict_errors(weights_dir, tmp_path):
     out, _ = weights_dir
     image = _flat_png(tmp_path / "ok.png", (1, 2, 3))
-    with pytest.raises(predict.PredictError, match="does not exist"):
-        predict.predict(out, [str(tmp_path / "missing.jpg")])
+    with pytest.raises(predict.PredictError, match="1 of the images do not exist: .*missing.jpg"):
+        predict.predict(out, [image, str(tmp_path / "missing.jpg")])
     (tmp_path / "notes.jpg").write_text("not an image")
     with pytest.raises(predict.PredictError, match="cannot decode .*notes.jpg"):
         predict.predict(out, [str(tmp_path / "notes.jpg")], resolution=16)

@@ -1,6 +1,7 @@
 """End-to-end training on 8 emulated devices: outputs, resume, kill-and-resume, NaN, corrupt checkpoints, TFDS
 imagenet2012 (mocked), fine-tuning, and the CLI's errors."""
 
+import importlib.util
 import json
 import os
 import re
@@ -13,8 +14,9 @@ import pytest
 import tensorflow_datasets as tfds
 
 from regnet_jax import checkpoint, weights
+from regnet_jax.config import ConfigError, validate_config
 from regnet_jax.train import NonFiniteLossError, train_and_evaluate
-from tests.helpers_train import TINY_MODEL, run_cli, start_cli, stop, tiny_config, write_config_file
+from tests.helpers_train import REPO, TINY_MODEL, free_port, run_cli, start_cli, stop, tiny_config, write_config_file
 
 EVAL_KEYS = {"step", "epoch", "top1_err", "top5_err", "loss"}
 
@@ -43,7 +45,7 @@ def _final_variables(workdir):
 
 def _assert_same_variables(a, b, rtol=1e-6):
     for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree_util.tree_leaves(b)):
-        np.testing.assert_allclose(x, y, rtol=rtol, atol=1e-7, err_msg=jax.tree_util.keystr(path))
+        np.testing.assert_allclose(x, y, rtol=rtol, atol=10 * rtol * np.abs(y).max(), err_msg=jax.tree_util.keystr(path))
 
 
 def _read_jsonl(path):
@@ -111,6 +113,37 @@ def test_killed_and_resumed_run_matches_uninterrupted(trained, tmp_path):
     reference = {r["step"]: r["loss"] for r in _read_jsonl(trained[0] / "train_metrics.jsonl")}
     for step in [s for s in reference if s > killed_at]:
         assert resumed[step] == pytest.approx(reference[step], rel=1e-5), step
+
+
+@pytest.mark.timeout(300)
+def test_two_processes_of_four_devices_match_one_process_of_eight(trained, tmp_path):
+    """jax.distributed on localhost: each process reads its own half of every global batch."""
+    config = _config()
+    config.checkpoint_every_steps = 0  # only the save cadence differs from the reference run
+    cfg_file = write_config_file(tmp_path / "config.py", config)
+    port = free_port()
+    procs = [
+        start_cli(
+            "regnet_jax.train",
+            [f"--config={cfg_file}", f"--workdir={tmp_path / 'two'}", "--distributed",
+             f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
+            num_devices=4,
+            log_path=tmp_path / f"process{i}.log",
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    try:
+        codes = [p.wait(timeout=240) for p in procs]
+    finally:
+        for p in procs:
+            stop(p)
+    logs = [(tmp_path / f"process{i}.log").read_text() for i in range(2)]
+    assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    assert "8 devices in 2 processes" in logs[0]
+    _assert_same_variables(_final_variables(tmp_path / "two"), _final_variables(trained[0]), rtol=1e-4)
+    two = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert two["steps"] == 8
+    assert two["final"]["loss"] == pytest.approx(trained[1]["final"]["loss"], rel=1e-4)
 
 
 def test_corrupt_latest_checkpoint_is_reported_and_training_resumes_before_it(trained, tmp_path, caplog):
@@ -185,6 +218,30 @@ def test_finetune_from_weights_applies_their_input_conventions(trained, tmp_path
     bad = tiny_config(num_epochs=1, init_from=str(tmp_path / "weights"), **{"model.widths": [8, 24], "model.group_ws": [8, 24]})
     with pytest.raises(checkpoint.CheckpointError, match="different architecture"):
         train_and_evaluate(bad, str(tmp_path / "bad"))
+
+
+def test_quickstart_config_clearly_learns(tmp_path):
+    config = _load_config("configs/quickstart.py")
+    config.num_epochs = 3  # the full 30 epochs reach ~98.6 % (docs/training.md); 3 already learn
+    summary = train_and_evaluate(config, str(tmp_path / "qs"))
+    assert summary["final"]["top1_err"] < 25.0  # chance is 90 %
+    evals = _read_jsonl(tmp_path / "qs" / "eval_metrics.jsonl")
+    assert evals[-1]["step"] == 3 * (1438 // 64)
+
+
+def test_finetune_example_config():
+    config = _load_config("configs/finetune_example.py", "/weights")
+    validate_config(config)
+    assert config.init_from == "/weights" and config.model.num_classes == 5
+    with pytest.raises(ConfigError, match="give the pretrained weights"):
+        _load_config("configs/finetune_example.py")
+
+
+def _load_config(path, *args):
+    spec = importlib.util.spec_from_file_location("cfg", REPO / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(*args)
 
 
 @pytest.mark.timeout(120)

@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import collections
 import math
+import os
 from typing import Any, Iterator
 
-import jax
-import numpy as np
-import tensorflow as tf
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only feeds data here: keep its C++ INFO lines out of the log
 
-from regnet_jax.config import ConfigError
-from regnet_jax.data import augment
-from regnet_jax.data.sources import DatasetNotReadyError, IndexedSource, TfdsSource, open_source, quickstart_arrays
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from regnet_jax.config import ConfigError  # noqa: E402
+from regnet_jax.data import augment  # noqa: E402
+from regnet_jax.data.sources import DatasetNotReadyError, IndexedSource, TfdsSource, open_source, quickstart_arrays  # noqa: E402
 
 __all__ = ["DatasetNotReadyError", "EvalInput", "TrainInput", "check_dataset", "device_prefetch", "quickstart_arrays"]
 

@@ -254,6 +254,10 @@ class Launcher:
             self.busy_elsewhere.append(mid)
             self.log(f"{mid}: another launcher is training it; skipped")
             return None
+        if is_done(self.sd, mid):  # another launcher finished it since this one started
+            lock.release()
+            self.done.append(mid)
+            return None
         self.attempts[mid] += 1
         return _Job(mid, self.attempts[mid], slot, time.time(), lock=lock)
 

@@ -214,6 +214,11 @@ def regime_violation(cx: Mapping[str, int], regime: Regime | None) -> str | None
     return None
 
 
+def _stage_count_ok(space: DesignSpace, v: Mapping[str, Any]) -> bool:
+    rule = generate_regnet(v["depth"], v["w0"], v["wa"], v["wm"])
+    return rule.num_stages == rule.total_stages == space.num_stages
+
+
 def _key(model: Mapping[str, Any]) -> Any:
     return model_spec(model)  # frozen dataclass: two draws that build the same network are duplicates
 
@@ -244,6 +249,9 @@ def sample_space(
     while len(samples) < n and draws < max_draws:
         draws += 1
         values = space.draw(rng)
+        if space.kind == "regnet" and not _stage_count_ok(space, values):  # cheap, and most RegNet draws fail it
+            rejected["stage count"] += 1
+            continue
         try:
             model = space.build(values, num_classes)
         except (ConfigError, ValueError):

@@ -20,7 +20,7 @@ the defaults in ``SPEC_DEFAULTS``:
 from __future__ import annotations
 
 import copy
-import importlib.machinery
+import importlib.util
 import json
 import os
 import time
@@ -107,7 +107,9 @@ def load_config_file(path_arg: str) -> Any:
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path!r} not found")
     name = "_sweep_cfg_" + os.path.splitext(os.path.basename(path))[0].replace(".", "_").replace("-", "_")
-    module = importlib.machinery.SourceFileLoader(name, path).load_module()
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
     return module.get_config(arg) if arg else module.get_config()
 
 
