@@ -13,7 +13,7 @@ the defaults in ``SPEC_DEFAULTS``:
                 override scales optim.base_lr linearly (0.1 per 128 images is the paper's rule)
     dists       {param: 'kind:low:high:q'} distributions replacing the space's (a fork)
     model       {field: value} fixed config.model fields replacing the space's (e.g. {'se_ratio': 0.25})
-    train       {'dotted.field': value} any other training-config override (e.g. {'optim.base_lr': 0.1})
+    train       any other training-config override, {'optim.base_lr': 0.1} or nested {'optim': {'base_lr': 0.1}}
     max_draws   give up (with a clear error) after this many draws
 """
 
@@ -90,8 +90,20 @@ def normalize_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
         if v[0] and v[1] and v[0] > v[1]:
             raise ConfigError(f"{m}={v!r}: the low end is above the high end")
         out[m] = [float(x) for x in v]
+    out["train"] = _flatten(out["train"])
     if not out["base"] and out["schedule"] not in SCHEDULES:
         raise ConfigError(f"schedule {out['schedule']!r} is unknown: use one of {sorted(SCHEDULES)}")
+    return out
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'optim': {'base_lr': 0.1}} -> {'optim.base_lr': 0.1} (ConfigDicts cannot hold dotted keys)."""
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
     return out
 
 
