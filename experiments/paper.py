@@ -8,8 +8,8 @@ Names:
       500 models each, 360-400 MF, 10 epochs (batch 128, lr 0.05) on ImageNet (paper §3, Figs. 5, 7, 9).
   fig11_regnetx_{200mf,400mf,800mf,1.6gf,3.2gf,6.4gf,12.8gf}
       RegNetX (b = 1, d <= 40, wm >= 2, params/acts limits) trends across flop regimes: 100 models per regime,
-      flops in [0.9F, F], 25 epochs (batch 128, lr 0.1) (paper §4, Fig. 11); from 3.2GF on, 16 <= g <= 64 with 8 | g
-      (App. D).
+      flops in [0.9F, F], 25 epochs (batch 128, lr 0.1) (paper §4, Fig. 11); at 3.2GF and 6.4GF 16 <= g <= 64 with
+      8 | g (App. D), above that wider g, w0 and wa (see _wider).
   fig14_{base,inverted,depthwise,se,swish,res192,res256,res288}
       the §4 alternatives at 400MF, 25 epochs: inverted bottleneck (bot_mul 4, i.e. b = 1/4), depthwise (g = 1),
       SE (RegNetY), Swish, and other resolutions at the same flops (Fig. 14).
@@ -24,7 +24,18 @@ from regnet_jax.config import ConfigError
 
 REGIMES = {"200mf": 0.2e9, "400mf": 0.4e9, "600mf": 0.6e9, "800mf": 0.8e9, "1.6gf": 1.6e9, "3.2gf": 3.2e9,
            "4gf": 4.0e9, "6.4gf": 6.4e9, "8gf": 8.0e9, "12gf": 12e9, "12.8gf": 12.8e9, "16gf": 16e9, "32gf": 32e9}  # fmt: skip
-WIDE_GROUPS = "power2_or_log_uniform:16:64:8"  # App. D: 16 <= g <= 64 with 8 | g at 3.2GF and above
+WIDE_GROUPS = "power2_or_log_uniform:16:64:8"  # App. D: 16 <= g <= 64 with 8 | g at 3.2GF
+
+
+def _wider(flops: float) -> dict:
+    """Ranges for the larger regimes. App. D widens g at 3.2GF; beyond 6.4GF we also widen g, w0 and wa (our
+    extrapolation: pycls notes its default ranges are good up to 16GF, and X-32GF has w0 = 320)."""
+    if flops < 3.2e9:
+        return {}
+    if flops <= 6.4e9:
+        return {"dists": {"group_w": WIDE_GROUPS}, "max_draws": 3_000_000}
+    g = "power2_or_log_uniform:16:128:8" if flops <= 16e9 else "power2_or_log_uniform:16:256:8"
+    return {"dists": {"group_w": g, "w0": "log_uniform:8:512:8", "wa": "log_uniform:8.0:512.0:0.1"}, "max_draws": 3_000_000}
 
 
 def _spec(space: str, n: int, flops: float, schedule: str, **extra) -> dict:
@@ -39,8 +50,7 @@ def _table() -> dict[str, dict]:
                        ("fig7", "anynetx_e"), ("fig9", "regnetx")]:  # fmt: skip
         t[f"{fig}_{space}"] = _spec(space, 500, 400e6, "10ep")
     for r in ("200mf", "400mf", "800mf", "1.6gf", "3.2gf", "6.4gf", "12.8gf"):
-        wide = {"dists": {"group_w": WIDE_GROUPS}} if REGIMES[r] >= 3.2e9 else {}
-        t[f"fig11_regnetx_{r}"] = _spec("regnetx_constrained", 100, REGIMES[r], "25ep", **wide)
+        t[f"fig11_regnetx_{r}"] = _spec("regnetx_constrained", 100, REGIMES[r], "25ep", **_wider(REGIMES[r]))
     base = _spec("regnetx_constrained", 100, 400e6, "25ep")
     t["fig14_base"] = base
     t["fig14_inverted"] = {**base, "dists": {"bot_mul": "choice:4.0"}}
@@ -50,8 +60,7 @@ def _table() -> dict[str, dict]:
     for res in (192, 256, 288):
         t[f"fig14_res{res}"] = {**base, "resolution": res}
     for r in ("200mf", "400mf", "600mf", "800mf", "1.6gf", "3.2gf", "4gf", "6.4gf", "8gf", "12gf", "16gf", "32gf"):
-        wide = {"dists": {"group_w": WIDE_GROUPS}} if REGIMES[r] >= 3.2e9 else {}
-        t[f"sec5_regnetx_{r}"] = _spec("regnetx_constrained_d12_28", 25, REGIMES[r], "100ep", **wide)
+        t[f"sec5_regnetx_{r}"] = _spec("regnetx_constrained_d12_28", 25, REGIMES[r], "100ep", **_wider(REGIMES[r]))
         t[f"sec5_regnety_{r}"] = {**t[f"sec5_regnetx_{r}"], "model": {"se_ratio": 0.25}}
     return t
 

@@ -215,6 +215,59 @@ def resolve_step_impl(step_impl: str) -> str:
         return "local"
 
 
+@dataclasses.dataclass
+class PreparedStep:
+    """A compiled step on a synthetic batch: ``run()`` executes one step and returns something to block on."""
+
+    run: Callable[[], Any]
+    compile_s: float
+    devices: list[jax.Device]
+    step_impl: str
+    resolution: int
+
+
+def prepare(
+    config: ml_collections.ConfigDict,
+    *,
+    mode: str = "train",
+    batch: int = 32,
+    dtype: str = "float32",
+    resolution: int = 0,
+    num_devices: int = 0,
+    step_impl: str = "auto",
+) -> PreparedStep:
+    """Build, compile (timed) and wrap one train or inference step of ``config``'s model on a synthetic batch."""
+    if mode not in MODES:
+        raise ConfigError(f"--mode={mode!r} is invalid: must be one of {MODES}")
+    if dtype not in DTYPES:
+        raise ConfigError(f"--dtype={dtype!r} is invalid: must be one of {DTYPES}")
+    devices = select_devices(num_devices)
+    if batch < len(devices) or batch % len(devices):
+        raise ConfigError(f"--batch={batch} is invalid: it must be a positive multiple of the {len(devices)} device(s) (or use --devices=1)")
+    resolution = resolution or int(config.get("resolution", 224))
+    mesh = _mesh(devices)
+    data = _put(_synthetic_batch(batch, resolution, config.model.num_classes), mesh)
+    step_impl = resolve_step_impl(step_impl) if mode == "train" else "forward"
+    make = {"parallel": _parallel_train_step, "local": _local_train_step, "forward": _infer_step}[step_impl]
+    step, args = make(config, dtype, mesh, data)
+    t = time.perf_counter()
+    compiled = step.lower(*args).compile()
+    compile_s = time.perf_counter() - t
+    if mode == "train":
+        state = [args[0]]
+
+        def run():
+            state[0], metrics = compiled(state[0], args[1])
+            return metrics
+
+    else:
+
+        def run():
+            return compiled(*args)
+
+    return PreparedStep(run, compile_s, devices, step_impl, resolution)
+
+
 def benchmark(
     config: ml_collections.ConfigDict,
     *,
@@ -231,67 +284,46 @@ def benchmark(
     progress: Callable[[str], None] | None = None,
 ) -> Result:
     """Time ``steps`` train or inference steps of ``config``'s model on a synthetic global batch of ``batch``."""
-    if mode not in MODES:
-        raise ConfigError(f"--mode={mode!r} is invalid: must be one of {MODES}")
-    if dtype not in DTYPES:
-        raise ConfigError(f"--dtype={dtype!r} is invalid: must be one of {DTYPES}")
     if steps < 1 or warmup < 0:
         raise ConfigError(f"--steps={steps} / --warmup={warmup} are invalid: need steps >= 1 and warmup >= 0")
-    devices = select_devices(num_devices)
-    if batch < len(devices) or batch % len(devices):
-        raise ConfigError(f"--batch={batch} is invalid: it must be a positive multiple of the {len(devices)} device(s) (or use --devices=1)")
-    resolution = resolution or int(config.get("resolution", 224))
-    mesh = _mesh(devices)
-    data = _put(_synthetic_batch(batch, resolution, config.model.num_classes), mesh)
-    step_impl = resolve_step_impl(step_impl) if mode == "train" else "forward"
-    make = {"parallel": _parallel_train_step, "local": _local_train_step, "forward": _infer_step}[step_impl]
-    step, args = make(config, dtype, mesh, data)
-    t = time.perf_counter()
-    compiled = step.lower(*args).compile()
-    compile_s = time.perf_counter() - t
+    name = name or str(config.model.get("type"))
+    prep = prepare(config, mode=mode, batch=batch, dtype=dtype, resolution=resolution, num_devices=num_devices, step_impl=step_impl)
     if progress:
-        progress(f"{name or config.model.get('type')}: compiled the {mode} step in {compile_s:.1f} s")
-    times: list[float] = []
-    if not compile_only:
-        if mode == "train":
-            state = [args[0]]
+        progress(f"{name}: compiled the {mode} step in {prep.compile_s:.1f} s")
+    times = [] if compile_only else time_steps(prep.run, steps, warmup, progress)
+    return make_result(config, name, mode, dtype, batch, prep, times)
 
-            def run():
-                state[0], metrics = compiled(state[0], args[1])
-                return metrics
 
-        else:
-
-            def run():
-                return compiled(*args)
-
-        times = time_steps(run, steps, warmup, progress)
-    cx = complexity.count(config.model, resolution)
+def make_result(
+    config: ml_collections.ConfigDict, name: str, mode: str, dtype: str, batch: int, prep: PreparedStep, times: list[float]
+) -> Result:
+    """The ``Result`` of ``times`` (seconds per step; empty if only compiled) for a prepared step."""
+    cx = complexity.count(config.model, prep.resolution)
     gflops = cx["flops"] * (TRAIN_FLOPS_FACTOR if mode == "train" else 1) / 1e9
     med = statistics.median(times) if times else None
     ips = batch / med if med else None
     return Result(
-        model=name or str(config.model.get("type")),
+        model=name,
         mode=mode,
         dtype=dtype,
         batch=batch,
-        resolution=resolution,
-        devices=len(devices),
-        backend=devices[0].platform,
-        device_kind=devices[0].device_kind,
+        resolution=prep.resolution,
+        devices=len(prep.devices),
+        backend=prep.devices[0].platform,
+        device_kind=prep.devices[0].device_kind,
         conv_impl=layers.get_conv_impl(),
-        step_impl=step_impl,
-        compile_s=round(compile_s, 2),
+        step_impl=prep.step_impl,
+        compile_s=round(prep.compile_s, 2),
         ms_per_step=med * 1e3 if med else None,
         ms_per_step_min=min(times) * 1e3 if times else None,
         images_per_s=ips,
         ms_per_image=med * 1e3 / batch if med else None,
         gflops_per_image=gflops,
         tflops=2 * gflops * ips / 1e3 if ips else None,
-        peak_memory_bytes=peak_memory(devices),
+        peak_memory_bytes=peak_memory(prep.devices),
         params=cx["params"],
         acts=cx["acts"],
-        steps=0 if compile_only else steps,
+        steps=len(times),
         load_average=round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     )
 

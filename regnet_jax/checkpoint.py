@@ -6,6 +6,10 @@
 * Kept: the last ``keep`` checkpoints plus the best one by evaluation top-1 error.
 * ``restore_latest`` tries the newest checkpoint first; one that cannot be read is reported, moved aside to
   ``<step>.corrupt-<time>`` (never deleted) and the previous one is used.
+
+Starting points for fine-tuning and evaluation: ``load_pretrained(path)`` reads a weights directory
+(``regnet_jax.weights``) or a training workdir into a ``Pretrained`` (variables, model config, input conventions);
+``merge_pretrained`` puts them into a new model's variables, re-initialising the head if the class count differs.
 """
 
 from __future__ import annotations
@@ -163,7 +167,8 @@ def read_workdir_config(workdir: str) -> ml_collections.ConfigDict:
 
 def abstract_train_state(config: ml_collections.ConfigDict, mesh: Any) -> Any:
     """ShapeDtypeStructs (replicated on ``mesh``) of the train state that ``config`` trains: a restore target."""
-    from jax.sharding import NamedSharding, PartitionSpec as P
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     from regnet_jax import optim, parallel
     from regnet_jax.models import create_model

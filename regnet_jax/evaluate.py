@@ -13,7 +13,8 @@ import copy
 import json
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import ml_collections
@@ -36,7 +37,7 @@ def run_evaluation(
         sums = eval_step(variables, batch)
         totals = sums if totals is None else jax.tree_util.tree_map(lambda a, b: a + b, totals, sums)
     t = {k: float(ckpt_lib.host(v)) for k, v in totals.items()}
-    count = int(round(t["count"]))
+    count = round(t["count"])
     if count != eval_input.num_examples:
         raise RuntimeError(f"evaluation counted {count} examples but the split has {eval_input.num_examples}")
     return {

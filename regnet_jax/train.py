@@ -22,9 +22,7 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from absl import flags, logging
 from clu import metric_writers
 from ml_collections import config_flags
@@ -185,7 +183,7 @@ class _Trainer:
             last = self.ckpt.steps()
             raise NonFiniteLossError(
                 f"the training loss or the weights became NaN or inf by step {step}; stopped without saving. The last "
-                f"good checkpoint is {'step %d in %s' % (last[-1], self.ckpt.directory) if last else 'none'}. Lower "
+                f"good checkpoint is {f'step {last[-1]} in {self.ckpt.directory}' if last else 'none'}. Lower "
                 "config.optim.base_lr or add warmup (config.optim.warmup_epochs), then rerun to resume from it"
             )
 

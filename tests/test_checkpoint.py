@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from regnet_jax import checkpoint, parallel
-from regnet_jax.checkpoint import CheckpointError, Checkpointer, Pretrained, merge_pretrained
+from regnet_jax.checkpoint import Checkpointer, CheckpointError, Pretrained, merge_pretrained
 from regnet_jax.models import create_model
 from tests.helpers_train import TINY_MODEL
 
@@ -100,7 +100,7 @@ def test_merge_pretrained_reinitialises_only_a_different_head():
     for path, value in flat:
         key = jax.tree_util.keystr(path)
         source = fresh if "head" in key else pre_vars
-        expected = [v for p, v in jax.tree_util.tree_flatten_with_path(source)[0] if jax.tree_util.keystr(p) == key][0]
+        expected = next(v for p, v in jax.tree_util.tree_flatten_with_path(source)[0] if jax.tree_util.keystr(p) == key)
         np.testing.assert_array_equal(value, expected, err_msg=key)
     same, reinit = merge_pretrained(_variables(TINY_MODEL, seed=3), pre, TINY_MODEL)
     assert not reinit

@@ -152,7 +152,7 @@ def test_eval_input_covers_every_example_once(process_count):
             seen_images.append(b["image"][keep])
             seen_labels.append(b["label"][keep])
     assert len(batches) == 1  # every process runs the same number of steps
-    _, _, x_test, y_test = sources.quickstart_arrays()
+    *_, y_test = sources.quickstart_arrays()
     np.testing.assert_array_equal(np.concatenate(seen_labels), y_test[:37])
     assert np.concatenate(seen_images).shape[0] == 37
 
@@ -213,3 +213,11 @@ def test_missing_data_errors_say_where_and_how(tmp_path):
     config.dataset.name = "no_such_dataset_xyz"
     with pytest.raises(data.DatasetNotReadyError, match="neither a TFDS dataset"):
         data.check_dataset(config)
+
+
+def test_pipeline_benchmark_runs(tmp_path):
+    from regnet_jax.data import benchmark
+
+    benchmark.write_jpeg_folder(str(tmp_path), 12, size=(40, 50))
+    out = benchmark.measure(str(tmp_path), threads=1, resolution=16, batch=4, batches=3)
+    assert out["images_per_s"] > 0 and out["images_per_s_per_thread"] == out["images_per_s"]

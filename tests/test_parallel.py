@@ -45,7 +45,7 @@ def _assert_trees_close(a, b, rtol=2e-5, atol=1e-6):
 
 def test_eight_devices_equal_one_device():
     assert jax.device_count() == 8
-    config, model, tx = _setup()
+    _, model, tx = _setup()
     batches = _batches(3)
     one, loss1 = _train(model, tx, jax.devices()[:1], batches, ema_decay=0.9)
     eight, loss8 = _train(model, tx, jax.devices(), batches, ema_decay=0.9)
@@ -58,13 +58,13 @@ def test_eight_devices_equal_one_device():
 
 def test_unsynchronised_bn_is_rejected():
     """Per-device BN statistics are not replicated: the sharded step refuses to return them as replicated state."""
-    config, model, tx = _setup()
+    _, model, tx = _setup()
     with pytest.raises(ValueError, match="replicated"):
         _train(model.clone(bn_axis_name=None), tx, jax.devices(), _batches(1))
 
 
 def test_eval_step_masks_padding():
-    config, model, tx = _setup()
+    _, model, tx = _setup()
     mesh = parallel.make_mesh()
     state = parallel.create_train_state(model, tx, jax.random.key(0), IMAGE, mesh)
     step = parallel.make_eval_step(model, mesh, num_classes=10)

@@ -129,7 +129,7 @@ def test_two_processes_of_four_devices_match_one_process_of_eight(trained, tmp_p
              f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
             num_devices=4,
             log_path=tmp_path / f"process{i}.log",
-        )  # fmt: skip
+        )
         for i in range(2)
     ]
     try:

@@ -19,17 +19,18 @@ from __future__ import annotations
 import collections
 import math
 import os
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only feeds data here: keep its C++ INFO lines out of the log
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import jax
+import numpy as np
+import tensorflow as tf
 
-from regnet_jax.config import ConfigError  # noqa: E402
-from regnet_jax.data import augment  # noqa: E402
-from regnet_jax.data.sources import DatasetNotReadyError, IndexedSource, TfdsSource, open_source, quickstart_arrays  # noqa: E402
+from regnet_jax.config import ConfigError
+from regnet_jax.data import augment
+from regnet_jax.data.sources import DatasetNotReadyError, IndexedSource, TfdsSource, open_source, quickstart_arrays
 
 __all__ = ["DatasetNotReadyError", "EvalInput", "TrainInput", "check_dataset", "device_prefetch", "quickstart_arrays"]
 
@@ -98,9 +99,11 @@ class TrainInput:
         base = tf.constant([self.config.seed, epoch], tf.int64)
 
         def preprocess(position, ex):
-            seed = tf.random.experimental.stateless_fold_in(base, position)
-            fn = augment.plain_preprocess(ex["image"], cfg, res) if self.source.presized else augment.train_preprocess(ex["image"], seed, cfg, res)
-            return {"image": fn, "label": ex["label"]}
+            if self.source.presized:
+                image = augment.plain_preprocess(ex["image"], cfg, res)
+            else:
+                image = augment.train_preprocess(ex["image"], tf.random.experimental.stateless_fold_in(base, position), cfg, res)
+            return {"image": image, "label": ex["label"]}
 
         ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return _options(ds.batch(self.local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE))

@@ -8,7 +8,7 @@ HxWxC arrays (C = 1 or 3). Output: HxWx3, normalised, RGB or BGR, float32 or bfl
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import tensorflow as tf
 
@@ -108,7 +108,7 @@ def train_preprocess(image: tf.Tensor, seed: tf.Tensor, cfg, resolution: int) ->
 
 def eval_size(resolution: int, crop_fraction: float) -> int:
     """The shorter side before the centre crop: 256 for 224 px at the reference's 224/256."""
-    return int(round(resolution / crop_fraction))
+    return round(resolution / crop_fraction)
 
 
 def eval_preprocess(image: tf.Tensor, cfg, resolution: int) -> tf.Tensor:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -105,7 +105,7 @@ def quickstart_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
     images = np.repeat(np.clip(np.round(images), 0, 255).astype(np.uint8), 3, axis=-1)
     labels = digits.target.astype(np.int32)
     order = np.random.default_rng(0).permutation(len(labels))
-    n_test = int(round(len(labels) * QUICKSTART_TEST_FRACTION))
+    n_test = round(len(labels) * QUICKSTART_TEST_FRACTION)
     test, train = order[:n_test], order[n_test:]
     return images[train], labels[train], images[test], labels[test]
 

@@ -83,10 +83,10 @@ def xla_conv2d(x: jax.Array, kernel: jax.Array, stride: int, groups: int) -> jax
     )
 
 
-def group_chunks(groups: int, group_in: int, width: int = CHUNK_WIDTH) -> list[tuple[int, int]]:
+def group_chunks(groups: int, group_in: int, width: int | None = None) -> list[tuple[int, int]]:
     """(first group, number of groups) of each dense sub-convolution: ``width // group_in`` groups per chunk (at least
-    one); the last chunk takes the remainder."""
-    per = max(1, min(groups, width // group_in))
+    one; ``width`` defaults to ``CHUNK_WIDTH``); the last chunk takes the remainder."""
+    per = max(1, min(groups, (width or CHUNK_WIDTH) // group_in))
     return [(g, min(per, groups - g)) for g in range(0, groups, per)]
 
 
@@ -119,11 +119,15 @@ def blocked_conv2d(x: jax.Array, kernel: jax.Array, stride: int, groups: int) ->
         return xla_conv2d(x, kernel, stride, 1)
     cg, co = kernel.shape[2], kernel.shape[3]
     dg = co // groups
-    outs = [
-        xla_conv2d(x[..., g * cg : (g + m) * cg], block_diagonal(kernel[..., g * dg : (g + m) * dg], m), stride, 1)
-        for g, m in group_chunks(groups, cg)
-    ]
-    return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=-1)
+    chunks = group_chunks(groups, cg)
+    if len(chunks) == 1:
+        return xla_conv2d(x, block_diagonal(kernel, groups), stride, 1)
+    # split (not slices): its transpose is one concatenate, where slices would transpose to a sum of padded copies.
+    starts = [g for g, _ in chunks[1:]]
+    xs = jnp.split(x, [g * cg for g in starts], axis=-1)
+    ks = jnp.split(kernel, [g * dg for g in starts], axis=-1)
+    outs = [xla_conv2d(xc, block_diagonal(kc, m), stride, 1) for xc, kc, (_, m) in zip(xs, ks, chunks)]
+    return jnp.concatenate(outs, axis=-1)
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int, groups: int, impl: str | None = None) -> jax.Array:
