@@ -5,13 +5,15 @@
 
 Both frameworks time the same thing: a full SGD training step (forward, backward, momentum update; batch statistics
 updated) or an eval-mode forward pass, on a batch already in device memory, warm-up excluded. The rounds are
-interleaved (JAX step, PyTorch channels_last step, PyTorch NCHW step, repeat) so that load from other processes hits
-all of them alike; the medians and the median of per-round ratios are printed. The PyTorch model is built from the
+interleaved so that load from other processes hits all engines alike; the medians and the median of per-step ratios
+are printed. The PyTorch model is built from the
 same ``ModelSpec`` (benchmarks/torch_regnet.py: same widths, groups, SE, head); on GPU, PyTorch runs AMP
 (``autocast``) in the compute dtype and JAX runs the model in that dtype with float32 parameters.
 
-Threads: PyTorch gets ``--threads`` intra-op threads (default: the cores this process may use); XLA:CPU uses one
-thread per core of the process's affinity mask, so both use the same cores.
+Each engine runs in its own worker process and they take turns (JAX step(s), then PyTorch channels_last, then
+PyTorch NCHW, repeat), so that one framework's idle threads never compete with the other's step. Threads: PyTorch
+gets ``--threads`` intra-op threads (default: the cores this process may use); XLA:CPU uses one thread per core of
+the process's affinity mask, so both use the same cores.
 """
 
 from __future__ import annotations
@@ -70,36 +72,105 @@ def torch_step(model_cfg: Any, mode: str, batch: int, resolution: int, device: s
     return run
 
 
-def interleave(runs: dict[str, Callable[[], Any]], rounds: int, warmup: int, progress: Callable[[str], None]) -> dict[str, list[float]]:
-    """Seconds per step of each callable, run in turn for ``rounds`` rounds after ``warmup`` untimed rounds."""
-    for _ in range(warmup):
-        for run in runs.values():
+def _worker(conn, engine: str, name: str, mode: str, opts: dict[str, Any]) -> None:
+    """A process that owns one engine: builds its step, then runs ``n`` timed steps per request."""
+    try:
+        run, info = _build(engine, name, mode, opts)
+        for _ in range(opts["warmup"]):
             run()
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    for i in range(rounds):
-        for k, run in runs.items():
+    except Exception as e:  # reported by the parent, which owns the terminal
+        conn.send(("error", f"{engine}: {type(e).__name__}: {e}"))
+        return
+    conn.send(("ready", info))
+    while (n := conn.recv()) > 0:
+        times = []
+        for _ in range(n):
             t = time.perf_counter()
             run()
-            times[k].append(time.perf_counter() - t)
-        progress(f"  round {i + 1}/{rounds}: " + ", ".join(f"{k} {v[-1] * 1e3:.0f} ms" for k, v in times.items()))
-    return times
+            times.append(time.perf_counter() - t)
+        conn.send(times)
+
+
+def _build(engine: str, name: str, mode: str, opts: dict[str, Any]) -> tuple[Callable[[], Any], str]:
+    if engine == "jax":
+        import jax
+
+        from regnet_jax import benchmark, zoo
+
+        if opts["device"] == "cuda" and jax.default_backend() != "gpu":
+            raise RuntimeError(f"--device=cuda but JAX's backend is {jax.default_backend()!r}: install jax[cuda12] (see gpu_check.sh)")
+
+        config = zoo.get_config(name)
+        prep = benchmark.prepare(
+            config, mode=mode, batch=opts["batch"], dtype=opts["dtype"], resolution=opts["resolution"], num_devices=1, step_impl=opts["step"]
+        )
+        run = lambda: jax.block_until_ready(prep.run())  # noqa: E731
+        info = f"compiled in {prep.compile_s:.1f} s ({prep.step_impl}, conv {benchmark.layers.get_conv_impl()})"
+        return run, info
+    os.environ["JAX_PLATFORMS"] = "cpu"  # this process only needs regnet_jax's ModelSpec, never a JAX device
+    import torch
+
+    from regnet_jax import zoo
+
+    torch.set_num_threads(opts["threads"])
+    if opts["device"] == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("--device=cuda but torch.cuda.is_available() is False: install a CUDA build of torch")
+        torch.backends.cudnn.benchmark = True
+    config = zoo.get_config(name)
+    run = torch_step(config.model, mode, opts["batch"], opts["resolution"], opts["device"], opts["dtype"], engine == "torch_channels_last")
+    return run, f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def interleave(name: str, mode: str, engines: list[str], opts: dict[str, Any], progress: Callable[[str], None]) -> dict[str, list[float]]:
+    """Seconds per step of each engine, each in its own process, taking turns for ``opts['rounds']`` rounds.
+
+    Separate processes so that one framework's idle worker threads (spinning OpenMP or XLA pool threads) never
+    compete with the other's step; the turns make load from other processes hit every engine alike.
+    """
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    workers = {}
+    try:
+        for engine in engines:  # started one at a time so that compilation does not overlap another engine's warm-up
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker, args=(child, engine, name, mode, opts), daemon=True)
+            proc.start()
+            workers[engine] = (proc, parent)
+            status, info = parent.recv()
+            if status == "error":
+                raise RuntimeError(info)
+            progress(f"{name} {mode}: {engine} ready ({info})")
+        times: dict[str, list[float]] = {e: [] for e in engines}
+        for i in range(opts["rounds"]):
+            for engine, (_, conn) in workers.items():
+                conn.send(opts["steps_per_round"])
+                times[engine] += conn.recv()
+            progress(f"  round {i + 1}/{opts['rounds']}: " + ", ".join(f"{e} {statistics.median(v[-opts['steps_per_round']:]) * 1e3:.0f} ms" for e, v in times.items()))
+        return times
+    finally:
+        for proc, conn in workers.values():
+            try:
+                conn.send(0)
+            except (BrokenPipeError, OSError):
+                pass
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.terminate()
 
 
 def compare(name: str, mode: str, args: argparse.Namespace, progress: Callable[[str], None]) -> dict[str, Any]:
     """One model and mode: images/s of each engine, and JAX's speed relative to each PyTorch layout."""
-    import jax
+    from regnet_jax import zoo
 
-    from regnet_jax import benchmark, zoo
-
-    config = zoo.get_config(name)
-    resolution = args.resolution or config.resolution
-    prep = benchmark.prepare(config, mode=mode, batch=args.batch, dtype=args.dtype, resolution=resolution, num_devices=1, step_impl=args.step)
-    progress(f"{name} {mode}: JAX step compiled in {prep.compile_s:.1f} s ({prep.step_impl}, conv {benchmark.layers.get_conv_impl()})")
-    runs: dict[str, Callable[[], Any]] = {"jax": lambda: jax.block_until_ready(prep.run())}
+    resolution = args.resolution or zoo.get_config(name).resolution
     layouts = ["channels_last"] + ([] if args.skip_nchw else ["nchw"])
-    for layout in layouts:
-        runs[f"torch_{layout}"] = torch_step(config.model, mode, args.batch, resolution, args.device, args.dtype, layout == "channels_last")
-    times = interleave(runs, args.rounds, args.warmup, progress)
+    opts = dict(
+        batch=args.batch, dtype=args.dtype, resolution=resolution, step=args.step, device=args.device, threads=args.threads,
+        warmup=args.warmup, rounds=args.rounds, steps_per_round=args.steps_per_round,
+    )  # fmt: skip
+    times = interleave(name, mode, ["jax"] + [f"torch_{layout}" for layout in layouts], opts, progress)
     row: dict[str, Any] = dict(model=name, mode=mode, batch=args.batch, resolution=resolution, dtype=args.dtype, device=args.device)
     for k, v in times.items():
         row[f"{k}_images_per_s"] = args.batch / statistics.median(v)
@@ -128,28 +199,26 @@ def main() -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--threads", type=int, default=0, help="PyTorch intra-op threads (0: the usable cores)")
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--steps_per_round", type=int, default=2)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--step", default="auto", choices=["auto", "parallel", "local"], help="JAX train step (see regnet_jax.benchmark)")
     p.add_argument("--skip_nchw", action="store_true", help="only PyTorch channels_last (NCHW is slow on CPU)")
     p.add_argument("--json", action="store_true", help="print one JSON list on stdout (progress on stderr)")
     args = p.parse_args()
 
-    import jax
-    import torch
+    from importlib.metadata import version
 
-    threads = args.threads or len(os.sched_getaffinity(0))
-    torch.set_num_threads(threads)
-    if args.device == "cuda":
-        if not torch.cuda.is_available() or jax.default_backend() != "gpu":
-            sys.exit(f"error: --device=cuda needs a GPU for both frameworks (torch.cuda: {torch.cuda.is_available()}, jax: {jax.default_backend()})")
-        torch.backends.cudnn.benchmark = True
+    args.threads = args.threads or len(os.sched_getaffinity(0))
     out = sys.stderr if args.json else sys.stdout
     progress = lambda msg: print(msg, file=out, flush=True)  # noqa: E731
-    progress(f"jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} ({threads} threads), load average {os.getloadavg()[0]:.2f}")
+    progress(f"jax {version('jax')}, torch {version('torch')} ({args.threads} threads), {args.device}, load average {os.getloadavg()[0]:.2f}")
     rows = []
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
-            rows.append(compare(name, mode, args, progress))
+            try:
+                rows.append(compare(name, mode, args, progress))
+            except RuntimeError as e:
+                sys.exit(f"error: {e}")
             progress(format_row(rows[-1]))
     if args.json:
         print(json.dumps(rows))

@@ -33,7 +33,7 @@ def _define_flags() -> flags.FlagValues:
     f.DEFINE_string("name", "", "Sweep label in reports (default: the directory name).")
     f.DEFINE_string("space", "", "Design space: anynetx_a..anynetx_e, regnetx, regnetx_constrained, regnetx_constrained_d12_28, regnety, or a registered fork.")
     f.DEFINE_integer("n", 0, "Number of models to sample.")
-    f.DEFINE_integer("seed", 0, "Sampling seed (the same seed gives the same models).")
+    f.DEFINE_integer("seed", 0, "setup: the sampling seed (the same seed gives the same models); analyze: the bootstrap seed.")
     f.DEFINE_string("flops", "", "Regime LO,HI in multiply-adds at the training resolution, e.g. 360e6,400e6 or 360M,400M (0 = open).")
     f.DEFINE_string("params", "", "Parameter-count range LO,HI (e.g. 0,6M).")
     f.DEFINE_string("acts", "", "Activation-count range LO,HI.")

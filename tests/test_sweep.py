@@ -1,6 +1,7 @@
 """The sweep lifecycle: setup writes trainable configs; launch skips, retries and parallelises (with a stand-in
 trainer); collect builds one row per model; and the real setup -> launch -> kill -> resume -> collect -> analyze."""
 
+import contextlib
 import csv
 import json
 import os
@@ -50,6 +51,7 @@ FAKE_TRAINER = textwrap.dedent('''
     open(tries, "a").write("x\\n")
     plan = json.loads(os.environ.get("FAKE_PLAN", "{}")).get(mid, [0])
     rc = plan[min(n, len(plan) - 1)]
+    open(os.path.join(work, "pid"), "w").write(str(os.getpid()))
     t0 = time.time()
     time.sleep(float(os.environ.get("FAKE_SLEEP", "0")))
     with open(os.path.join(work, "ran.jsonl"), "a") as f:
@@ -214,6 +216,39 @@ def test_shard_only_and_slurm_script(tmp_path, fake_trainer):
         launch(out, LaunchOptions(trainer=fake_trainer, shard="2/2"), log=lambda s: None)
     text = open(write_slurm_script(out, partition="gpu", max_jobs=8)).read()
     assert "#SBATCH --array=0-3%8" in text and "--only=$SLURM_ARRAY_TASK_ID" in text and "#SBATCH --partition=gpu" in text
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "\tZ" not in next(line for line in f if line.startswith("State:"))  # a zombie has exited
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
+@pytest.mark.timeout(120)
+def test_trainers_stop_when_the_launcher_is_killed(tmp_path, fake_trainer):
+    out = str(tmp_path / "sweep")
+    setup_sweep({**TINY, "n": 1}, out, log=lambda s: None)
+    proc = subprocess.Popen([sys.executable, "-m", "regnet_jax.sweep", "launch", f"--out={out}", f"--trainer={fake_trainer}"],
+                            env={**os.environ, "FAKE_SLEEP": "100"}, cwd=REPO, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    pid_file = os.path.join(out, "runs", "000000", "pid")
+    try:
+        _wait_for(pid_file, proc, timeout=60)
+        time.sleep(0.5)
+        trainer = int(open(pid_file).read())
+        assert _alive(trainer)
+        proc.kill()  # SIGKILL the launcher only: no chance to clean up
+        proc.wait(timeout=30)
+        t0 = time.time()
+        while _alive(trainer) and time.time() - t0 < 20:
+            time.sleep(0.2)
+        assert not _alive(trainer), "the trainer outlived its launcher"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _wait_for(path, proc, timeout):

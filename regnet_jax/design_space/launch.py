@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import ctypes
 import dataclasses
 import fcntl
 import logging
 import os
 import shlex
-import signal
 import socket
 import subprocess
 import sys
@@ -164,10 +162,19 @@ def _record_attempt(sd: SweepDir, mid: str, attempt: dict[str, Any]) -> None:
     write_json(path, rec)
 
 
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM when the launcher dies, so no orphan trainer keeps running (Linux only)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+# Run before the trainer (which it execs): ask Linux to send SIGTERM when the launcher dies (PR_SET_PDEATHSIG, kept
+# across exec), and stop at once if the launcher is already gone. A shim, not a preexec_fn: forking a process that
+# has JAX threads and then running Python in the child can deadlock.
+_PDEATHSIG_SHIM = (
+    "import ctypes, os, signal, sys; ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM); "
+    "os.getppid() == int(sys.argv[1]) or sys.exit(143); os.execvp(sys.argv[2], sys.argv[2:])"
+)
+
+
+def _with_parent_death_signal(cmd: list[str]) -> list[str]:
+    if not sys.platform.startswith("linux"):
+        return cmd
+    return [sys.executable, "-c", _PDEATHSIG_SHIM, str(os.getpid()), *cmd]
 
 
 def _progress_of(sd: SweepDir, mid: str, num_epochs: int) -> str:
@@ -268,9 +275,8 @@ class Launcher:
         log = open(os.path.join(self.sd.run_dir(mid), "train.log"), "a")
         log.write(f"\n=== attempt {job.attempt} on {socket.gethostname()} at {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n")
         log.flush()
-        cmd = self._trainer_cmd(mid)
-        job.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
-                                    preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)  # fmt: skip
+        cmd = _with_parent_death_signal(self._trainer_cmd(mid))
+        job.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env, "PYTHONUNBUFFERED": "1"})
         log.close()
         return job
 

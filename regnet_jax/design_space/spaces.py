@@ -254,12 +254,14 @@ def sample_space(
             continue
         try:
             model = space.build(values, num_classes)
-        except (ConfigError, ValueError):
+        except (ConfigError, ValueError) as e:
             rejected["not buildable"] += 1
+            if rejected["not buildable"] == draws == 1000:  # nothing builds: a bad fixed field, not bad luck
+                raise ConfigError(f"design space {space.name!r}: none of 1,000 draws builds a model; the first reason: {e}") from None
             continue
         problems = space.violations(model)
         if problems:
-            rejected["outside the space after width/group adjustment" if space.kind == "anynet" else "stage count"] += 1
+            rejected["outside the space after width/group adjustment" if space.kind == "anynet" else "outside the space"] += 1
             continue
         cx = count(model, resolution)
         bad = regime_violation(cx, regime)
