@@ -187,3 +187,9 @@ def test_fork_declares_a_new_space_in_a_few_lines():
         assert s.model["depths"] == sorted(s.model["depths"]) and s.model["widths"] == sorted(s.model["widths"])
     with pytest.raises(ConfigError, match="needs distributions"):
         get_space("regnetx").fork("bad", dists={"width": "log_uniform:8:64:8"})
+
+
+def test_a_fixed_field_that_never_builds_fails_fast():
+    space = get_space("regnetx").fork("broken", model={"strides": [1, 2, 2, 2]})
+    with pytest.raises(ConfigError, match="none of the first 1,000 candidates builds a model.*strides"):
+        sample_space(space, 2, seed=0)

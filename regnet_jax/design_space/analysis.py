@@ -18,11 +18,12 @@ from regnet_jax.design_space.efit import block_widths_of, fit_linear
 
 # Metrics plotted against error, when the rows have them (paper notation; b = 1 / bot_mul).
 REGNET_METRICS = ("d", "w0", "wa", "wm", "g", "b", "w4", "flops", "params", "acts")
-ANYNET_METRICS = ("d", "w4", "g", "b", "flops", "params", "acts", "e_fit")
+ANYNET_METRICS = ("d", "w4", "g", "b", "flops", "params", "acts", "e_fit", "fit_w0", "fit_wa", "fit_wm")
 METRIC_LABELS = {
     "d": "depth d (blocks)", "w0": "w0", "wa": "wa", "wm": "wm", "g": "group width g", "b": "bottleneck ratio b",
     "w4": "final width w4", "flops": "flops (M mult-adds)", "params": "params (M)", "acts": "activations (M)",
-    "e_fit": "linear-fit error e_fit",
+    "e_fit": "linear-fit error e_fit", "fit_w0": "w0 of the linear fit", "fit_wa": "wa of the linear fit",
+    "fit_wm": "wm of the linear fit",
 }  # fmt: skip
 SCALE = {"flops": 1e-6, "params": 1e-6, "acts": 1e-6}
 

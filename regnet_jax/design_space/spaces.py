@@ -245,7 +245,7 @@ def sample_space(
     seen: set[Any] = set()
     rejected: collections.Counter[str] = collections.Counter()
     t0 = last_log = time.perf_counter()
-    draws = 0
+    draws = built = 0
     while len(samples) < n and draws < max_draws:
         draws += 1
         values = space.draw(rng)
@@ -256,9 +256,10 @@ def sample_space(
             model = space.build(values, num_classes)
         except (ConfigError, ValueError) as e:
             rejected["not buildable"] += 1
-            if rejected["not buildable"] == draws == 1000:  # nothing builds: a bad fixed field, not bad luck
-                raise ConfigError(f"design space {space.name!r}: none of 1,000 draws builds a model; the first reason: {e}") from None
+            if rejected["not buildable"] == 1000 and not built:  # nothing builds: a bad fixed field, not bad luck
+                raise ConfigError(f"design space {space.name!r}: none of the first 1,000 candidates builds a model; the first reason: {e}") from None
             continue
+        built += 1
         problems = space.violations(model)
         if problems:
             rejected["outside the space after width/group adjustment" if space.kind == "anynet" else "outside the space"] += 1

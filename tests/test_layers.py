@@ -1,0 +1,165 @@
+"""Convolution lowerings: the CPU 'blocked' lowering gives the native op's results (forward and gradients) for every
+kind of convolution the models use, whole models agree, and pycls parity holds with each lowering."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from regnet_jax.convert import from_pycls, to_pycls
+from regnet_jax.models import create_model, layers
+
+
+@pytest.fixture
+def restore_impl():
+    before = layers.get_conv_impl()
+    yield
+    layers.set_conv_impl(before)
+
+
+def _rel_err(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+def _value_and_grads(impl, x, kernel, stride, groups, r):
+    def f(x, k):
+        return jnp.sum(layers.conv2d(x, k, stride, groups, impl=impl) * r)
+
+    y = layers.conv2d(x, kernel, stride, groups, impl=impl)
+    return (y, *jax.grad(f, argnums=(0, 1))(x, kernel))
+
+
+# (height, width, c_in, c_out, kernel size, stride, groups)
+CASES = [
+    (7, 7, 6, 10, 1, 1, 1),  # 1x1 (a matmul in the blocked lowering)
+    (8, 8, 6, 10, 1, 2, 1),  # 1x1 stride 2 (projection shortcut)
+    (9, 9, 3, 8, 3, 2, 1),  # dense 3x3 stride 2 on an odd size (stem)
+    (8, 8, 16, 16, 3, 1, 2),  # few groups: one chunk
+    (8, 8, 16, 16, 3, 2, 2),
+    (6, 6, 104, 104, 3, 1, 13),  # group width 8, 13 groups: chunks of 4, 4, 4, 1
+    (7, 7, 104, 104, 3, 2, 13),
+    (6, 6, 12, 24, 3, 1, 3),  # c_out != c_in per group
+    (8, 8, 24, 24, 3, 1, 24),  # depthwise
+    (9, 9, 24, 24, 3, 2, 24),
+    (7, 7, 16, 16, 5, 2, 4),  # 5x5 grouped
+]
+
+
+@pytest.mark.parametrize("h, w, c_in, c_out, k, stride, groups", CASES)
+def test_blocked_conv_equals_native_forward_and_gradients(h, w, c_in, c_out, k, stride, groups):
+    kx, kk, kr = jax.random.split(jax.random.PRNGKey(h * 100 + c_in + groups), 3)
+    x = jax.random.normal(kx, (2, h, w, c_in))
+    kernel = jax.random.normal(kk, (k, k, c_in // groups, c_out))
+    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+    r = jax.random.normal(kr, (2, ho, wo, c_out))
+    native = _value_and_grads("xla", x, kernel, stride, groups, r)
+    blocked = _value_and_grads("blocked", x, kernel, stride, groups, r)
+    assert native[0].shape == blocked[0].shape == (2, ho, wo, c_out)
+    for name, a, b in zip(("output", "grad x", "grad kernel"), blocked, native):
+        assert _rel_err(a, b) < 1e-5, (name, _rel_err(a, b))
+
+
+def test_uneven_chunks_of_a_narrow_chunk_width(monkeypatch):
+    monkeypatch.setattr(layers, "CHUNK_WIDTH", 8)  # depthwise 24 channels -> 3 chunks; 20 -> 8, 8, 4
+    assert layers.group_chunks(24, 1) == [(0, 8), (8, 8), (16, 8)]
+    assert layers.group_chunks(20, 1) == [(0, 8), (8, 8), (16, 4)]
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 6, 20))
+    kernel = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 1, 20))
+    r = jax.random.normal(jax.random.PRNGKey(2), (2, 3, 3, 20))
+    for a, b in zip(_value_and_grads("blocked", x, kernel, 2, 20, r), _value_and_grads("xla", x, kernel, 2, 20, r)):
+        assert _rel_err(a, b) < 1e-5
+
+
+@pytest.mark.parametrize("groups, group_in, width", [(13, 8, 32), (6, 8, 32), (2, 64, 32), (17, 64, 128), (55, 8, 32), (1, 3, 32)])
+def test_group_chunks_cover_every_group_once(groups, group_in, width):
+    chunks = layers.group_chunks(groups, group_in, width)
+    covered = [g for start, m in chunks for g in range(start, start + m)]
+    assert covered == list(range(groups))
+    assert all(1 <= m <= max(1, width // group_in) for _, m in chunks)
+
+
+def test_block_diagonal_kernel():
+    k = np.random.RandomState(0).randn(3, 3, 2, 6).astype(np.float32)  # 3 groups, 2 in / 2 out per group
+    dense = np.asarray(layers.block_diagonal(jnp.asarray(k), 3))
+    assert dense.shape == (3, 3, 6, 6)
+    expected = np.zeros((3, 3, 6, 6), np.float32)
+    for g in range(3):
+        expected[:, :, 2 * g : 2 * g + 2, 2 * g : 2 * g + 2] = k[..., 2 * g : 2 * g + 2]
+    np.testing.assert_array_equal(dense, expected)
+
+
+def test_auto_uses_the_blocked_lowering_on_cpu():
+    assert jax.default_backend() == "cpu"
+    x, k = jnp.ones((1, 8, 8, 16)), jnp.ones((3, 3, 8, 16))
+    grouped = jax.make_jaxpr(lambda x, k: layers.conv2d(x, k, 1, 2, impl="auto"))(x, k)
+    convs = [e for e in grouped.eqns if e.primitive.name == "conv_general_dilated"]
+    assert convs and all(e.params["feature_group_count"] == 1 for e in convs)
+    native = jax.make_jaxpr(lambda x, k: layers.conv2d(x, k, 1, 2, impl="xla"))(x, k)
+    assert [e.params["feature_group_count"] for e in native.eqns if e.primitive.name == "conv_general_dilated"] == [2]
+    one = jax.make_jaxpr(lambda x, k: layers.conv2d(x, k, 1, 1, impl="auto"))(x, jnp.ones((1, 1, 16, 4)))
+    assert "dot_general" in str(one) and "conv_general_dilated" not in str(one)
+
+
+def test_conv_impl_setting_is_validated(restore_impl):
+    with pytest.raises(ValueError, match="conv impl 'cudnn' is invalid: must be one of"):
+        layers.set_conv_impl("cudnn")
+    with pytest.raises(ValueError, match="REGNET_JAX_CONV_IMPL"):
+        layers.conv2d(jnp.ones((1, 4, 4, 2)), jnp.ones((1, 1, 2, 2)), 1, 1, impl="fast")
+    layers.set_conv_impl("xla")
+    assert layers.get_conv_impl() == "xla"
+
+
+def _tiny_grouped_regnet():
+    return dict(type="regnet", stem_type="simple_stem_in", stem_w=16, block_type="res_bottleneck_block",
+                depth=4, w0=24, wa=16.0, wm=2.0, group_w=8, bot_mul=1.0, se_ratio=0.25, num_classes=10)  # fmt: skip
+
+
+def _train_outputs(model_cfg, variables, x, y):
+    model = create_model(model_cfg)
+
+    def loss_fn(params):
+        logits, upd = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, train=True, mutable=["batch_stats"])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), (logits, upd["batch_stats"])
+
+    (loss, (logits, stats)), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(variables["params"])
+    return loss, logits, stats, grads
+
+
+def test_whole_model_is_the_same_with_both_lowerings(restore_impl):
+    cfg = _tiny_grouped_regnet()
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 32, 32, 3))
+    y = jnp.arange(4) % 10
+    variables = create_model(cfg).init(jax.random.PRNGKey(1), x[:1])
+    out = {}
+    for impl in ("xla", "blocked"):
+        layers.set_conv_impl(impl)
+        out[impl] = _train_outputs(cfg, variables, x, y)
+    for a, b in zip(jax.tree_util.tree_leaves(out["blocked"]), jax.tree_util.tree_leaves(out["xla"])):
+        assert _rel_err(a, b) < 1e-4
+
+
+@pytest.mark.parametrize("impl", ["xla", "blocked"])
+def test_pycls_parity_with_each_lowering(impl, reference_dir, restore_impl):
+    layers.set_conv_impl(impl)
+    ref = np.load(reference_dir / "regnety_200mf.npz")
+    meta = json.loads((reference_dir / "regnety_200mf.json").read_text())
+    sd = {k[3:]: ref[k] for k in ref.files if k.startswith("sd/")}
+    variables = from_pycls(sd, meta["model"])
+    model = create_model(meta["model"])
+    logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, jnp.asarray(ref["x_eval_nchw"].transpose(0, 2, 3, 1)))
+    assert _rel_err(logits, ref["logits_eval"]) < 1e-4
+    x = jnp.asarray(ref["x_train_nchw"].transpose(0, 2, 3, 1))
+    loss, logits, stats, grads = _train_outputs(meta["model"], variables, x, jnp.asarray(ref["y_train"]))
+    assert _rel_err(logits, ref["logits_train"]) < 1e-4
+    grad_sd = to_pycls({"params": grads, "batch_stats": {}})
+    grad_keys = [k for k in ref.files if k.startswith("grad/")]
+    assert len(grad_keys) > 20
+    for k in grad_keys:
+        assert _rel_err(grad_sd[k[5:]], ref[k]) < 1e-3, k
+    after = to_pycls({"params": {}, "batch_stats": stats})
+    for k in (k for k in ref.files if k.startswith("after/")):
+        assert _rel_err(after[k[6:]], ref[k]) < 1e-4, k
