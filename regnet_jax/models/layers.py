@@ -213,5 +213,7 @@ class BatchNorm(nn.Module):
         else:
             mean, var = ra_mean.value, ra_var.value
         mul = jax.lax.rsqrt(var + self.epsilon) * scale.astype(jnp.float32)
-        y = xf * mul + (bias.astype(jnp.float32) - mean * mul)
+        # Centre first, as PyTorch does: under jit, XLA reassociates x*mul - mean*mul in the backward pass and
+        # the stem's weight gradient then moves by several percent from pycls's.
+        y = (xf - mean) * mul + bias.astype(jnp.float32)
         return y.astype(self.dtype)
