@@ -1,7 +1,9 @@
 """Convolution lowerings: the CPU 'blocked' lowering gives the native op's results (forward and gradients) for every
 kind of convolution the models use, whole models agree, and pycls parity holds with each lowering."""
 
+import functools
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -25,12 +27,14 @@ def _rel_err(a, b) -> float:
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
 
 
+@functools.partial(jax.jit, static_argnums=(0, 3, 4))
 def _value_and_grads(impl, x, kernel, stride, groups, r):
     def f(x, k):
-        return jnp.sum(layers.conv2d(x, k, stride, groups, impl=impl) * r)
+        y = layers.conv2d(x, k, stride, groups, impl=impl)
+        return jnp.sum(y * r), y
 
-    y = layers.conv2d(x, kernel, stride, groups, impl=impl)
-    return (y, *jax.grad(f, argnums=(0, 1))(x, kernel))
+    (_, y), grads = jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(x, kernel)
+    return (y, *grads)
 
 
 # (height, width, c_in, c_out, kernel size, stride, groups)
@@ -95,13 +99,16 @@ def test_block_diagonal_kernel():
 def test_auto_uses_the_blocked_lowering_on_cpu():
     assert jax.default_backend() == "cpu"
     x, k = jnp.ones((1, 8, 8, 16)), jnp.ones((3, 3, 8, 16))
-    grouped = jax.make_jaxpr(lambda x, k: layers.conv2d(x, k, 1, 2, impl="auto"))(x, k)
-    convs = [e for e in grouped.eqns if e.primitive.name == "conv_general_dilated"]
-    assert convs and all(e.params["feature_group_count"] == 1 for e in convs)
-    native = jax.make_jaxpr(lambda x, k: layers.conv2d(x, k, 1, 2, impl="xla"))(x, k)
-    assert [e.params["feature_group_count"] for e in native.eqns if e.primitive.name == "conv_general_dilated"] == [2]
-    one = jax.make_jaxpr(lambda x, k: layers.conv2d(x, k, 1, 1, impl="auto"))(x, jnp.ones((1, 1, 16, 4)))
-    assert "dot_general" in str(one) and "conv_general_dilated" not in str(one)
+
+    def lowered(impl, k, groups):  # what XLA gets for CPU: only the branch platform_dependent picked for it
+        f = jax.grad(lambda x, k: jnp.sum(layers.conv2d(x, k, 1, groups, impl=impl)), argnums=(0, 1))
+        return jax.jit(f).lower(x, k).as_text()
+
+    assert "feature_group_count = 2" in lowered("xla", k, 2)
+    auto = lowered("auto", k, 2)
+    assert "stablehlo.convolution" in auto and set(re.findall(r"feature_group_count = (\d+)", auto)) == {"1"}
+    one = lowered("auto", jnp.ones((1, 1, 16, 4)), 1)
+    assert "stablehlo.dot_general" in one and "stablehlo.convolution" not in one
 
 
 def test_conv_impl_setting_is_validated(restore_impl):
@@ -115,23 +122,24 @@ def test_conv_impl_setting_is_validated(restore_impl):
 
 def _tiny_grouped_regnet():
     return dict(type="regnet", stem_type="simple_stem_in", stem_w=16, block_type="res_bottleneck_block",
-                depth=4, w0=24, wa=16.0, wm=2.0, group_w=8, bot_mul=1.0, se_ratio=0.25, num_classes=10)  # fmt: skip
+                depth=3, w0=24, wa=16.0, wm=2.0, group_w=8, bot_mul=1.0, se_ratio=0.25, num_classes=10)  # fmt: skip
 
 
-def _train_outputs(model_cfg, variables, x, y):
+def _train_outputs(model_cfg, variables, x, y, jit=True):
     model = create_model(model_cfg)
 
     def loss_fn(params):
         logits, upd = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, train=True, mutable=["batch_stats"])
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), (logits, upd["batch_stats"])
 
-    (loss, (logits, stats)), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(variables["params"])
+    step = jax.value_and_grad(loss_fn, has_aux=True)
+    (loss, (logits, stats)), grads = (jax.jit(step) if jit else step)(variables["params"])
     return loss, logits, stats, grads
 
 
 def test_whole_model_is_the_same_with_both_lowerings(restore_impl):
     cfg = _tiny_grouped_regnet()
-    x = jax.random.normal(jax.random.PRNGKey(0), (4, 32, 32, 3))
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 24, 24, 3))
     y = jnp.arange(4) % 10
     variables = create_model(cfg).init(jax.random.PRNGKey(1), x[:1])
     out = {}
@@ -153,7 +161,9 @@ def test_pycls_parity_with_each_lowering(impl, reference_dir, restore_impl):
     logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, jnp.asarray(ref["x_eval_nchw"].transpose(0, 2, 3, 1)))
     assert _rel_err(logits, ref["logits_eval"]) < 1e-4
     x = jnp.asarray(ref["x_train_nchw"].transpose(0, 2, 3, 1))
-    loss, logits, stats, grads = _train_outputs(meta["model"], variables, x, jnp.asarray(ref["y_train"]))
+    # Op by op, as the foundation's parity test: jitted, XLA:CPU's fused kernels move this ill-conditioned case's
+    # gradients by a few percent whatever the lowering (see docs/performance.md).
+    loss, logits, stats, grads = _train_outputs(meta["model"], variables, x, jnp.asarray(ref["y_train"]), jit=False)
     assert _rel_err(logits, ref["logits_train"]) < 1e-4
     grad_sd = to_pycls({"params": grads, "batch_stats": {}})
     grad_keys = [k for k in ref.files if k.startswith("grad/")]

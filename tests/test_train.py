@@ -185,14 +185,31 @@ def _mock_imagenet_metadata(data_dir, n):
     builder.info.write_to_directory(builder.data_dir)
 
 
+_MOCK_RUN = """
+import json, sys
+import tensorflow_datasets as tfds
+from regnet_jax.train import train_and_evaluate
+from tests.helpers_train import tiny_config
+data_dir, workdir = sys.argv[1], sys.argv[2]
+config = tiny_config(num_epochs=1, batch_size=16, **{"model.num_classes": 1000, "dataset.name": "imagenet2012",
+                     "dataset.data_dir": data_dir, "dataset.eval_split": "validation",
+                     "dataset.num_train_examples": 0, "dataset.num_eval_examples": 0, "dataset.shuffle_buffer": 64,
+                     "dataset.flip": True, "dataset.pca_std": 0.1, "dataset.min_area": 0.08})
+with tfds.testing.mock_data(num_examples=40, data_dir=data_dir):
+    print(json.dumps(train_and_evaluate(config, workdir)))
+"""
+
+
 def test_imagenet2012_mock_data_end_to_end(tmp_path):
+    # In its own process: tfds's mock leaks into orbax's paths when other tests ran first in the same process.
     _mock_imagenet_metadata(tmp_path / "tfds", 40)
-    config = tiny_config(num_epochs=1, batch_size=16, **{"model.num_classes": 1000, "dataset.name": "imagenet2012",
-                         "dataset.data_dir": str(tmp_path / "tfds"), "dataset.eval_split": "validation",
-                         "dataset.num_train_examples": 0, "dataset.num_eval_examples": 0, "dataset.shuffle_buffer": 64,
-                         "dataset.flip": True, "dataset.pca_std": 0.1, "dataset.min_area": 0.08})  # fmt: skip
-    with tfds.testing.mock_data(num_examples=40, data_dir=str(tmp_path / "tfds")):
-        summary = train_and_evaluate(config, str(tmp_path / "run"))
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _MOCK_RUN, str(tmp_path / "tfds"), str(tmp_path / "run")],
+                         cwd=REPO, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert summary["steps"] == 40 // 16
     evals = _read_jsonl(tmp_path / "run" / "eval_metrics.jsonl")
     assert len(evals) == 1 and evals[0]["step"] == 2  # 40 validation examples in 3 padded batches of 16
