@@ -43,12 +43,9 @@ CASES = [
     (8, 8, 6, 10, 1, 2, 1),  # 1x1 stride 2 (projection shortcut)
     (9, 9, 3, 8, 3, 2, 1),  # dense 3x3 stride 2 on an odd size (stem)
     (8, 8, 16, 16, 3, 1, 2),  # few groups: one chunk
-    (8, 8, 16, 16, 3, 2, 2),
-    (6, 6, 104, 104, 3, 1, 13),  # group width 8, 13 groups: chunks of 4, 4, 4, 1
-    (7, 7, 104, 104, 3, 2, 13),
+    (7, 7, 104, 104, 3, 2, 13),  # group width 8, 13 groups: chunks of 4, 4, 4, 1
     (6, 6, 12, 24, 3, 1, 3),  # c_out != c_in per group
-    (8, 8, 24, 24, 3, 1, 24),  # depthwise
-    (9, 9, 24, 24, 3, 2, 24),
+    (8, 8, 24, 24, 3, 1, 24),  # depthwise (stride 2: test_uneven_chunks_of_a_narrow_chunk_width)
     (7, 7, 16, 16, 5, 2, 4),  # 5x5 grouped
 ]
 
@@ -120,34 +117,16 @@ def test_conv_impl_setting_is_validated(restore_impl):
     assert layers.get_conv_impl() == "xla"
 
 
-def _tiny_grouped_regnet():
-    return dict(type="regnet", stem_type="simple_stem_in", stem_w=16, block_type="res_bottleneck_block",
-                depth=3, w0=24, wa=16.0, wm=2.0, group_w=8, bot_mul=1.0, se_ratio=0.25, num_classes=10)  # fmt: skip
-
-
-def _train_outputs(model_cfg, variables, x, y, jit=True):
+def _train_outputs(model_cfg, variables, x, y, compiler_options=None):
     model = create_model(model_cfg)
 
     def loss_fn(params):
         logits, upd = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, train=True, mutable=["batch_stats"])
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), (logits, upd["batch_stats"])
 
-    step = jax.value_and_grad(loss_fn, has_aux=True)
-    (loss, (logits, stats)), grads = (jax.jit(step) if jit else step)(variables["params"])
+    step = jax.jit(jax.value_and_grad(loss_fn, has_aux=True)).lower(variables["params"]).compile(compiler_options)
+    (loss, (logits, stats)), grads = step(variables["params"])
     return loss, logits, stats, grads
-
-
-def test_whole_model_is_the_same_with_both_lowerings(restore_impl):
-    cfg = _tiny_grouped_regnet()
-    x = jax.random.normal(jax.random.PRNGKey(0), (4, 24, 24, 3))
-    y = jnp.arange(4) % 10
-    variables = create_model(cfg).init(jax.random.PRNGKey(1), x[:1])
-    out = {}
-    for impl in ("xla", "blocked"):
-        layers.set_conv_impl(impl)
-        out[impl] = _train_outputs(cfg, variables, x, y)
-    for a, b in zip(jax.tree_util.tree_leaves(out["blocked"]), jax.tree_util.tree_leaves(out["xla"])):
-        assert _rel_err(a, b) < 1e-4
 
 
 @pytest.mark.parametrize("impl", ["xla", "blocked"])
@@ -161,9 +140,11 @@ def test_pycls_parity_with_each_lowering(impl, reference_dir, restore_impl):
     logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, jnp.asarray(ref["x_eval_nchw"].transpose(0, 2, 3, 1)))
     assert _rel_err(logits, ref["logits_eval"]) < 1e-4
     x = jnp.asarray(ref["x_train_nchw"].transpose(0, 2, 3, 1))
-    # Op by op, as the foundation's parity test: jitted, XLA:CPU's fused kernels move this ill-conditioned case's
-    # gradients by a few percent whatever the lowering (see docs/performance.md).
-    loss, logits, stats, grads = _train_outputs(meta["model"], variables, x, jnp.asarray(ref["y_train"]), jit=False)
+    # Unoptimised XLA (like the foundation's op-by-op parity test): XLA:CPU's optimised fused kernels move this
+    # case's gradients by a few percent with either lowering, while float64, PyTorch and unfused float32 agree to
+    # 4e-5 (docs/performance.md, "Numerics").
+    opts = {"xla_backend_optimization_level": 0}
+    loss, logits, stats, grads = _train_outputs(meta["model"], variables, x, jnp.asarray(ref["y_train"]), opts)
     assert _rel_err(logits, ref["logits_train"]) < 1e-4
     grad_sd = to_pycls({"params": grads, "batch_stats": {}})
     grad_keys = [k for k in ref.files if k.startswith("grad/")]

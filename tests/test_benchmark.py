@@ -1,0 +1,178 @@
+"""The benchmark tool (regnet_jax.benchmark) and the benchmarks/ helpers: results are consistent, data parallel over
+the emulated devices works with both train steps, bad input is refused with a clear message, the zoo outputs (table,
+plot) are written, the PyTorch twin is the same network, and the pipeline verdict is right."""
+
+import time
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from regnet_jax import benchmark, complexity
+from regnet_jax.config import ConfigError, base_config
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+TINY = dict(type="anynet", stem_type="res_stem_cifar", stem_w=8, block_type="res_bottleneck_block",
+            depths=[1, 1], widths=[16, 32], strides=[1, 2], bot_muls=[1.0, 1.0], group_ws=[8, 8],
+            se_ratio=0.25, num_classes=10)  # fmt: skip
+
+
+def _config():
+    c = base_config(TINY, batch_size=16)
+    c.resolution = 16
+    return c
+
+
+def _check_result(r, batch, mode, devices):
+    macs = complexity.count(TINY, 16)["flops"]
+    assert r.batch == batch and r.mode == mode and r.devices == devices and r.backend == "cpu"
+    assert r.steps == 2 and r.compile_s > 0 and r.ms_per_step_min <= r.ms_per_step
+    assert r.images_per_s == pytest.approx(batch / (r.ms_per_step / 1e3))
+    assert r.ms_per_image == pytest.approx(r.ms_per_step / batch)
+    assert r.gflops_per_image == pytest.approx(macs * (3 if mode == "train" else 1) / 1e9)
+    assert r.tflops == pytest.approx(2 * r.gflops_per_image * r.images_per_s / 1e3)
+    assert r.params == complexity.count(TINY, 16)["params"]
+
+
+def test_train_step_data_parallel_over_all_devices():
+    assert len(jax.devices()) == 8  # tests/conftest.py
+    r = benchmark.benchmark(_config(), mode="train", batch=16, steps=2, warmup=1, name="tiny")
+    _check_result(r, 16, "train", 8)
+    assert r.step_impl == "parallel" and r.model == "tiny"
+
+
+def test_local_train_step_on_two_devices_and_inference_on_one():
+    config = _config()
+    prep = benchmark.prepare(config, mode="train", batch=4, num_devices=2, step_impl="local")
+    assert prep.step_impl == "local" and len(prep.devices) == 2
+    times = []
+    for _ in range(2):
+        t = time.perf_counter()
+        loss = float(prep.run())  # the replicated state stays usable from step to step
+        times.append(time.perf_counter() - t)
+        assert np.isfinite(loss)
+    _check_result(benchmark.make_result(config, "tiny", "train", "float32", 4, prep, times), 4, "train", 2)
+    compiled_only = benchmark.make_result(config, "tiny", "train", "float32", 4, prep, [])
+    assert compiled_only.images_per_s is None and compiled_only.tflops is None and "compile" in compiled_only.summary()
+    _check_result(benchmark.benchmark(config, mode="infer", batch=3, steps=2, warmup=0, num_devices=1), 3, "infer", 1)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(batch=12), "--batch=12 is invalid: it must be a positive multiple of the 8 device(s)"),
+        (dict(batch=8, num_devices=9), "--devices=9 is invalid: this host has 8"),
+        (dict(mode="fit"), "--mode='fit' is invalid"),
+        (dict(dtype="float64"), "--dtype='float64' is invalid"),
+        (dict(steps=0), "--steps=0"),
+        (dict(step_impl="pmap"), "--step='pmap' is invalid"),
+    ],
+)
+def test_bad_arguments_are_refused(kwargs, message):
+    with pytest.raises(ConfigError) as e:
+        benchmark.benchmark(_config(), **{"batch": 8, **kwargs})
+    assert message in str(e.value)
+
+
+def _fake_results():
+    rows = []
+    for i, (name, gf, acts) in enumerate([("regnetx_200mf", 0.2, 2.2), ("regnetx_400mf", 0.4, 3.1), ("regnety_400mf", 0.4, 3.9), ("regnety_800mf", 0.8, 5.2)]):
+        ms = 1.0 + 2.0 * acts + 0.1 * i
+        rows.append(
+            benchmark.Result(
+                model=name, mode="infer", dtype="float32", batch=8, resolution=224, devices=1, backend="cpu", device_kind="cpu",
+                conv_impl="auto", step_impl="forward", compile_s=1.0, ms_per_step=ms * 8, ms_per_step_min=ms * 8, images_per_s=1e3 / ms,
+                ms_per_image=ms, gflops_per_image=gf, tflops=0.1, peak_memory_bytes=None, params=1, acts=int(acts * 1e6), steps=3,
+                load_average=None,
+            )  # fmt: skip
+        )
+    return rows
+
+
+def test_zoo_outputs_table_csv_json_and_plot(tmp_path):
+    rows = _fake_results()
+    paths = benchmark.write_zoo_outputs(rows, str(tmp_path / "zoo"))
+    assert json.loads(pathlib.Path(paths["json"]).read_text())[2]["model"] == "regnety_400mf"
+    assert pathlib.Path(paths["csv"]).read_text().splitlines()[0].startswith("model,mode,dtype")
+    table = pathlib.Path(paths["table"]).read_text()
+    assert all(r.model in table for r in rows) and "| ms/image |" in table
+    assert pathlib.Path(paths["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    acts, ms = [r.acts for r in rows], [r.ms_per_image for r in rows]
+    assert benchmark.pearson_r(acts, ms) == pytest.approx(np.corrcoef(acts, ms)[0, 1])
+    assert np.isnan(benchmark.pearson_r([1.0], [2.0]))
+
+
+def test_zoo_names():
+    assert len(benchmark.zoo_names()) == 24 and all(n.startswith("regnet") for n in benchmark.zoo_names())
+    assert benchmark.zoo_names("regnetx_200mf, resnet50") == ["regnetx_200mf", "resnet50"]
+    with pytest.raises(ConfigError, match="unknown model"):
+        benchmark.zoo_names("regnetz_500mf")
+
+
+@pytest.mark.timeout(240)
+def test_cli_zoo_json_table_and_plot(tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    run = lambda *a: subprocess.run([sys.executable, "-m", "regnet_jax.benchmark", *a], cwd=REPO, env=env, capture_output=True, text=True, timeout=200)  # noqa: E731
+    p = run("--zoo", "--zoo_models=regnetx_200mf,regnety_200mf", "--mode=infer", "--batch=2", "--steps=1", "--warmup=0", "--resolution=32", f"--out={tmp_path}", "--json")
+    assert p.returncode == 0, p.stderr
+    rows = json.loads(p.stdout)  # progress went to stderr
+    assert [r["model"] for r in rows] == ["regnetx_200mf", "regnety_200mf"] and all(r["images_per_s"] > 0 for r in rows)
+    assert "[2/2] regnety_200mf" in p.stderr and "| regnety_200mf |" in (tmp_path / "table.md").read_text()
+    assert (tmp_path / "zoo_time.png").stat().st_size > 1000 and (tmp_path / "results.csv").exists()
+
+
+# ---------------------------------------------------------------- benchmarks/
+
+
+def test_torch_twin_is_the_same_network():
+    torch = pytest.importorskip("torch")
+    from torch_regnet import build_torch_model
+
+    from regnet_jax.convert import to_pycls
+    from regnet_jax.models import create_model
+
+    model = create_model(TINY)
+    x = np.random.RandomState(0).randn(2, 16, 16, 3).astype(np.float32)
+    v = model.init(jax.random.PRNGKey(0), jnp.asarray(x))
+    # Non-trivial BN statistics and affine parameters, so that a mis-wired BN cannot pass.
+    v = jax.tree_util.tree_map(lambda a: a + 0.2 * jnp.abs(jax.random.normal(jax.random.PRNGKey(1), a.shape)), v)
+    twin = build_torch_model(model.spec)
+    twin.load_state_dict({k: torch.from_numpy(np.array(a)) for k, a in to_pycls(v).items()})
+    assert sum(p.numel() for p in twin.parameters()) == complexity.count(TINY, 16)["params"]
+    twin.eval()
+    with torch.no_grad():
+        out = twin(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+    ref = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(v, jnp.asarray(x)))
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
+
+
+def test_pipeline_verdict():
+    from input_pipeline import v100_images_per_s, verdict
+
+    v = verdict(per_core=100.0, host_cores=4, model_ips=150.0, devices=8)
+    assert v["model_needs_images_per_s"] == 1200 and v["pipeline_images_per_s"] == 400
+    assert v["cores_needed"] == 12 and v["bottleneck"] == "input pipeline"
+    assert verdict(per_core=100.0, host_cores=16, model_ips=150.0, devices=8)["bottleneck"] == "model"
+    # RegNetY-400MF: 100 epochs of 1,281,167 images in 5.3 h on 8 V100s.
+    assert v100_images_per_s("regnety_400mf") == pytest.approx(1_281_167 * 100 / (5.3 * 3600) / 8)
+
+
+def test_generated_jpegs_are_imagenet_sized(tmp_path):
+    from PIL import Image
+
+    from input_pipeline import write_jpegs
+
+    nbytes = write_jpegs(str(tmp_path), 3, (500, 375), num_classes=2)
+    files = sorted(tmp_path.glob("train/*/*.jpg"))
+    assert len(files) == 3 and {f.parent.name for f in files} == {"class0", "class1"}
+    with Image.open(files[0]) as im:
+        assert im.size == (500, 375) and im.format == "JPEG"
+    assert nbytes == sum(f.stat().st_size for f in files) and nbytes / 3 > 20_000  # photo-like, not flat
