@@ -431,6 +431,8 @@ def _print(msg: str) -> None:
 def main(argv: list[str]) -> None:
     del argv
     flags = _FLAGS
+    if flags.cpu_devices:
+        jax.config.update("jax_num_cpu_devices", flags.cpu_devices)
     if flags.conv_impl:
         layers.set_conv_impl(flags.conv_impl)
     kwargs = dict(
@@ -476,6 +478,7 @@ if __name__ == "__main__":
     flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
     flags.DEFINE_integer("resolution", 0, "Image size (0: the config's resolution, 224 for the zoo).")
     flags.DEFINE_integer("devices", 0, "Local devices to use: 0 = all (data parallel), N = the first N.")
+    flags.DEFINE_integer("cpu_devices", 0, "XLA:CPU only: split the host into this many devices (e.g. one per core) for data parallelism.")
     flags.DEFINE_enum("step", "auto", list(STEP_IMPLS), "Train step: the trainer's (parallel), a local SGD step, or auto.")
     flags.DEFINE_enum("conv_impl", None, list(layers.CONV_IMPLS), "Convolution lowering (default: REGNET_JAX_CONV_IMPL or auto).")
     flags.DEFINE_bool("compile_only", False, "Only compile the step and report the compile time.")
