@@ -110,7 +110,9 @@ def main() -> None:
                 row["torch_fraction_of_matmul_peak"] = row["torch_tflops"] / peaks[dtype]
                 rows.append(row)
     print(f"\nGPU check ({time.perf_counter() - start:.0f} s); ratio > 1: regnet_jax is faster; torch = AMP in the dtype, channels_last")
-    print(f"{'model':<14} {'mode':<6} {'dtype':<9} {'batch':>5} {'jax img/s':>10} {'torch img/s':>11} {'ratio':>6} {'jax TFLOP/s':>11} {'of peak':>8} {'torch of peak':>13}")
+    print(
+        f"{'model':<14} {'mode':<6} {'dtype':<9} {'batch':>5} {'jax img/s':>10} {'torch img/s':>11} {'ratio':>6} {'jax TFLOP/s':>11} {'of peak':>8} {'torch of peak':>13}"
+    )
     for r in rows:
         print(
             f"{r['model']:<14} {r['mode']:<6} {r['dtype']:<9} {r['batch']:>5} {r['jax_images_per_s']:>10.1f} "

@@ -102,7 +102,13 @@ def _build(engine: str, name: str, mode: str, opts: dict[str, Any]) -> tuple[Cal
 
         config = zoo.get_config(name)
         prep = benchmark.prepare(
-            config, mode=mode, batch=opts["batch"], dtype=opts["dtype"], resolution=opts["resolution"], num_devices=1, step_impl=opts["step"]
+            config,
+            mode=mode,
+            batch=opts["batch"],
+            dtype=opts["dtype"],
+            resolution=opts["resolution"],
+            num_devices=1,
+            step_impl=opts["step"],
         )
         run = lambda: jax.block_until_ready(prep.run())  # noqa: E731
         info = f"compiled in {prep.compile_s:.1f} s ({prep.step_impl}, conv {benchmark.layers.get_conv_impl()})"
@@ -147,7 +153,10 @@ def interleave(name: str, mode: str, engines: list[str], opts: dict[str, Any], p
             for engine, (_, conn) in workers.items():
                 conn.send(opts["steps_per_round"])
                 times[engine] += conn.recv()
-            progress(f"  round {i + 1}/{opts['rounds']}: " + ", ".join(f"{e} {statistics.median(v[-opts['steps_per_round']:]) * 1e3:.0f} ms" for e, v in times.items()))
+            progress(
+                f"  round {i + 1}/{opts['rounds']}: "
+                + ", ".join(f"{e} {statistics.median(v[-opts['steps_per_round'] :]) * 1e3:.0f} ms" for e, v in times.items())
+            )
         return times
     finally:
         for proc, conn in workers.values():
@@ -211,7 +220,9 @@ def main() -> None:
     args.threads = args.threads or len(os.sched_getaffinity(0))
     out = sys.stderr if args.json else sys.stdout
     progress = lambda msg: print(msg, file=out, flush=True)  # noqa: E731
-    progress(f"jax {version('jax')}, torch {version('torch')} ({args.threads} threads), {args.device}, load average {os.getloadavg()[0]:.2f}")
+    progress(
+        f"jax {version('jax')}, torch {version('torch')} ({args.threads} threads), {args.device}, load average {os.getloadavg()[0]:.2f}"
+    )
     rows = []
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:

@@ -84,7 +84,9 @@ def select_devices(num_devices: int) -> list[jax.Device]:
     """The first ``num_devices`` local devices (0 = all)."""
     devices = jax.local_devices()
     if num_devices < 0 or num_devices > len(devices):
-        raise ConfigError(f"--devices={num_devices} is invalid: this host has {len(devices)} {devices[0].platform} device(s); use 0 for all")
+        raise ConfigError(
+            f"--devices={num_devices} is invalid: this host has {len(devices)} {devices[0].platform} device(s); use 0 for all"
+        )
     return devices[: num_devices or len(devices)]
 
 
@@ -208,7 +210,7 @@ def resolve_step_impl(step_impl: str) -> str:
     if step_impl != "auto":
         return step_impl
     try:
-        from regnet_jax import parallel  # noqa: F401
+        from regnet_jax import parallel
 
         return "parallel" if hasattr(parallel, "make_train_step") else "local"
     except ImportError:
@@ -243,7 +245,9 @@ def prepare(
         raise ConfigError(f"--dtype={dtype!r} is invalid: must be one of {DTYPES}")
     devices = select_devices(num_devices)
     if batch < len(devices) or batch % len(devices):
-        raise ConfigError(f"--batch={batch} is invalid: it must be a positive multiple of the {len(devices)} device(s) (or use --devices=1)")
+        raise ConfigError(
+            f"--batch={batch} is invalid: it must be a positive multiple of the {len(devices)} device(s) (or use --devices=1)"
+        )
     resolution = resolution or int(config.get("resolution", 224))
     mesh = _mesh(devices)
     data = _put(_synthetic_batch(batch, resolution, config.model.num_classes), mesh)
@@ -354,7 +358,9 @@ def run_zoo(names: list[str], progress: Callable[[str], None] = print, **kwargs:
         r = benchmark(zoo.get_config(name), name=name, **kwargs)
         results.append(r)
         eta = (time.perf_counter() - start) / (i + 1) * (len(names) - i - 1)
-        progress(f"[{i + 1}/{len(names)}] {name}: {r.ms_per_image:.2f} ms/image, {r.images_per_s:.1f} images/s, compile {r.compile_s:.1f} s (ETA {eta:.0f} s)")
+        progress(
+            f"[{i + 1}/{len(names)}] {name}: {r.ms_per_image:.2f} ms/image, {r.images_per_s:.1f} images/s, compile {r.compile_s:.1f} s (ETA {eta:.0f} s)"
+        )
     return results
 
 
@@ -373,7 +379,9 @@ def zoo_table(results: list[Result]) -> str:
     ]
     for r in results:
         fwd = r.gflops_per_image / (TRAIN_FLOPS_FACTOR if r.mode == "train" else 1)
-        lines.append(f"| {r.model} | {fwd:.3f} | {r.acts / 1e6:.3f} | {r.params / 1e6:.3f} | {r.ms_per_image:.3f} | {r.images_per_s:.1f} | {r.compile_s:.1f} |")
+        lines.append(
+            f"| {r.model} | {fwd:.3f} | {r.acts / 1e6:.3f} | {r.params / 1e6:.3f} | {r.ms_per_image:.3f} | {r.images_per_s:.1f} | {r.compile_s:.1f} |"
+        )
     return "\n".join(lines)
 
 
@@ -386,7 +394,10 @@ def write_zoo_outputs(results: list[Result], out_dir: str) -> dict[str, str]:
 
     os.makedirs(out_dir, exist_ok=True)
     rows = [dataclasses.asdict(r) for r in results]
-    paths = {k: os.path.join(out_dir, f) for k, f in (("json", "results.json"), ("csv", "results.csv"), ("table", "table.md"), ("plot", "zoo_time.png"))}
+    paths = {
+        k: os.path.join(out_dir, f)
+        for k, f in (("json", "results.json"), ("csv", "results.csv"), ("table", "table.md"), ("plot", "zoo_time.png"))
+    }
     with open(paths["json"], "w") as f:
         json.dump(rows, f, indent=1)
     with open(paths["csv"], "w", newline="") as f:
@@ -454,7 +465,9 @@ def main(argv: list[str]) -> None:
             return
         print(zoo_table(results))
         ms = [r.ms_per_image for r in results]
-        print(f"time/image vs flops r = {pearson_r([r.gflops_per_image for r in results], ms):.3f}, vs acts r = {pearson_r([r.acts for r in results], ms):.3f}")
+        print(
+            f"time/image vs flops r = {pearson_r([r.gflops_per_image for r in results], ms):.3f}, vs acts r = {pearson_r([r.acts for r in results], ms):.3f}"
+        )
         print("wrote " + ", ".join(paths.values()))
         return
     if flags.config is None:

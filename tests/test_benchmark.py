@@ -83,13 +83,33 @@ def test_bad_arguments_are_refused(kwargs, message):
 
 def _fake_results():
     rows = []
-    for i, (name, gf, acts) in enumerate([("regnetx_200mf", 0.2, 2.2), ("regnetx_400mf", 0.4, 3.1), ("regnety_400mf", 0.4, 3.9), ("regnety_800mf", 0.8, 5.2)]):
+    for i, (name, gf, acts) in enumerate(
+        [("regnetx_200mf", 0.2, 2.2), ("regnetx_400mf", 0.4, 3.1), ("regnety_400mf", 0.4, 3.9), ("regnety_800mf", 0.8, 5.2)]
+    ):
         ms = 1.0 + 2.0 * acts + 0.1 * i
         rows.append(
             benchmark.Result(
-                model=name, mode="infer", dtype="float32", batch=8, resolution=224, devices=1, backend="cpu", device_kind="cpu",
-                conv_impl="auto", step_impl="forward", compile_s=1.0, ms_per_step=ms * 8, ms_per_step_min=ms * 8, images_per_s=1e3 / ms,
-                ms_per_image=ms, gflops_per_image=gf, tflops=0.1, peak_memory_bytes=None, params=1, acts=int(acts * 1e6), steps=3,
+                model=name,
+                mode="infer",
+                dtype="float32",
+                batch=8,
+                resolution=224,
+                devices=1,
+                backend="cpu",
+                device_kind="cpu",
+                conv_impl="auto",
+                step_impl="forward",
+                compile_s=1.0,
+                ms_per_step=ms * 8,
+                ms_per_step_min=ms * 8,
+                images_per_s=1e3 / ms,
+                ms_per_image=ms,
+                gflops_per_image=gf,
+                tflops=0.1,
+                peak_memory_bytes=None,
+                params=1,
+                acts=int(acts * 1e6),
+                steps=3,
                 load_average=None,
             )  # fmt: skip
         )
@@ -119,8 +139,20 @@ def test_zoo_names():
 @pytest.mark.timeout(240)
 def test_cli_zoo_json_table_and_plot(tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    run = lambda *a: subprocess.run([sys.executable, "-m", "regnet_jax.benchmark", *a], cwd=REPO, env=env, capture_output=True, text=True, timeout=200)  # noqa: E731
-    p = run("--zoo", "--zoo_models=regnetx_200mf,regnety_200mf", "--mode=infer", "--batch=2", "--steps=1", "--warmup=0", "--resolution=32", f"--out={tmp_path}", "--json")
+    run = lambda *a: subprocess.run(
+        [sys.executable, "-m", "regnet_jax.benchmark", *a], cwd=REPO, env=env, capture_output=True, text=True, timeout=200
+    )  # noqa: E731
+    p = run(
+        "--zoo",
+        "--zoo_models=regnetx_200mf,regnety_200mf",
+        "--mode=infer",
+        "--batch=2",
+        "--steps=1",
+        "--warmup=0",
+        "--resolution=32",
+        f"--out={tmp_path}",
+        "--json",
+    )
     assert p.returncode == 0, p.stderr
     rows = json.loads(p.stdout)  # progress went to stderr
     assert [r["model"] for r in rows] == ["regnetx_200mf", "regnety_200mf"] and all(r["images_per_s"] > 0 for r in rows)

@@ -42,10 +42,10 @@ CASES = [
     (7, 7, 6, 10, 1, 1, 1),  # 1x1 (a matmul in the blocked lowering)
     (8, 8, 6, 10, 1, 2, 1),  # 1x1 stride 2 (projection shortcut)
     (9, 9, 3, 8, 3, 2, 1),  # dense 3x3 stride 2 on an odd size (stem)
-    (8, 8, 16, 16, 3, 1, 2),  # few groups: one chunk
-    (7, 7, 104, 104, 3, 2, 13),  # group width 8, 13 groups: chunks of 4, 4, 4, 1
+    (8, 8, 16, 16, 3, 1, 2),  # few groups: one chunk of both
+    (7, 7, 104, 104, 3, 2, 13),  # group width 8, 13 groups: chunks of 2 (16 channels), the last of 1
     (6, 6, 12, 24, 3, 1, 3),  # c_out != c_in per group
-    (8, 8, 24, 24, 3, 1, 24),  # depthwise (stride 2: test_uneven_chunks_of_a_narrow_chunk_width)
+    (8, 8, 24, 24, 3, 1, 24),  # depthwise (stride 2: test_chunk_width_rule_and_uneven_chunks)
     (7, 7, 16, 16, 5, 2, 4),  # 5x5 grouped
 ]
 
@@ -64,10 +64,12 @@ def test_blocked_conv_equals_native_forward_and_gradients(h, w, c_in, c_out, k, 
         assert _rel_err(a, b) < 1e-5, (name, _rel_err(a, b))
 
 
-def test_uneven_chunks_of_a_narrow_chunk_width(monkeypatch):
-    monkeypatch.setattr(layers, "CHUNK_WIDTH", 8)  # depthwise 24 channels -> 3 chunks; 20 -> 8, 8, 4
-    assert layers.group_chunks(24, 1) == [(0, 8), (8, 8), (16, 8)]
-    assert layers.group_chunks(20, 1) == [(0, 8), (8, 8), (16, 4)]
+def test_chunk_width_rule_and_uneven_chunks(monkeypatch):
+    assert layers.chunk_width(32 * 56 * 56) == 8 and layers.chunk_width(32 * 28 * 28) == 16
+    assert layers.group_chunks(24, 1, 8) == [(0, 8), (8, 8), (16, 8)]
+    assert layers.group_chunks(20, 1, 8) == [(0, 8), (8, 8), (16, 4)]
+    monkeypatch.setattr(layers, "CHUNK_WIDTH", 8)  # depthwise, 20 channels: chunks of 8, 8, 4
+    assert layers.chunk_width(1) == 8
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 6, 20))
     kernel = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 1, 20))
     r = jax.random.normal(jax.random.PRNGKey(2), (2, 3, 3, 20))

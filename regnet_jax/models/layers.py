@@ -41,9 +41,11 @@ def torch_bias_init(fan_in: int) -> Callable[..., jax.Array]:
 CONV_IMPLS = ("auto", "xla", "blocked")
 _DEFAULT_IMPL = os.environ.get("REGNET_JAX_CONV_IMPL", "auto")
 # Channels per dense sub-convolution of the blocked lowering: groups are packed into chunks this wide (block-diagonal
-# kernels, so a chunk of m groups does m times the useful multiply-adds). Measured on XLA:CPU for group widths 8-64;
-# wider chunks waste more flops, narrower ones run more (and smaller) convolutions.
-CHUNK_WIDTH = 32
+# kernels, so a chunk of m groups does m times the useful multiply-adds). Wider chunks waste more flops, narrower ones
+# run more and smaller convolutions (and compile longer). None: 8 for layers with at least LARGE_LAYER_PIXELS output
+# pixels (batch x height x width), where the waste dominates, else 16 (measured on XLA:CPU, RegNetY-400MF layers).
+CHUNK_WIDTH: int | None = None
+LARGE_LAYER_PIXELS = 1 << 16
 
 
 def set_conv_impl(impl: str) -> None:
@@ -83,10 +85,17 @@ def xla_conv2d(x: jax.Array, kernel: jax.Array, stride: int, groups: int) -> jax
     )
 
 
-def group_chunks(groups: int, group_in: int, width: int | None = None) -> list[tuple[int, int]]:
+def chunk_width(output_pixels: int) -> int:
+    """Channels per chunk for a grouped convolution with ``output_pixels`` = batch x height x width outputs."""
+    if CHUNK_WIDTH:
+        return CHUNK_WIDTH
+    return 8 if output_pixels >= LARGE_LAYER_PIXELS else 16
+
+
+def group_chunks(groups: int, group_in: int, width: int) -> list[tuple[int, int]]:
     """(first group, number of groups) of each dense sub-convolution: ``width // group_in`` groups per chunk (at least
-    one; ``width`` defaults to ``CHUNK_WIDTH``); the last chunk takes the remainder."""
-    per = max(1, min(groups, (width or CHUNK_WIDTH) // group_in))
+    one); the last chunk takes the remainder."""
+    per = max(1, min(groups, width // group_in))
     return [(g, min(per, groups - g)) for g in range(0, groups, per)]
 
 
@@ -107,7 +116,7 @@ def blocked_conv2d(x: jax.Array, kernel: jax.Array, stride: int, groups: int) ->
     """The same convolution as ``xla_conv2d`` computed the way XLA:CPU is fast at.
 
     1x1 convolutions are matrix products (their weight gradient as a convolution is several times slower); grouped
-    convolutions are dense convolutions over chunks of ``CHUNK_WIDTH`` channels with block-diagonal kernels, because
+    convolutions are dense convolutions over chunks of ``chunk_width`` channels with block-diagonal kernels, because
     XLA:CPU's grouped convolution (especially its weight gradient, jax-ml/jax#13800) is one to two orders of magnitude
     slower than its dense one. Every output is the same sum of the same products as the native op (plus exact zeros
     from the block-diagonal kernels), so results agree to float rounding.
@@ -120,7 +129,8 @@ def blocked_conv2d(x: jax.Array, kernel: jax.Array, stride: int, groups: int) ->
         return xla_conv2d(x, kernel, stride, 1)
     cg, co = kernel.shape[2], kernel.shape[3]
     dg = co // groups
-    chunks = group_chunks(groups, cg)
+    n, h, w = x.shape[:3]
+    chunks = group_chunks(groups, cg, chunk_width(n * ((h - 1) // stride + 1) * ((w - 1) // stride + 1)))
     if len(chunks) == 1:
         return xla_conv2d(x, block_diagonal(kernel, groups), stride, 1)
     # split (not slices): its transpose is one concatenate, where slices would transpose to a sum of padded copies.
