@@ -25,11 +25,10 @@ import jax
 import ml_collections
 from absl import flags, logging
 from clu import metric_writers
-from ml_collections import config_flags
 
 from regnet_jax import checkpoint as ckpt_lib
 from regnet_jax import complexity, data, metrics, optim, parallel
-from regnet_jax.cli import run
+from regnet_jax.cli import define_config_flag, run
 from regnet_jax.config import ConfigError, validate_config
 from regnet_jax.evaluate import apply_input_conventions, run_evaluation
 from regnet_jax.models import create_model
@@ -303,7 +302,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def _define_flags() -> flags.FlagValues:
     """The command-line flags (defined only when run as a program, so importing this module defines none)."""
-    config_flags.DEFINE_config_file("config", None, "Training config file, e.g. configs/regnety_4gf.py or configs/regnety_4gf.py:25ep.", lock_config=True)
+    define_config_flag("config", "Training config file, e.g. configs/regnety_4gf.py or configs/regnety_4gf.py:25ep.")
     flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the resolved config (resumes from it).")
     flags.DEFINE_bool("distributed", None, "Call jax.distributed.initialize (default: only on a detected cluster launch).")
     flags.DEFINE_string("coordinator_address", "", "host:port of process 0, where JAX cannot detect it.")
