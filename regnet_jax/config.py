@@ -186,6 +186,7 @@ def base_config(model: Mapping[str, Any], batch_size: int = 1024, schedule: str 
             cache=False,
             output_dtype="float32",  # or 'bfloat16'
             prefetch=2,  # batches on device ahead of the step
+            max_bad_image_fraction=0.01,  # undecodable training images are skipped; more than this per epoch stops the run
         )
     )
     c.optim = ml_collections.ConfigDict(
@@ -234,6 +235,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         ("dataset.pca_std", config.dataset.pca_std >= 0, ">= 0"),
         ("dataset.output_dtype", config.dataset.output_dtype in ("float32", "bfloat16"), "'float32' or 'bfloat16'"),
         ("dataset.num_train_examples", _is_int(config.dataset.num_train_examples) and config.dataset.num_train_examples >= 0, "0 (all) or a positive integer"),
+        ("dataset.max_bad_image_fraction", _is_num(config.dataset.get("max_bad_image_fraction", 0)) and 0 <= config.dataset.get("max_bad_image_fraction", 0) <= 1, "in [0, 1] (0 = stop at the first undecodable training image)"),
         ("dataset.num_eval_examples", _is_int(config.dataset.num_eval_examples) and config.dataset.num_eval_examples >= 0, "0 (all) or a positive integer"),
         ("optim.base_lr", _is_num(config.optim.base_lr) and config.optim.base_lr > 0, "a positive number"),
         ("optim.momentum", 0 <= config.optim.momentum < 1, "in [0, 1)"),

@@ -23,6 +23,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 from absl import flags, logging
 from clu import metric_writers
 
@@ -78,6 +79,15 @@ def _write_json(path: str, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def _process_sum(n: int) -> int:
+    """The sum of ``n`` over all processes (every process must call it)."""
+    if jax.process_count() == 1:
+        return n
+    from jax.experimental import multihost_utils
+
+    return int(multihost_utils.process_allgather(np.int64(n)).sum())
+
+
 def _finetune_config(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, ckpt_lib.Pretrained | None]:
     """Load ``config.init_from`` (if set) and adopt its input conventions into the data config."""
     if not config.init_from:
@@ -102,6 +112,10 @@ class _Trainer:
         pidx, pcount = jax.process_index(), jax.process_count()
         self.train_input = data.TrainInput(config, pidx, pcount)
         self.eval_input = data.EvalInput(config, pidx, pcount)
+        bad = self.eval_input.undecodable_images()  # before training: evaluation must count every image
+        if total := _process_sum(len(bad)):
+            raise data.bad_eval_images_error(bad, total)
+        self.skipped_images: dict[str, int] = {}  # epoch -> training images skipped as undecodable
         self.steps_per_epoch = self.train_input.steps_per_epoch
         self.total_steps = self.steps_per_epoch * config.num_epochs
         self.model = create_model(config, bn_axis_name=parallel.AXIS)
@@ -128,6 +142,7 @@ class _Trainer:
         if restored is not None:
             self.state, meta = restored
             self.prior_wall_time = float(meta.get("wall_time_s", 0.0))
+            self.skipped_images = dict(meta.get("skipped_images", {}))
             step = int(ckpt_lib.host(self.state.step))
             if meta.get("steps_per_epoch") != self.steps_per_epoch:
                 logging.warning(
@@ -151,8 +166,24 @@ class _Trainer:
             "global_batch": self.config.batch_size,
             "wall_time_s": self.prior_wall_time + time.perf_counter() - self.t_start,
             "signature": self.signature,
+            "skipped_images": self._skipped_counts(step),
         }
         self.ckpt.save(step, self.state, meta, metrics_)
+
+    def _skipped_counts(self, step: int) -> dict[str, int]:
+        """Training images skipped as undecodable per epoch (all processes), the current epoch's so far included."""
+        counts = dict(self.skipped_images)
+        if n := _process_sum(len(self.train_input.skipped)):
+            epoch = str((step - 1) // self.steps_per_epoch)
+            counts[epoch] = counts.get(epoch, 0) + n
+        return counts
+
+    def _end_epoch_skips(self, step: int) -> None:
+        self.skipped_images = self._skipped_counts(step)
+        self.train_input.skipped = []
+        epoch = (step - 1) // self.steps_per_epoch
+        if n := self.skipped_images.get(str(epoch), 0):
+            logging.warning("epoch %d: skipped %d training images that cannot be decoded (each file is logged above)", epoch, n)
 
     def evaluate(self, step: int, writer) -> dict[str, float]:
         """Evaluate (and the EMA weights, if any), append the JSON lines, write the scalars."""
@@ -234,6 +265,7 @@ class _Trainer:
                     self.save(step)
                     self.ckpt.wait()
                     raise Preempted(f"preempted at step {step}; checkpoint saved in {self.ckpt.directory}: rerun the same command to resume")
+            self._end_epoch_skips(step)
             epoch += 1
             last = step == self.total_steps
             record = None
@@ -275,6 +307,7 @@ class _Trainer:
             "wall_time_s": self.prior_wall_time + time.perf_counter() - self.t_start,
             "params": cx["params"],
             "flops": cx["flops"],
+            "skipped_images": {"total": sum(self.skipped_images.values()), "per_epoch": self.skipped_images},
         }
         if self.is_chief:
             _write_json(self._path("summary.json"), summary)

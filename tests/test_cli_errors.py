@@ -18,7 +18,7 @@ from regnet_jax.cli import define_config_flag, parse_flags
 from regnet_jax.config import ConfigError
 from regnet_jax.config_file import load_config_file
 
-from helpers_train import REPO, cli_env
+from tests.helpers_train import REPO, cli_env
 
 
 def _parse(argv: list[str], capsys) -> tuple[object, str]:
