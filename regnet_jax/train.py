@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import jax
 import ml_collections
@@ -341,7 +341,23 @@ def _define_flags() -> flags.FlagValues:
     flags.DEFINE_string("coordinator_address", "", "host:port of process 0, where JAX cannot detect it.")
     flags.DEFINE_integer("num_processes", 0, "Number of processes, where JAX cannot detect it.")
     flags.DEFINE_integer("process_id", -1, "This process's index, where JAX cannot detect it.")
+    flags.DEFINE_integer("heartbeat_timeout_s", parallel.HEARTBEAT_TIMEOUT_S, "Multi-process: a process silent this long is "
+                         "taken for dead and JAX ends the others (jax.distributed's heartbeat timeout).")
     return flags.FLAGS
+
+
+def _exit_lost_process(e: Exception) -> NoReturn:
+    """A computation shared by all processes failed, typically because another process died. Exit at once: JAX's
+    exit-time shutdown would wait for the dead process until the heartbeat timeout and then abort."""
+    print(
+        f"error: process {jax.process_index()} of {jax.process_count()}: a step shared by all processes failed "
+        f"({str(e).strip().splitlines()[0]}); another process has probably died (see its log). Rerun the same command "
+        "on every host to resume from the last checkpoint", file=sys.stderr,
+    )  # fmt: skip
+    logging.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
 
 
 def main(argv: list[str]) -> None:
@@ -349,7 +365,9 @@ def main(argv: list[str]) -> None:
     FLAGS = flags.FLAGS
     if FLAGS.config is None or not FLAGS.workdir:
         raise ConfigError("--config and --workdir are both required, e.g. --config=configs/quickstart.py --workdir=/tmp/quickstart")
-    parallel.maybe_initialize_distributed(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    parallel.maybe_initialize_distributed(
+        FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.heartbeat_timeout_s
+    )
     try:
         summary = train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except Preempted as e:
@@ -358,6 +376,10 @@ def main(argv: list[str]) -> None:
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except jax.errors.JaxRuntimeError as e:
+        if jax.process_count() == 1:
+            raise
+        _exit_lost_process(e)
     if jax.process_index() == 0:
         f = summary["final"]
         print(f"final: top-1 error {f['top1_err']:.2f}% (accuracy {100 - f['top1_err']:.2f}%), top-5 error {f['top5_err']:.2f}%, "
