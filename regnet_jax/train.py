@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 from typing import Any, NoReturn
 
 import jax
@@ -346,18 +347,27 @@ def _define_flags() -> flags.FlagValues:
     return flags.FLAGS
 
 
-def _exit_lost_process(e: Exception) -> NoReturn:
-    """A computation shared by all processes failed, typically because another process died. Exit at once: JAX's
-    exit-time shutdown would wait for the dead process until the heartbeat timeout and then abort."""
-    print(
-        f"error: process {jax.process_index()} of {jax.process_count()}: a step shared by all processes failed "
-        f"({str(e).strip().splitlines()[0]}); another process has probably died (see its log). Rerun the same command "
-        "on every host to resume from the last checkpoint", file=sys.stderr,
-    )  # fmt: skip
+def _exit_multiprocess_error(e: Exception) -> NoReturn:
+    """End this process of a multi-process run at once, with one line saying why (traceback first if unexpected).
+
+    Exiting normally would hang: JAX's exit-time shutdown waits for every other process (for a dead one, until the
+    heartbeat timeout). Exiting at once closes this process's connections, so the others stop at their next step."""
+    where = f"process {jax.process_index()} of {jax.process_count()}"
+    if isinstance(e, jax.errors.JaxRuntimeError):
+        code, message = 1, (
+            f"{where}: a step shared by all processes failed ({str(e).strip().splitlines()[0]}); another process has "
+            "probably died (see its log). Rerun the same command on every host to resume from the last checkpoint"
+        )
+    elif isinstance(e, (ConfigError, WeightsError)):
+        code, message = 2, f"{where}: {e}"
+    else:
+        traceback.print_exc()
+        code, message = 1, f"{where}: {type(e).__name__}: {e}"
+    print(f"error: {message}", file=sys.stderr)
     logging.flush()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(1)
+    os._exit(code)
 
 
 def main(argv: list[str]) -> None:
@@ -376,10 +386,10 @@ def main(argv: list[str]) -> None:
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
-    except jax.errors.JaxRuntimeError as e:
+    except Exception as e:
         if jax.process_count() == 1:
             raise
-        _exit_lost_process(e)
+        _exit_multiprocess_error(e)
     if jax.process_index() == 0:
         f = summary["final"]
         print(f"final: top-1 error {f['top1_err']:.2f}% (accuracy {100 - f['top1_err']:.2f}%), top-5 error {f['top5_err']:.2f}%, "

@@ -144,3 +144,24 @@ def test_train_cli_end_to_end():
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1] == "error: --config.optim.bse_lr=0.1: config.optim has no field 'bse_lr'; did you mean --config.optim.base_lr?"
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"batch_size": 30}, "config.batch_size=30 is not divisible by the 8 devices: use a multiple of 8"),
+        ({"freeze_trunk": True}, "config.freeze_trunk=True needs config.init_from"),
+        ({"dataset.name": "folder", "dataset.data_dir": "EMPTY"}, "folder dataset: found no images"),
+    ],
+)
+def test_trainer_refuses_bad_values_before_any_work(overrides, message, tmp_path):
+    """Reliability-table rows that had no test: each is refused before anything is written but the workdir."""
+    from regnet_jax.train import train_and_evaluate
+    from tests.helpers_train import tiny_config
+
+    for split in ("train", "val"):
+        (tmp_path / "empty" / split / "cat").mkdir(parents=True)
+    overrides = {k: str(tmp_path / "empty") if v == "EMPTY" else v for k, v in overrides.items()}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        train_and_evaluate(tiny_config(**overrides), str(tmp_path / "run"))
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -6,8 +6,11 @@ import os
 import signal
 import time
 
+import jax
 import pytest
 
+from regnet_jax import train
+from regnet_jax.data import BadImagesError
 from tests.helpers_train import free_port, start_cli, stop, tiny_config, write_config_file
 
 EXIT_WITHIN_S = 60  # the survivor notices at its next step; JAX's heartbeat timeout bounds every other case
@@ -49,3 +52,26 @@ def test_killing_one_of_two_processes_mid_epoch_ends_the_other(tmp_path):
     assert len(errors) == 1 and errors[0].startswith("error: process 0 of 2: a step shared by all processes failed"), text[-3000:]
     assert "another process has probably died (see its log)" in errors[0]
     assert "Traceback" not in text and "step 32/1600" not in text  # stopped mid-epoch 0
+
+
+@pytest.mark.parametrize(
+    "error, code, line",
+    [
+        (BadImagesError("3 of the 64 training images ..."), 2, "error: process 1 of 2: 3 of the 64 training images ..."),
+        (jax.errors.JaxRuntimeError("UNKNOWN: Gloo all-reduce failed: Connection closed by peer\nmore"), 1,
+         "error: process 1 of 2: a step shared by all processes failed (UNKNOWN: Gloo all-reduce failed: Connection closed by peer); another process has probably died"),
+        (OSError("No space left on device"), 1, "error: process 1 of 2: OSError: No space left on device"),
+    ],
+)  # fmt: skip
+def test_an_error_on_one_process_ends_it_at_once_with_one_line(error, code, line, monkeypatch, capsys):
+    """What a multi-process run's main does with an error raised on one process only (e.g. its share of the data)."""
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    monkeypatch.setattr(train.os, "_exit", lambda c: (_ for _ in ()).throw(SystemExit(c)))  # instead of ending pytest
+    try:
+        raise error
+    except Exception as e:
+        with pytest.raises(SystemExit) as ended:
+            train._exit_multiprocess_error(e)
+    assert ended.value.code == code
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(line)

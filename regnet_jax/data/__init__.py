@@ -171,7 +171,7 @@ class TrainInput:
         skipped (``self.skipped`` lists this epoch's, on this process) and logged once per run; too many raise
         BadImagesError."""
         needed = (self.steps_per_epoch - start_step) * self.local_batch
-        limit = self.config.dataset.get("max_bad_image_fraction", DEFAULT_MAX_BAD_IMAGE_FRACTION) * needed
+        fraction = self.config.dataset.get("max_bad_image_fraction", DEFAULT_MAX_BAD_IMAGE_FRACTION)
         self.skipped = []
         expected, produced = 0, 0
         for batch in self.dataset(epoch, start_step).as_numpy_iterator():
@@ -179,11 +179,11 @@ class TrainInput:
             for index in np.setdiff1d(np.arange(expected, indices[-1] + 1), indices):  # the stream's gaps
                 self._skip(self._describe(int(index), epoch, start_step))
             expected = int(indices[-1]) + 1
-            if len(self.skipped) > limit:
+            if len(self.skipped) > fraction * needed:
                 raise BadImagesError(
                     f"{len(self.skipped)} of the {needed} training images this process reads in epoch {epoch} could not "
-                    f"be decoded (e.g. {self.skipped[0]}), more than config.dataset.max_bad_image_fraction="
-                    f"{limit / needed:g}: repair or remove them (the log names each), or raise the limit"
+                    f"be decoded (e.g. {self.skipped[0]}), more than config.dataset.max_bad_image_fraction={fraction:g}: "
+                    "repair or remove them (the log names each), or raise the limit"
                 )
             produced += 1
             yield batch
