@@ -36,7 +36,8 @@ def _missing_file_error(path: str) -> ConfigError:
     folder = os.path.dirname(path) or "."
     hint = ""
     if os.path.isdir(folder):
-        near = _closest(os.path.basename(path), (f for f in os.listdir(folder) if f.endswith(".py")))
+        ext = os.path.splitext(path)[1] or ".py"
+        near = _closest(os.path.basename(path), (f for f in os.listdir(folder) if f.endswith(ext)))
         if near:
             hint = f"; did you mean {' or '.join(os.path.join(os.path.dirname(path), f) for f in near)}?"
     return ConfigError(f"config file {path} does not exist (looked in {os.getcwd()}){hint or ': give e.g. --config=configs/quickstart.py'}")

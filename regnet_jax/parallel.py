@@ -45,17 +45,15 @@ HEARTBEAT_TIMEOUT_S = 100  # jax.distributed's default
 
 def _cluster_detected() -> bool:
     """A multi-process launch that ``jax.distributed.initialize()`` can configure itself: ``JAX_COORDINATOR_ADDRESS``
-    is set, or one of the cluster environments JAX auto-detects reports more than one process. Those are JAX's own
-    (``jax._src.clusters``, what ``initialize()`` uses): SLURM, Open MPI, Kubernetes, and a Cloud TPU slice, found
-    through ``TPU_WORKER_HOSTNAMES`` (GKE) or, on a TPU VM reached with ``gcloud ... ssh --worker=all``, the TPU
-    metadata server (its worker list)."""
+    is set, or one of JAX's own cluster environments (``jax._src.clusters``, what ``initialize()`` auto-detects) is
+    present with more than one process: SLURM, Open MPI, or a Cloud TPU slice, found through ``TPU_WORKER_HOSTNAMES``
+    (GKE) or, on a TPU VM reached with ``gcloud ... ssh --worker=all``, the TPU metadata server (its worker list).
+    Kubernetes is left to ``--distributed`` (JAX's check needs the cluster API and warns in every plain pod)."""
     if os.environ.get("JAX_COORDINATOR_ADDRESS"):
         return True
     from jax._src import clusters  # private, but exactly the detection jax.distributed.initialize() performs
 
-    for env in clusters.ClusterEnv._cluster_types:
-        if env.opt_in_only_method:
-            continue
+    for env in (clusters.OmpiCluster, clusters.SlurmCluster, clusters.GceTpuCluster, clusters.GkeTpuCluster):  # JAX's order
         try:
             if env.is_env_present():
                 return env.get_process_count() > 1

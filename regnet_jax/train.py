@@ -184,7 +184,7 @@ class _Trainer:
         self.train_input.skipped = []
         epoch = (step - 1) // self.steps_per_epoch
         if n := self.skipped_images.get(str(epoch), 0):
-            logging.warning("epoch %d: skipped %d training images that cannot be decoded (each file is logged above)", epoch, n)
+            logging.warning("epoch %d: skipped %d training images that cannot be read or decoded (each file is logged above)", epoch, n)
 
     def evaluate(self, step: int, writer) -> dict[str, float]:
         """Evaluate (and the EMA weights, if any), append the JSON lines, write the scalars."""

@@ -103,14 +103,14 @@ def test_training_skips_undecodable_images_logs_each_once_and_fills_the_batches(
             assert [len(b["label"]) for b in batches] == [32, 32] and set(batches[0]) == {"image", "label"}
             assert sorted(train.skipped) == bad_train
             assert all(np.isfinite(b["image"]).all() for b in batches)
-    logged = [r.getMessage() for r in caplog.records if "cannot be decoded" in r.getMessage()]
-    assert sorted(logged) == [f"skipped an image that cannot be decoded: {p}" for p in bad_train]  # once, not per epoch
+    logged = [r.getMessage() for r in caplog.records if "cannot be read or decoded" in r.getMessage()]
+    assert sorted(logged) == [f"skipped an image that cannot be read or decoded: {p}" for p in bad_train]  # once, not per epoch
 
 
 def test_more_bad_images_than_allowed_stop_with_a_clear_error(folder):
     root, bad_train, _ = folder
     train = data.TrainInput(_config(root, **{"dataset.max_bad_image_fraction": 0.02}))  # 1.28 of 64 images
-    with pytest.raises(data.BadImagesError, match=r"2 of the 64 training images .* epoch 0 could not be decoded \(e\.g\. .*"
+    with pytest.raises(data.BadImagesError, match=r"2 of the 64 training images .* epoch 0 cannot be read or decoded \(e\.g\. .*"
                        r"(random_bytes|truncated)\.jpg\), more than config\.dataset\.max_bad_image_fraction=0\.02"):
         list(train.epoch(0))
 
@@ -120,7 +120,7 @@ def test_an_undecodable_eval_image_is_named(folder):
     assert data.EvalInput(_config(root)).undecodable_images() == []
     broken = data.EvalInput(_config(root, **{"dataset.eval_split": "broken_val"}))
     assert broken.undecodable_images() == bad_eval
-    with pytest.raises(data.BadImagesError, match=r"1 evaluation image\(s\) cannot be decoded: .*empty\.jpg"):
+    with pytest.raises(data.BadImagesError, match=r"1 evaluation image\(s\) cannot be read or decoded: .*empty\.jpg"):
         list(broken.batches())  # evaluate's path: the decode error is turned into the named one
 
 

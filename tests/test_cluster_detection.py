@@ -48,6 +48,8 @@ def bare(monkeypatch):
 
 def test_a_plain_machine_is_one_process(bare):
     assert not parallel._cluster_detected()
+    bare.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")  # a plain pod: left to --distributed
+    assert not parallel._cluster_detected()
 
 
 @pytest.mark.parametrize("ntasks, expected", [("4", True), ("1", False)])

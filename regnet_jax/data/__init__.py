@@ -7,7 +7,7 @@
     for batch in ev.batches():                         # adds 'mask' (0 on padding); every example exactly once
     device_prefetch(iterator, mesh, size)              # -> global jax.Arrays sharded over the mesh, `size` ahead
 
-Bad images: a training image that cannot be decoded (corrupt, truncated where the crop needs it, not an image) is
+Bad images: a training image that cannot be read or decoded (corrupt, truncated where the crop needs it, not an image) is
 skipped, its file logged once, and the batch filled up with the next image (a second pass over the process's rows
 of the epoch supplies them); more than ``config.dataset.max_bad_image_fraction`` of an epoch's images stops the run
 with ``BadImagesError``. Evaluation promises every example once, so an undecodable evaluation image is an error
@@ -35,18 +35,17 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from regnet_jax.config import ConfigError
+from regnet_jax.config import MAX_BAD_IMAGE_FRACTION, ConfigError
 from regnet_jax.data import augment
 from regnet_jax.data.sources import DatasetNotReadyError, IndexedSource, TfdsSource, open_source, quickstart_arrays
 
 __all__ = ["BadImagesError", "DatasetNotReadyError", "EvalInput", "TrainInput", "check_dataset", "device_prefetch", "quickstart_arrays"]
 
-DEFAULT_MAX_BAD_IMAGE_FRACTION = 0.01  # for configs written before the field existed
 _INDEX = "stream_index"  # position in the epoch's stream of examples, to find the skipped ones
 
 
 class BadImagesError(ConfigError):
-    """Images could not be decoded: more training images than allowed, or any evaluation image."""
+    """Images cannot be read or decoded: more training images than allowed, or any evaluation image."""
 
 # Keep TensorFlow off accelerators: JAX owns them, tf.data only runs on the host.
 tf.config.set_visible_devices([], "GPU")
@@ -171,7 +170,7 @@ class TrainInput:
         skipped (``self.skipped`` lists this epoch's, on this process) and logged once per run; too many raise
         BadImagesError."""
         needed = (self.steps_per_epoch - start_step) * self.local_batch
-        fraction = self.config.dataset.get("max_bad_image_fraction", DEFAULT_MAX_BAD_IMAGE_FRACTION)
+        fraction = self.config.dataset.get("max_bad_image_fraction", MAX_BAD_IMAGE_FRACTION)  # older configs lack it
         self.skipped = []
         expected, produced = 0, 0
         for batch in self.dataset(epoch, start_step).as_numpy_iterator():
@@ -181,20 +180,23 @@ class TrainInput:
             expected = int(indices[-1]) + 1
             if len(self.skipped) > fraction * needed:
                 raise BadImagesError(
-                    f"{len(self.skipped)} of the {needed} training images this process reads in epoch {epoch} could not "
-                    f"be decoded (e.g. {self.skipped[0]}), more than config.dataset.max_bad_image_fraction={fraction:g}: "
+                    f"{len(self.skipped)} of the {needed} training images this process reads in epoch {epoch} cannot be "
+                    f"read or decoded (e.g. {self.skipped[0]}), more than config.dataset.max_bad_image_fraction={fraction:g}: "
                     "repair or remove them (the log names each), or raise the limit"
                 )
             produced += 1
             yield batch
         if produced < self.steps_per_epoch - start_step:  # only if most images fail, with a limit near 1
-            raise BadImagesError(f"epoch {epoch}: too few decodable training images for {self.steps_per_epoch} steps (e.g. {self.skipped[:1]})")
+            raise BadImagesError(
+                f"epoch {epoch}: {len(self.skipped)} training images cannot be read or decoded (e.g. {self.skipped[0]}), too "
+                f"many to fill {self.steps_per_epoch} steps: repair or remove them"
+            )
 
     def _skip(self, name: str) -> None:
         self.skipped.append(name)
         if name not in self._logged:
             self._logged.add(name)
-            logging.warning("skipped an image that cannot be decoded: %s", name)
+            logging.warning("skipped an image that cannot be read or decoded: %s", name)
 
 
 class EvalInput:
@@ -234,7 +236,7 @@ class EvalInput:
         return _options(ds.batch(self.local_batch).prefetch(tf.data.AUTOTUNE))
 
     def undecodable_images(self) -> list[str]:
-        """This process's evaluation images that cannot be decoded (each is decoded once, nothing else is done)."""
+        """This process's evaluation images that cannot be read or decoded (each is decoded once, nothing else is done)."""
         if not self.source.encoded:
             return []
         ds = self._records().enumerate().map(lambda i, ex: (i, tf.shape(augment.decode(ex["image"]))), num_parallel_calls=tf.data.AUTOTUNE)
@@ -273,7 +275,7 @@ def bad_eval_images_error(bad: list[str], total: int) -> BadImagesError:
     """The error for ``total`` undecodable evaluation images, of which this process found ``bad``."""
     named = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "") if bad else "named by the other processes"
     return BadImagesError(
-        f"{total} evaluation image(s) cannot be decoded: {named}. Evaluation counts every example exactly once: "
+        f"{total} evaluation image(s) cannot be read or decoded: {named}. Evaluation counts every example exactly once: "
         "repair, re-encode or remove them and rerun"
     )
 
