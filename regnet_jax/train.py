@@ -31,7 +31,7 @@ from clu import metric_writers
 from regnet_jax import checkpoint as ckpt_lib
 from regnet_jax import complexity, data, metrics, optim, parallel
 from regnet_jax.cli import define_config_flag, run
-from regnet_jax.config import ConfigError, validate_config
+from regnet_jax.config import ConfigError, describe_lr, validate_config
 from regnet_jax.evaluate import apply_input_conventions, run_evaluation
 from regnet_jax.models import create_model
 from regnet_jax.weights import WeightsError
@@ -232,6 +232,7 @@ class _Trainer:
             f"{cx['params']:,}", f"{cx['flops']:,}", config.resolution, self.mesh.size, jax.process_count(),
             self.steps_per_epoch, config.batch_size, config.num_epochs, step,
         )  # fmt: skip
+        logging.info("learning rate: %s", describe_lr(config))
         if self.is_chief:
             _write_json(self._path("config.json"), json.loads(config.to_json_best_effort()))
         sigterm = _SigtermFlag()

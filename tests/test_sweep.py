@@ -15,7 +15,7 @@ import ml_collections
 import pytest
 
 from regnet_jax.complexity import count
-from regnet_jax.config import ConfigError, validate_config, validate_model
+from regnet_jax.config import ConfigError, base_lr, validate_config, validate_model
 from regnet_jax.design_space.collect import collect
 from regnet_jax.design_space.launch import LaunchOptions, device_slots, launch, write_slurm_script
 from regnet_jax.design_space.layout import SweepDir, SweepError
@@ -95,7 +95,7 @@ def test_setup_writes_trainable_configs_and_summary(tmp_path):
         assert validate_model(cfg["model"]) == cfg["model"] == entry["model"]
         assert cfg["model"]["type"] == "anynet" and cfg["model"]["stem_w"] == 8 and cfg["model"]["num_classes"] == 10
         assert (cfg["dataset"]["name"], cfg["resolution"], cfg["num_epochs"], cfg["batch_size"]) == ("synthetic", 16, 1, 8)
-        assert cfg["optim"]["base_lr"] == pytest.approx(0.05 * 8 / 128)  # the 10ep recipe's lr, scaled to the batch
+        assert base_lr(ml_collections.ConfigDict(cfg)) == pytest.approx(0.05 * 8 / 128)  # the 10ep recipe's lr, scaled to the batch
         assert 30_000 <= count(cfg["model"], 16)["flops"] == entry["complexity"]["flops"] <= 60_000
 
 

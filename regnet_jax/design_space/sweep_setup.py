@@ -9,8 +9,8 @@ the defaults in ``SPEC_DEFAULTS``:
     flops, params, acts   [lo, hi] complexity regime at the training resolution (0 = unbounded; flops = mult-adds)
     schedule    '10ep' / '25ep' / '100ep' preset of regnet_jax.config.base_config (used when ``base`` is '')
     base        a training config file to start from, e.g. 'configs/quickstart.py' ('' = base_config(schedule))
-    dataset, num_epochs, resolution, batch_size   overrides of the training config (0/'' = keep); a batch-size
-                override scales optim.base_lr linearly (0.1 per 128 images is the paper's rule)
+    dataset, num_epochs, resolution, batch_size   overrides of the training config (0/'' = keep); the lr follows
+                a batch-size override (the linear rule, optim.lr_per_128; a pinned optim.base_lr is scaled too)
     dists       {param: 'kind:low:high:q'} distributions replacing the space's (a fork)
     model       {field: value} fixed config.model fields replacing the space's (e.g. {'se_ratio': 0.25})
     train       any other training-config override, {'optim.base_lr': 0.1} or nested {'optim': {'base_lr': 0.1}}
@@ -138,7 +138,8 @@ def training_template(spec: Mapping[str, Any]) -> ml_collections.ConfigDict:
     if spec["resolution"]:
         config.resolution = int(spec["resolution"])
     if spec["batch_size"]:
-        config.optim.base_lr = config.optim.base_lr * spec["batch_size"] / config.batch_size
+        if config.optim.base_lr:  # pinned by the base config: keep it the same per image (the lr rule does the rest)
+            config.optim.base_lr = config.optim.base_lr * spec["batch_size"] / config.batch_size
         config.batch_size = int(spec["batch_size"])
     if "num_classes" in spec["model"]:
         config.model.num_classes = int(spec["model"]["num_classes"])
