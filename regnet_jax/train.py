@@ -2,12 +2,13 @@
 
     python -m regnet_jax.train --config=configs/regnety_4gf.py[:25ep|:10ep] --workdir=DIR [--config.batch_size=256 ...]
 
-Resumes from DIR's newest good checkpoint if there is one. Multi-host: every process runs the same command;
+Resumes from DIR's newest good checkpoint if there is one; a config that changes what the run trains is refused
+there unless ``--allow_config_change`` (``regnet_jax.config_diff``). Multi-host: every process runs the same command;
 ``jax.distributed.initialize`` is called on a detected cluster launch (SLURM, Open MPI, TPU pod) or with
 ``--distributed`` (plus ``--coordinator_address/--num_processes/--process_id`` where JAX cannot detect them).
 Exit status: 0 done, 1 failure (e.g. a NaN loss), 2 bad config/data/checkpoint, 3 preempted (checkpoint saved).
 
-Writes into DIR: config.json, checkpoints/, eval_metrics.jsonl (+ eval_ema_metrics.jsonl), train_metrics.jsonl,
+Writes into DIR: config.json (+ config_history.jsonl after an allowed change), checkpoints/, eval_metrics.jsonl (+ eval_ema_metrics.jsonl), train_metrics.jsonl,
 TensorBoard events, curves.png and, when finished, summary.json (see docs/training.md).
 """
 
@@ -29,7 +30,7 @@ from absl import flags, logging
 from clu import metric_writers
 
 from regnet_jax import checkpoint as ckpt_lib
-from regnet_jax import complexity, data, metrics, optim, parallel
+from regnet_jax import complexity, config_diff, data, metrics, optim, parallel
 from regnet_jax.cli import define_config_flag, run
 from regnet_jax.config import ConfigError, describe_lr, validate_config
 from regnet_jax.evaluate import apply_input_conventions, run_evaluation
@@ -37,6 +38,7 @@ from regnet_jax.models import create_model
 from regnet_jax.weights import WeightsError
 
 EXIT_PREEMPTED = 3
+CONFIG_HISTORY = "config_history.jsonl"  # the configs a run was resumed away from, oldest first
 
 
 class NonFiniteLossError(RuntimeError):
@@ -103,8 +105,8 @@ def _finetune_config(config: ml_collections.ConfigDict) -> tuple[ml_collections.
 class _Trainer:
     """The state of one run; ``run()`` trains from wherever the workdir left off."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
-        self.config, self.workdir = config, workdir
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool = False):
+        self.config, self.workdir, self.allow_config_change = config, workdir, allow_config_change
         self.is_chief = jax.process_index() == 0
         self.mesh = parallel.make_mesh()
         for what, batch in (("config.batch_size", config.batch_size), ("eval batch", config.eval_batch_size or config.batch_size)):
@@ -136,6 +138,22 @@ class _Trainer:
 
     def _path(self, name: str) -> str:
         return os.path.join(self.workdir, name)
+
+    def _record_config(self, step: int) -> None:
+        """Write config.json; on resume first compare it with the new config (``config_diff.check_resume``) and, if
+        it changed, append the old one to config_history.jsonl, so the config a run started with is never lost."""
+        new, path = json.loads(self.config.to_json_best_effort()), self._path("config.json")
+        if step and os.path.exists(path):
+            with open(path) as f:
+                saved = json.load(f)
+            changes = config_diff.check_resume(self.workdir, saved, new, self.allow_config_change)
+            if not changes:
+                return
+            logging.warning("resumed with a changed config: %s", config_diff.describe(changes))
+            if self.is_chief:
+                metrics.append_jsonl(self._path(CONFIG_HISTORY), {"replaced_at_step": step, "changes": [str(c) for c in changes], "config": saved})
+        if self.is_chief:
+            _write_json(path, new)
 
     def start(self, pre: ckpt_lib.Pretrained | None) -> int:
         """Restore the newest good checkpoint, else initialise (from ``pre`` when fine-tuning); returns the step."""
@@ -222,19 +240,22 @@ class _Trainer:
         config = self.config
         self.t_start = time.perf_counter()
         step = self.start(pre)
+        self._record_config(step)  # before anything is written: a refused resume leaves the workdir as it was
         cx = complexity.count(config.model, config.resolution)
+        trained = self.state.params["head"] if config.freeze_trunk else self.state.params  # a linear probe trains the head
+        cx["trainable_params"] = sum(int(x.size) for x in jax.tree_util.tree_leaves(trained))
         # TensorBoard events from process 0; the readable log lines are written by _log_train / evaluate.
         writer = metric_writers.SummaryWriter(self.workdir) if self.is_chief else metric_writers.MultiWriter([])
-        writer.write_hparams({"params": cx["params"], "flops": cx["flops"], "global_batch": config.batch_size, "num_epochs": config.num_epochs})
+        writer.write_hparams({"params": cx["params"], "trainable_params": cx["trainable_params"], "flops": cx["flops"],
+                              "global_batch": config.batch_size, "num_epochs": config.num_epochs})  # fmt: skip
         logging.info(
-            "model: %s params, %s flops (mult-adds at %d px); %d devices in %d processes; %d steps/epoch of %d images; "
-            "%d epochs; starting at step %d",
-            f"{cx['params']:,}", f"{cx['flops']:,}", config.resolution, self.mesh.size, jax.process_count(),
+            "model: %s params%s, %s flops (mult-adds at %d px); %d devices in %d processes; %d steps/epoch of %d "
+            "images; %d epochs; starting at step %d",
+            f"{cx['params']:,}", f" ({cx['trainable_params']:,} trained: the head, config.freeze_trunk)" if config.freeze_trunk else "",
+            f"{cx['flops']:,}", config.resolution, self.mesh.size, jax.process_count(),
             self.steps_per_epoch, config.batch_size, config.num_epochs, step,
         )  # fmt: skip
         logging.info("learning rate: %s", describe_lr(config))
-        if self.is_chief:
-            _write_json(self._path("config.json"), json.loads(config.to_json_best_effort()))
         sigterm = _SigtermFlag()
         try:
             self._loop(step, writer, sigterm)
@@ -308,6 +329,7 @@ class _Trainer:
             "best_top1_err": min(r["top1_err"] for r in evals),
             "wall_time_s": self.prior_wall_time + time.perf_counter() - self.t_start,
             "params": cx["params"],
+            "trainable_params": cx["trainable_params"],
             "flops": cx["flops"],
             "skipped_images": {"total": sum(self.skipped_images.values()), "per_epoch": self.skipped_images},
         }
@@ -319,16 +341,18 @@ class _Trainer:
         return summary
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool = False) -> dict[str, Any]:
     """Train ``config`` in ``workdir`` (resuming from its checkpoints), evaluating as configured; returns summary.json's
-    content. Raises ConfigError (bad config, data not prepared, unusable checkpoint), NonFiniteLossError, Preempted."""
+    content. Resuming with a config that changes what is trained needs ``allow_config_change`` (regnet_jax.config_diff).
+    Raises ConfigError (bad config or config change, data not prepared, unusable checkpoint), NonFiniteLossError,
+    Preempted."""
     metrics.quiet_library_logs()
     config = copy.deepcopy(config)
     validate_config(config)
     data.check_dataset(config)  # before anything else: fail fast with the preparation instructions
     config, pre = _finetune_config(config)
     os.makedirs(workdir, exist_ok=True)
-    trainer = _Trainer(config, workdir)
+    trainer = _Trainer(config, workdir, allow_config_change)
     try:
         return trainer.run(pre)
     finally:
@@ -339,6 +363,8 @@ def _define_flags() -> flags.FlagValues:
     """The command-line flags (defined only when run as a program, so importing this module defines none)."""
     define_config_flag("config", "Training config file, e.g. configs/regnety_4gf.py or configs/regnety_4gf.py:25ep.")
     flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the resolved config (resumes from it).")
+    flags.DEFINE_bool("allow_config_change", False, "Resume a run with a config that changes what it trains (the old "
+                      "config is kept in WORKDIR/config_history.jsonl); without it such a resume is refused.")
     flags.DEFINE_bool("distributed", None, "Call jax.distributed.initialize (default: only on a detected cluster launch).")
     flags.DEFINE_string("coordinator_address", "", "host:port of process 0, where JAX cannot detect it.")
     flags.DEFINE_integer("num_processes", 0, "Number of processes, where JAX cannot detect it.")
@@ -380,7 +406,7 @@ def main(argv: list[str]) -> None:
         FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.heartbeat_timeout_s
     )
     try:
-        summary = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        summary = train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.allow_config_change)
     except Preempted as e:
         logging.warning("%s", e)
         sys.exit(EXIT_PREEMPTED)

@@ -30,6 +30,7 @@ import time
 import traceback
 from typing import Any, Callable
 
+from regnet_jax import smoke
 from regnet_jax.config import ConfigError
 from regnet_jax.design_space.layout import SweepDir, model_id, read_json, write_json
 from regnet_jax.metrics import format_eta, read_jsonl
@@ -339,7 +340,10 @@ class Launcher:
         try:
             with open(log_path, "a") as f:
                 f.write(f"\n=== attempt {job.attempt} (in process) at {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n")
-            train_lib.train_and_evaluate(ml_collections.ConfigDict(self.sd.config(job.mid)), self.sd.run_dir(job.mid))
+            config = ml_collections.ConfigDict(self.sd.config(job.mid))
+            if smoke.active():  # as the trainer's --config flag does in a subprocess
+                smoke.shrink_config(config)
+            train_lib.train_and_evaluate(config, self.sd.run_dir(job.mid))
             return 0
         except ConfigError as e:
             logging.getLogger("absl").error("error: %s", e)

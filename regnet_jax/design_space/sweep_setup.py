@@ -114,10 +114,13 @@ def _plain(spec: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def space_for(spec: Mapping[str, Any]) -> DesignSpace:
-    """The spec's design space, forked with its ``dists`` / ``model`` overrides if any."""
+    """The spec's design space, forked with its ``dists`` / ``model`` overrides if any (named after them, e.g.
+    ``anynetx_e+activation=silu``)."""
     space = get_space(spec["space"])
-    if spec["dists"] or spec["model"]:
-        space = space.fork(space.name, dists=spec["dists"], model={k: v for k, v in spec["model"].items() if k != "num_classes"})
+    model = {k: v for k, v in spec["model"].items() if k != "num_classes"}
+    if spec["dists"] or model:
+        changes = [f"{k}={v}" for k, v in {**spec["dists"], **model}.items()]
+        space = space.fork(f"{space.name}+{'+'.join(changes)}", dists=spec["dists"], model=model)
     return space
 
 
