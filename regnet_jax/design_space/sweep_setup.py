@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping
 import ml_collections
 import numpy as np
 
-from regnet_jax import zoo
+from regnet_jax import paths, zoo
 from regnet_jax.config import SCHEDULES, ConfigError, base_config, validate_config
 from regnet_jax.design_space.layout import SweepDir, SweepError, model_id, read_json, write_json
 from regnet_jax.design_space.spaces import CX_METRICS, DesignSpace, SampleResult, get_space, sample_space
@@ -113,9 +113,9 @@ def _plain(spec: Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(dict(spec)))
 
 
-def load_config_file(path_arg: str) -> Any:
-    """``get_config()`` of a config file, or ``get_config(arg)`` for ``'file.py:arg'`` (as ml_collections does)."""
-    path, _, arg = path_arg.partition(":")
+def load_config_file(path_arg: str | os.PathLike) -> Any:
+    """``get_config()`` of a (local) config file, or ``get_config(arg)`` for ``'file.py:arg'`` (as ml_collections does)."""
+    path, _, arg = os.fspath(path_arg).partition(":")
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path!r} not found")
     name = "_sweep_cfg_" + os.path.splitext(os.path.basename(path))[0].replace(".", "_").replace("-", "_")
@@ -212,7 +212,7 @@ def setup_sweep(spec: Mapping[str, Any], out: str, log: Callable[[str], None] = 
     the seed, so the first models are the same ones); any other change is refused, so results are never mixed.
     """
     spec = normalize_spec(spec)
-    spec["name"] = spec["name"] or os.path.basename(os.path.normpath(out))
+    spec["name"] = spec["name"] or paths.resolve(out).name
     sd = SweepDir(out)
     have = _check_existing(sd, spec)
     if have == spec["n"]:
@@ -227,12 +227,10 @@ def setup_sweep(spec: Mapping[str, Any], out: str, log: Callable[[str], None] = 
     for i in range(have):
         if sd.config(model_id(i)) != configs[i]:
             raise SweepError(f"{out}: model {model_id(i)} on disk differs from what this spec samples now (was the code or a config file changed?); use a new --out")
-    os.makedirs(sd.configs_dir, exist_ok=True)
     for i in range(have, spec["n"]):
         mid = model_id(i)
         write_json(sd.config_json(mid), configs[i])
-        with open(sd.config_py(mid), "w") as f:
-            f.write(CONFIG_PY.format(mid=mid, name=spec["name"], space=space.name, py=sd.config_py(mid), workdir=sd.run_dir(mid)))
+        paths.write_text(sd.config_py(mid), CONFIG_PY.format(mid=mid, name=spec["name"], space=space.name, py=sd.config_py(mid), workdir=sd.run_dir(mid)))
     write_json(sd.summary_path, _summary(result))
     info = {
         "spec": spec,
