@@ -38,10 +38,12 @@ def _not_orbax_info(record: logging.LogRecord) -> bool:
 
 
 def quiet_library_logs() -> None:
-    """Drop orbax's per-save INFO chatter from the absl log (its warnings and errors still show)."""
+    """Drop orbax's per-save and gcsfs's per-file INFO chatter from the log (their warnings and errors still show)."""
     absl_logger = logging.getLogger("absl")
     if _not_orbax_info not in absl_logger.filters:
         absl_logger.addFilter(_not_orbax_info)
+    for name in ("gcsfs", "fsspec"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 class Progress:

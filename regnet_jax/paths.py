@@ -28,6 +28,9 @@ from collections.abc import Iterator
 from typing import Any
 
 os.environ.setdefault("EPATH_USE_TF", "false")
+# gcsfs's experimental zonal/hierarchical-bucket support probes the bucket type through another API before operations,
+# again after each failed probe (e.g. without that API's permission); plain objects are all this package needs.
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 import fsspec  # noqa: E402
 from etils import epath  # noqa: E402
