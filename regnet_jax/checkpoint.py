@@ -44,8 +44,10 @@ def checkpoint_dir(workdir: paths.PathLike) -> paths.Path:
     return paths.join(workdir, "checkpoints")
 
 
-# Orbax's own files beside the arrays (metadata, the JSON meta item): a margin on the arrays' size.
-_METADATA_BYTES = 1 << 20
+# What a checkpoint needs beyond the size of its arrays (or of the previous checkpoint): orbax's metadata files and
+# the JSON meta item, and some slack (checkpoints of one run differ a little in size).
+_METADATA_BYTES = 256 << 10
+_SLACK = 1.1
 
 
 class Checkpointer:
@@ -73,33 +75,36 @@ class Checkpointer:
     def save(self, step: int, state: Any, meta: dict[str, Any], metrics: dict[str, float] | None = None) -> None:
         """Start saving ``state`` at ``step`` (returns once the arrays are copied off the devices).
 
-        Raises StorageError, before writing anything, when the local disk has less free space than a checkpoint
-        takes, and when this save or the previous (asynchronous) one failed for lack of space or permission.
+        Raises StorageError, before writing anything, when the local directory is not writable or has less free space
+        than a checkpoint takes, and when this save or the previous (asynchronous) one failed for lack of space or
+        permission.
         """
         if step in self.manager.all_steps():
             return
         needed = self._bytes_needed(state)
-        free = paths.free_bytes(self.directory)
-        if free is not None and free < needed:
-            raise paths.StorageError(
-                f"no space left to save the checkpoint of step {step} in {self.directory} ({paths.human_bytes(free)} free, "
-                f"about {paths.human_bytes(needed)} needed): free some space or use another location, then rerun{self._kept()}"
-            )
+        try:  # before orbax starts: its background threads outlive a failed save by minutes
+            paths.check_writable(self.directory, needed)
+        except paths.StorageError as e:
+            raise paths.StorageError(f"cannot save the checkpoint of step {step}: {e}{self._kept()}") from None
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         with self._storage_errors(needed):
             self.manager.save(step, args=args, metrics=metrics)
 
     def _bytes_needed(self, state: Any) -> int:
-        """What one checkpoint takes: the newest one's size on a local disk, else the arrays' size (one copy)."""
+        """What one checkpoint takes: a saved one's size on a local disk (measured once), else the arrays' size."""
         if not self._bytes_per_save:
             steps = self.steps()
             on_disk = paths.tree_bytes(self.directory / str(steps[-1])) if steps else 0
-            arrays = sum(int(getattr(x, "nbytes", 0)) for x in jax.tree_util.tree_leaves(state)) + _METADATA_BYTES
-            self._bytes_per_save = on_disk or arrays
+            if on_disk:
+                self._bytes_per_save = int(_SLACK * on_disk)
+                return self._bytes_per_save
+            return int(_SLACK * (sum(int(getattr(x, "nbytes", 0)) for x in jax.tree_util.tree_leaves(state)) + _METADATA_BYTES))
         return self._bytes_per_save
 
     def _kept(self) -> str:
         with contextlib.suppress(Exception):  # reporting an error: never replace it by another one
+            self.manager.wait_until_finished()  # the saves before the failed one complete
+        with contextlib.suppress(Exception):
             self.manager.reload()  # only the checkpoints complete on disk, not the one that failed
         steps = self.steps()
         return f" (the checkpoints up to step {steps[-1]} are intact: it resumes from there)" if steps else ""
@@ -174,7 +179,8 @@ class Checkpointer:
             self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.close()
+        with self._storage_errors():
+            self.manager.close()
 
 
 def _sync(name: str) -> None:

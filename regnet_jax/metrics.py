@@ -145,7 +145,8 @@ class EventLog:
 
         self._pb = event_pb2
         self.directory = paths.resolve(directory)
-        self.name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}"
+        # Microseconds: two starts of a run in one second still sort in order (TensorBoard reads files by name).
+        self.name = f"events.out.tfevents.{time.time():.6f}.{socket.gethostname()}.{os.getpid()}"
         self._header = _tf_record(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
         self._buffer: list[bytes] = []
         self._files = 0

@@ -184,25 +184,40 @@ def rename(src: PathLike, dst: PathLike) -> None:
     resolve(src).rename(resolve(dst))
 
 
-def free_bytes(path: PathLike) -> int | None:
-    """Free bytes on the local file system holding ``path`` (or its nearest existing parent); None for URLs."""
-    if is_url(path):
-        return None
+def _existing(path: PathLike) -> str:
     p = os.fspath(resolve(path))
     while not os.path.exists(p):
         p = os.path.dirname(p)
-    return shutil.disk_usage(p).free
+    return p
+
+
+def free_bytes(path: PathLike) -> int | None:
+    """Free bytes on the local file system holding ``path`` (or its nearest existing parent); None for URLs."""
+    return None if is_url(path) else shutil.disk_usage(_existing(path)).free
+
+
+def check_writable(path: PathLike, needed: int = 0, after: str = "") -> None:
+    """Raise StorageError now if a local ``path`` (or its nearest existing parent) cannot be written or has less than
+    ``needed`` bytes free, rather than in the middle of writing it. Nothing is checked for URLs."""
+    if is_url(path):
+        return
+    if not os.access(_existing(path), os.W_OK):  # also false on a read-only file system, even for root
+        raise StorageError(f"{path} is not writable (a read-only file system, or no write permission): fix it or use another location, then rerun{after}")
+    free = free_bytes(path)
+    if free < needed:
+        raise StorageError(f"no space left to write {path} ({human_bytes(free)} free, about {human_bytes(needed)} needed): "
+                           f"free some space or use another location, then rerun{after}")  # fmt: skip
 
 
 def tree_bytes(path: PathLike) -> int:
-    """Total size of the files under a local directory (0 for URLs and missing directories)."""
+    """The disk space the files under a local directory take (0 for URLs and missing directories)."""
     if is_url(path):
         return 0
     total = 0
     for root, _, files in os.walk(resolve(path)):
         for f in files:
             with contextlib.suppress(OSError):
-                total += os.path.getsize(os.path.join(root, f))
+                total += os.stat(os.path.join(root, f)).st_blocks * 512  # allocated, not apparent, size
     return total
 
 

@@ -29,6 +29,7 @@ from regnet_jax.config import ConfigError
 log = logging.getLogger(__name__)
 
 LOCK_FILE = "lock.json"
+_HELD: set[str] = set()  # tokens of the locks this process holds now
 HEARTBEAT_S = 30.0
 LEASE_S = 150.0
 
@@ -97,6 +98,8 @@ class WorkdirLock:
     def stale_reason(self, record: dict[str, Any]) -> str | None:
         """Why the holder of ``record`` is dead (a sentence), or None while it may be alive."""
         same_machine = record.get("host") == socket.gethostname() and record.get("boot_id", "") == _boot_id()
+        if same_machine and record.get("pid") == os.getpid() and record.get("token") not in _HELD:
+            return "an earlier run in this process left it"
         if same_machine and isinstance(record.get("pid"), int):
             if _pid_alive(record["pid"], record.get("pid_start", "")):
                 return None
@@ -145,6 +148,7 @@ class WorkdirLock:
         if now is None or now.get("token") != self.token:
             raise self._busy(now or record or {})
         self._started = started
+        _HELD.add(self.token)
         self._thread = threading.Thread(target=self._beat, name="workdir-lock-heartbeat", daemon=True)
         self._thread.start()
 
@@ -171,12 +175,16 @@ class WorkdirLock:
     def release(self) -> None:
         """Stop the heartbeat and remove the lock if it is still ours."""
         self._stop.set()
+        _HELD.discard(self.token)
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-            record = self.read()
-            if record is not None and record.get("token") == self.token:
-                paths.remove(self.path)
+            try:
+                record = self.read()
+                if record is not None and record.get("token") == self.token:
+                    paths.remove(self.path)
+            except OSError as e:  # e.g. the disk went read-only: the next run finds a dead holder and takes over
+                log.warning("could not remove the lock %s (%s); the next run will take it over", self.path, e)
 
     def __enter__(self) -> "WorkdirLock":
         self.acquire()

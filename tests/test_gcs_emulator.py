@@ -261,3 +261,100 @@ def test_convert_evaluate_predict_export_on_a_bucket(gcs, bucket_run, local_run,
     tensors, meta = export.read_export(f"{BUCKET}/export/tiny.safetensors")
     assert str(sidecar) == f"{BUCKET}/export/tiny.json" and meta["model"]["widths"] == [8, 16]
     np.testing.assert_array_equal(tensors["params"]["head"]["fc"]["kernel"], trained.variables["params"]["head"]["fc"]["kernel"])
+
+
+def test_sweep_setup_launch_collect_analyze_on_a_bucket(gcs):
+    from regnet_jax.design_space.collect import collect
+    from regnet_jax.design_space.launch import LaunchOptions, Launcher, launch
+    from regnet_jax.design_space.layout import SweepDir
+    from regnet_jax.design_space.report import analyze
+    from regnet_jax.design_space.sweep_setup import load_config_file, setup_sweep
+    from tests.test_sweep import TINY
+
+    out = f"{BUCKET}/sweep"
+    setup_sweep({**TINY, "n": 2}, out, log=lambda s: None)
+    sd = SweepDir(out)
+    assert sd.model_ids() == ["000000", "000001"]
+    # A trainer subprocess imports its config file: the launcher gives it a local copy of the one on the bucket.
+    local = Launcher(out, LaunchOptions())._config_file("000001")
+    assert not paths.is_url(local) and json.loads(load_config_file(local).to_json_best_effort()) == sd.config("000001")
+    assert launch(out, LaunchOptions(in_process=True), log=lambda s: None)["done"] == 2
+    assert "=== attempt 1 (in process)" in paths.read_text(sd.run_dir("000000") / "train.log")
+    assert paths.read_json(sd.run_dir("000001") / "launch.json")["attempts"][0]["result"] == "done"
+    rows = collect(out, log=None)
+    assert [r["status"] for r in rows] == ["done", "done"] and all(r["error"] is not None for r in rows)
+    assert paths.read_text(sd.results_csv).startswith("id,sweep,status")
+    result = analyze([out], f"{out}/analysis", repeats=50, log=lambda s: None)
+    assert result["sweeps"]["sweep"]["dir"] == out
+    assert paths.read_text(f"{out}/analysis/analysis.html").startswith("<!doctype html>")
+    assert paths.read_json(f"{out}/analysis/analysis.json")["ranking_by_mean_error"] == ["sweep"]
+
+
+def _png(rng, h, w) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_folder_dataset_and_tfds_metadata_on_a_bucket(gcs, tmp_path):
+    import tensorflow_datasets as tfds
+
+    from regnet_jax import data
+    from regnet_jax.data.sources import DatasetNotReadyError
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 4), ("val", 2)):
+        for c in ("cat", "dog"):
+            for i in range(n):
+                blob = _png(rng, *rng.integers(16, 40, 2))
+                paths.write_bytes(f"{BUCKET}/folder/{split}/{c}/{i}.png", blob)
+                (tmp_path / "folder" / split / c).mkdir(parents=True, exist_ok=True)
+                (tmp_path / "folder" / split / c / f"{i}.png").write_bytes(blob)
+
+    def batches(root):
+        config = tiny_config(batch_size=4, eval_batch_size=4, **{"dataset.name": "folder", "dataset.data_dir": root, "dataset.eval_split": "validation",
+                                                                "dataset.num_train_examples": 0, "dataset.num_eval_examples": 0})  # fmt: skip
+        data.check_dataset(config)
+        return list(data.TrainInput(config).epoch(0)) + list(data.EvalInput(config).batches())
+
+    on_bucket, local = batches(f"{BUCKET}/folder"), batches(str(tmp_path / "folder"))
+    assert len(on_bucket) == len(local) == 3
+    for a, b in zip(on_bucket, local):  # the same images, labels and order, read through the path layer
+        for k in b:
+            np.testing.assert_array_equal(a[k], b[k])
+    # TFDS on a bucket: its metadata is read through etils.epath (gcsfs); the record files through TensorFlow's client.
+    builder = tfds.builder("mnist", data_dir=f"{BUCKET}/tfds")
+    splits = [tfds.core.SplitInfo(name=s, shard_lengths=[8], num_bytes=0) for s in ("train", "test")]
+    builder.info.set_splits(tfds.core.SplitDict(splits))
+    builder.info.write_to_directory(builder.data_dir)
+    config = tiny_config(**{"dataset.name": "mnist", "dataset.data_dir": f"{BUCKET}/tfds", "dataset.num_train_examples": 0, "dataset.num_eval_examples": 0})
+    data.check_dataset(config)  # prepared: both splits found with their sizes
+    config.dataset.data_dir = f"{BUCKET}/empty"
+    with pytest.raises(DatasetNotReadyError, match=f"not prepared: looked in {BUCKET}/empty/mnist"):
+        data.check_dataset(config)
+
+
+def test_workdir_lock_on_a_bucket(gcs, caplog):
+    from regnet_jax.train import train_and_evaluate
+
+    workdir = f"{BUCKET}/locked"
+    holder = workdir_lock.WorkdirLock(workdir, settle_s=0.1)
+    holder.acquire()
+    try:
+        with pytest.raises(workdir_lock.WorkdirBusyError, match=rf"in use by another run \(host {socket.gethostname()}, pid {os.getpid()}, started "):
+            train_and_evaluate(tiny_config(), workdir)
+    finally:
+        holder.release()
+    assert not paths.exists(f"{workdir}/{workdir_lock.LOCK_FILE}")
+    # A holder on another host cannot be checked by pid: its heartbeat decides.
+    record = {"host": "other-host", "pid": 1, "started": "yesterday", "heartbeat": time.time(), "lease_s": 60, "token": "x"}
+    paths.write_json(f"{workdir}/{workdir_lock.LOCK_FILE}", record)
+    with pytest.raises(workdir_lock.WorkdirBusyError, match="host other-host, pid 1, started yesterday"):
+        workdir_lock.WorkdirLock(workdir, settle_s=0.1).acquire()
+    paths.write_json(f"{workdir}/{workdir_lock.LOCK_FILE}", {**record, "heartbeat": time.time() - 61})
+    taker = workdir_lock.WorkdirLock(workdir, settle_s=0.1)
+    taker.acquire()
+    taker.release()
+    assert any("taking over the lock" in r.getMessage() and "heartbeat was 6" in r.getMessage() for r in caplog.records)

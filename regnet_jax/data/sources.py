@@ -171,9 +171,12 @@ def list_folder(root: str, split: str) -> tuple[list[str], np.ndarray, list[str]
     return files, np.asarray(labels, np.int32), classes
 
 
-def _read_bytes_op(path: tf.Tensor) -> tf.Tensor:
-    """A file's bytes through regnet_jax.paths, inside tf.data (for URLs: TensorFlow's own GCS client is not used)."""
-    return tf.py_function(lambda p: paths.read_bytes(p.numpy().decode()), [path], tf.string)
+def _byte_reader(root: str) -> Callable[[tf.Tensor], tf.Tensor]:
+    """The tf.data op reading an image file's bytes: TensorFlow's own reader for local files (no GIL), the path layer
+    for URLs (so that gs:// goes through the same client as everything else, not TensorFlow's)."""
+    if not paths.is_url(root):
+        return tf.io.read_file
+    return lambda path: tf.py_function(lambda p: paths.read_bytes(p.numpy().decode()), [path], tf.string)
 
 
 def folder_source(root: str, split: str, limit: int) -> IndexedSource:
@@ -182,10 +185,10 @@ def folder_source(root: str, split: str, limit: int) -> IndexedSource:
     paths, labels, classes = list_folder(root, split)
     n = _limit(len(paths), limit)
     paths_arr = np.asarray(paths[:n])
+    read = _byte_reader(root)
 
     def make(indices: np.ndarray) -> tf.data.Dataset:
         ds = tf.data.Dataset.from_tensor_slices({"path": paths_arr[indices], "label": labels[indices]})
-        read = _read_bytes_op if paths.is_url(root) else tf.io.read_file  # local files: TensorFlow's reader, no GIL
         return ds.map(lambda ex: {"image": read(ex["path"]), "label": ex["label"]}, num_parallel_calls=tf.data.AUTOTUNE)
 
     return IndexedSource(n, len(classes), make)
