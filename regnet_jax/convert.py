@@ -442,7 +442,7 @@ def convert_file(
     weights.save_weights(output, variables, model, conventions, source)
     n_params = sum(int(np.prod(np.shape(x))) for x in jax.tree_util.tree_leaves(variables["params"]))
     n_tensors = len(jax.tree_util.tree_leaves(variables))
-    return {"output": output, "model": model, "input": conventions, "note": note, "params": n_params, "tensors": n_tensors}
+    return {"output": str(output), "model": model, "input": conventions, "note": note, "params": n_params, "tensors": n_tensors}
 
 
 def main(argv: list[str]) -> None:

@@ -151,7 +151,7 @@ def export_variables(
         tensors = _flax_flat(variables) if layout == "flax" else convert.to_layout(variables, layout)
         write_safetensors(output, tensors, {"regnet_jax": json.dumps(meta)})
     paths.write_json(sidecar, meta)
-    return output, sidecar
+    return str(output), str(sidecar)
 
 
 def read_export(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -183,7 +183,7 @@ def main(argv: list[str]) -> None:
     t = time.perf_counter()
     pre = load_pretrained(FLAGS.checkpoint, ema=FLAGS.ema)
     out, sidecar = export_variables(pre.variables, pre.model, pre.input, FLAGS.output, layout=FLAGS.layout, source=pre.source)
-    size = out.stat().length / 2**20
+    size = paths.resolve(out).stat().length / 2**20
     print(f"exported {pre.source} ({FLAGS.layout} layout, {size:.1f} MiB) in {time.perf_counter() - t:.1f} s -> {out} + {sidecar}")
     sys.stdout.flush()
 
