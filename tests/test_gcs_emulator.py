@@ -268,7 +268,8 @@ def test_sweep_setup_launch_collect_analyze_on_a_bucket(gcs):
     from regnet_jax.design_space.launch import LaunchOptions, Launcher, launch
     from regnet_jax.design_space.layout import SweepDir
     from regnet_jax.design_space.report import analyze
-    from regnet_jax.design_space.sweep_setup import load_config_file, setup_sweep
+    from regnet_jax.config_file import load_config_file
+    from regnet_jax.design_space.sweep_setup import setup_sweep
     from tests.test_sweep import TINY
 
     out = f"{BUCKET}/sweep"
@@ -279,8 +280,8 @@ def test_sweep_setup_launch_collect_analyze_on_a_bucket(gcs):
     local = Launcher(out, LaunchOptions())._config_file("000001")
     assert not paths.is_url(local) and json.loads(load_config_file(local).to_json_best_effort()) == sd.config("000001")
     assert launch(out, LaunchOptions(in_process=True), log=lambda s: None)["done"] == 2
-    assert "=== attempt 1 (in process)" in paths.read_text(sd.run_dir("000000") / "train.log")
-    assert paths.read_json(sd.run_dir("000001") / "launch.json")["attempts"][0]["result"] == "done"
+    assert "=== attempt 1 (in process)" in paths.read_text(paths.join(sd.run_dir("000000"), "train.log"))
+    assert paths.read_json(paths.join(sd.run_dir("000001"), "launch.json"))["attempts"][0]["result"] == "done"
     rows = collect(out, log=None)
     assert [r["status"] for r in rows] == ["done", "done"] and all(r["error"] is not None for r in rows)
     assert paths.read_text(sd.results_csv).startswith("id,sweep,status")

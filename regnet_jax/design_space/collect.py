@@ -67,18 +67,18 @@ def _status(sd: SweepDir, mid: str, evals: list[dict[str, Any]], attempts: list[
         return "running"
     if attempts and attempts[-1]["result"] != "preempted" and attempts[-1]["result"] != "done":
         return "failed"
-    return "incomplete" if evals or (sd.run_dir(mid) / "checkpoints").exists() else "pending"
+    return "incomplete" if evals or paths.exists(paths.join(sd.run_dir(mid), "checkpoints")) else "pending"
 
 
 def model_row(sd: SweepDir, mid: str, name: str) -> dict[str, Any]:
     """The table row of one model."""
     config = sd.config(mid)
     run = sd.run_dir(mid)
-    evals = _evals(run / EVAL_FILE)
-    ema = _evals(run / EVAL_EMA_FILE)
-    launch_path = run / "launch.json"
+    evals = _evals(paths.join(run, EVAL_FILE))
+    ema = _evals(paths.join(run, EVAL_EMA_FILE))
+    launch_path = paths.join(run, "launch.json")
     attempts = read_json(launch_path)["attempts"] if launch_path.exists() else []
-    summary = read_json(run / "summary.json") if is_done(sd, mid) else {}
+    summary = read_json(paths.join(run, "summary.json")) if is_done(sd, mid) else {}
     row: dict[str, Any] = {"id": mid, "sweep": name, "status": _status(sd, mid, evals, attempts), "attempts": len(attempts)}
     row.update(model_fields(config["model"], config["resolution"]))
     last = evals[-1] if evals else {}
@@ -131,7 +131,7 @@ def read_results(sweep_dir: str) -> list[dict[str, Any]]:
     sd = SweepDir(sweep_dir)
     if sd.exists():
         return collect(sweep_dir, log=None)
-    if sd.results_jsonl.exists():
+    if paths.exists(sd.results_jsonl):
         return read_jsonl(sd.results_jsonl)
     sd.require()
     return []

@@ -63,7 +63,7 @@ class LaunchOptions:
 def is_done(sd: SweepDir, mid: str) -> bool:
     """Whether the model's run finished (its summary.json says done)."""
     try:
-        return read_json(sd.run_dir(mid) / "summary.json").get("status") == "done"
+        return read_json(paths.join(sd.run_dir(mid), "summary.json")).get("status") == "done"
     except (OSError, ValueError):
         return False
 
@@ -149,7 +149,7 @@ def is_running(sd: SweepDir, mid: str) -> bool:
 
 
 def _record_attempt(sd: SweepDir, mid: str, attempt: dict[str, Any]) -> None:
-    path = sd.run_dir(mid) / "launch.json"
+    path = paths.join(sd.run_dir(mid), "launch.json")
     rec = read_json(path) if path.exists() else {"attempts": []}
     rec["attempts"].append(attempt)
     write_json(path, rec)
@@ -171,7 +171,7 @@ def _with_parent_death_signal(cmd: list[str]) -> list[str]:
 
 
 def _progress_of(sd: SweepDir, mid: str, num_epochs: int) -> str:
-    recs = read_jsonl(sd.run_dir(mid) / TRAIN_FILE)
+    recs = read_jsonl(paths.join(sd.run_dir(mid), TRAIN_FILE))
     return f"{mid} epoch {recs[-1]['epoch']:.1f}/{num_epochs}" if recs else f"{mid} starting"
 
 
@@ -211,19 +211,19 @@ class Launcher:
         if not self.remote:
             return str(self.sd.config_py(mid))
         for src in (self.sd.config_json(mid), self.sd.config_py(mid)):
-            paths.write_bytes(os.path.join(self._local, src.name), paths.read_bytes(src))
-        return os.path.join(self._local, self.sd.config_py(mid).name)
+            paths.write_bytes(os.path.join(self._local, os.path.basename(src)), paths.read_bytes(src))
+        return os.path.join(self._local, os.path.basename(self.sd.config_py(mid)))
 
     def _log_file(self, mid: str, header: str) -> str:
         """The local file an attempt's output goes to (starting with ``header``): runs/ID/train.log itself, or for a
         sweep on object storage a local file that ``_keep_log`` appends to it."""
-        path = os.path.join(self._local, f"{mid}.log") if self.remote else str(self.sd.run_dir(mid) / "train.log")
+        path = os.path.join(self._local, f"{mid}.log") if self.remote else os.path.join(self.sd.run_dir(mid), "train.log")
         paths.append_text(path, header)
         return path
 
     def _keep_log(self, job: _Job) -> None:
         if self.remote and job.log:
-            paths.append_bytes(self.sd.run_dir(job.mid) / "train.log", paths.read_bytes(job.log))
+            paths.append_bytes(paths.join(self.sd.run_dir(job.mid), "train.log"), paths.read_bytes(job.log))
             os.remove(job.log)
 
     def _eta(self, remaining: int, slots: int) -> str:
@@ -238,11 +238,11 @@ class Launcher:
         _record_attempt(self.sd, job.mid, {"start": job.start, "seconds": round(seconds, 1), "rc": rc, "result": result,
                                            "host": socket.gethostname(), "attempt": job.attempt})  # fmt: skip
         self._keep_log(job)
-        log_path = self.sd.run_dir(job.mid) / "train.log"
+        log_path = paths.join(self.sd.run_dir(job.mid), "train.log")
         if ok:
             self.done.append(job.mid)
             self.times.append(seconds)
-            err = read_json(self.sd.run_dir(job.mid) / "summary.json").get("best_top1_err")
+            err = read_json(paths.join(self.sd.run_dir(job.mid), "summary.json")).get("best_top1_err")
             what = f"done in {seconds:.0f}s, best top-1 err {err:.2f}%"
         elif rc != EXIT_BAD_INPUT and job.attempt <= self.opts.max_retry:
             todo.appendleft(job.mid)

@@ -42,37 +42,40 @@ class SweepDir:
     def path(self) -> paths.Path:
         return paths.resolve(self.root)
 
-    @property
-    def spec_path(self) -> paths.Path:
-        return self.path / "sweep.json"
+    def _file(self, *parts: str) -> str:
+        return str(self.path.joinpath(*parts))
 
     @property
-    def configs_dir(self) -> paths.Path:
-        return self.path / "configs"
+    def spec_path(self) -> str:
+        return self._file("sweep.json")
 
     @property
-    def summary_path(self) -> paths.Path:
-        return self.path / "configs_summary.json"
+    def configs_dir(self) -> str:
+        return self._file("configs")
 
     @property
-    def results_csv(self) -> paths.Path:
-        return self.path / "results.csv"
+    def summary_path(self) -> str:
+        return self._file("configs_summary.json")
 
     @property
-    def results_jsonl(self) -> paths.Path:
-        return self.path / "results.jsonl"
+    def results_csv(self) -> str:
+        return self._file("results.csv")
 
-    def config_json(self, mid: str) -> paths.Path:
-        return self.configs_dir / f"{mid}.json"
+    @property
+    def results_jsonl(self) -> str:
+        return self._file("results.jsonl")
 
-    def config_py(self, mid: str) -> paths.Path:
-        return self.configs_dir / f"{mid}.py"
+    def config_json(self, mid: str) -> str:
+        return self._file("configs", f"{mid}.json")
 
-    def run_dir(self, mid: str) -> paths.Path:
-        return self.path / "runs" / mid
+    def config_py(self, mid: str) -> str:
+        return self._file("configs", f"{mid}.py")
+
+    def run_dir(self, mid: str) -> str:
+        return self._file("runs", mid)
 
     def exists(self) -> bool:
-        return self.spec_path.exists()
+        return paths.exists(self.spec_path)
 
     def require(self) -> "SweepDir":
         """Self, or a SweepError saying how to create the sweep."""

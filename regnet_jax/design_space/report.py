@@ -137,7 +137,7 @@ def plot_curves(name: str, sweep_dir: str, rows: list[dict[str, Any]], path: pat
     """Evaluation top-1 error against epochs of the best and worst models."""
     order = sorted(rows, key=lambda r: r["error"])
     picks = [("best", r) for r in order[:k]] + ([("worst", r) for r in order[-k:][::-1]] if len(order) > k else [])
-    curves = [(tag, r, read_jsonl(SweepDir(sweep_dir).run_dir(r["id"]) / EVAL_FILE)) for tag, r in picks]
+    curves = [(tag, r, read_jsonl(paths.join(SweepDir(sweep_dir).run_dir(r["id"]), EVAL_FILE))) for tag, r in picks]
     if not any(c for _, _, c in curves):
         return None
     plt = _plt()
