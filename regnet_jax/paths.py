@@ -196,17 +196,15 @@ def free_bytes(path: PathLike) -> int | None:
     return None if is_url(path) else shutil.disk_usage(_existing(path)).free
 
 
-def check_writable(path: PathLike, needed: int = 0, after: str = "") -> None:
+def check_writable(path: PathLike, needed: int = 0) -> None:
     """Raise StorageError now if a local ``path`` (or its nearest existing parent) cannot be written or has less than
     ``needed`` bytes free, rather than in the middle of writing it. Nothing is checked for URLs."""
     if is_url(path):
         return
     if not os.access(_existing(path), os.W_OK):  # also false on a read-only file system, even for root
-        raise StorageError(f"{path} is not writable (a read-only file system, or no write permission): fix it or use another location, then rerun{after}")
-    free = free_bytes(path)
-    if free < needed:
-        raise StorageError(f"no space left to write {path} ({human_bytes(free)} free, about {human_bytes(needed)} needed): "
-                           f"free some space or use another location, then rerun{after}")  # fmt: skip
+        raise _unwritable(path, "a read-only file system, or no write permission")
+    if free_bytes(path) < needed:
+        raise _no_space(path, needed)
 
 
 def tree_bytes(path: PathLike) -> int:
@@ -237,36 +235,41 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         exc = exc.__cause__ or exc.__context__
 
 
-def storage_error(path: PathLike, exc: BaseException, needed: int = 0, after: str = "") -> StorageError | None:
-    """The StorageError for ``exc`` raised while writing ``path`` (full, unwritable, no bucket), else None.
+def _no_space(path: PathLike, needed: int) -> StorageError:
+    free = free_bytes(path)
+    space = f"{human_bytes(free)} free" if free is not None else "the storage is full or over quota"
+    if needed:
+        space += f", about {human_bytes(needed)} needed"
+    return StorageError(f"no space left to write {path} ({space}): free some space or use another location, then rerun")
 
-    Its message names ``path``, the free and the ``needed`` space where known, the fix, then ``after``.
-    """
+
+def _unwritable(path: PathLike, why: str) -> StorageError:
+    return StorageError(f"{path} is not writable ({why}): fix its permissions or use another location, then rerun")
+
+
+def storage_error(path: PathLike, exc: BaseException, needed: int = 0) -> StorageError | None:
+    """The StorageError for ``exc`` (or an exception it wraps) raised while writing ``path``: full (naming the free
+    and the ``needed`` space where known), unwritable, or no such bucket; None for any other error."""
     for e in _chain(exc):
         code, text = getattr(e, "errno", None), str(e)
         if code in _FULL or any(t in text for t in _FULL_TEXT):
-            free = free_bytes(path)
-            space = f"{human_bytes(free)} free" if free is not None else "the storage is full or over quota"
-            if needed:
-                space += f", about {human_bytes(needed)} needed"
-            return StorageError(f"no space left to write {path} ({space}): free some space or use another location, then rerun{after}")
+            return _no_space(path, needed)
         if code in _UNWRITABLE or getattr(e, "code", None) in (401, 403) or any(t in text for t in _UNWRITABLE_TEXT):
-            detail = text.splitlines()[0][:200] if text else type(e).__name__
-            return StorageError(f"{path} is not writable ({detail}): fix its permissions or use another location, then rerun{after}")
+            return _unwritable(path, text.splitlines()[0][:200] if text else type(e).__name__)
         if is_url(path) and isinstance(e, FileNotFoundError):
-            return StorageError(f"cannot write {path}: its bucket does not exist or is not accessible with these credentials{after}")
+            return StorageError(f"cannot write {path}: its bucket does not exist or is not accessible with these credentials")
     return None
 
 
 @contextlib.contextmanager
-def writing(path: PathLike, needed: int = 0, after: str = "") -> Iterator[None]:
+def writing(path: PathLike) -> Iterator[None]:
     """Turn a full disk or an unwritable location met inside the block into a StorageError naming ``path``."""
     try:
         yield
     except StorageError:
         raise
     except Exception as e:
-        err = storage_error(path, e, needed, after)
+        err = storage_error(path, e)
         if err is None:
             raise
         raise err from e

@@ -349,6 +349,8 @@ def test_workdir_lock_on_a_bucket(gcs, caplog):
     finally:
         holder.release()
     assert not paths.exists(f"{workdir}/{workdir_lock.LOCK_FILE}")
+    with pytest.raises(paths.StorageError, match="cannot write gs://nobucket/run/lock.json: its bucket does not exist"):
+        train_and_evaluate(tiny_config(), "gs://nobucket/run")
     # A holder on another host cannot be checked by pid: its heartbeat decides.
     record = {"host": "other-host", "pid": 1, "started": "yesterday", "heartbeat": time.time(), "lease_s": 60, "token": "x"}
     paths.write_json(f"{workdir}/{workdir_lock.LOCK_FILE}", record)

@@ -222,7 +222,7 @@ def _tfds_help(name: str, data_dir: str) -> str:
 def tfds_source(name: str, data_dir: str, split: str, limit: int) -> TfdsSource:
     import tensorflow_datasets as tfds
 
-    data_dir = os.path.expanduser(data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets"))
+    data_dir = str(paths.resolve(data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")))  # gs:// too
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:
