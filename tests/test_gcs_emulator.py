@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from regnet_jax import metrics, paths, workdir_lock
-from tests.helpers_train import REPO, TINY_MODEL, cli_env, start_cli, stop, tiny_config, write_config_file
+from tests.helpers_train import REPO, TINY_MODEL, cli_env, stop, tiny_config, write_config_file
 
 MISSING = [m for m in ("gcp_storage_emulator", "gcsfs") if importlib.util.find_spec(m) is None]
 pytestmark = [
