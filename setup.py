@@ -22,7 +22,8 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS = {
-    "test": ["pytest>=8", "pytest-timeout>=2.3"],
+    "test": ["pytest>=8", "pytest-timeout>=2.3", "gcsfs", "gcp-storage-emulator"],  # the last two: tests/test_gcs_emulator.py
+    "gcs": ["gcsfs"],  # gs:// workdirs, weights, sweeps and data (regnet_jax/paths.py)
     # Only for reading .pth/.pyth files and for the PyTorch side of the benchmarks.
     "torch": ["torch==2.13.0"],
 }

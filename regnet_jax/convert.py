@@ -15,7 +15,7 @@ files does (``pip install 'regnet_jax[torch]'``).
 from __future__ import annotations
 
 import dataclasses
-import os
+import io
 import re
 import sys
 import time
@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from regnet_jax import paths
 from regnet_jax.config import ConfigError
 
 LAYOUTS = ("pycls", "torchvision", "timm")
@@ -383,7 +384,7 @@ def _torch_load(path: str, unsafe_pickle: bool) -> Any:
             "(numpy.savez) or .safetensors and convert that"
         ) from e
     try:
-        return torch.load(path, map_location="cpu", weights_only=not unsafe_pickle)
+        return torch.load(io.BytesIO(paths.read_bytes(path)), map_location="cpu", weights_only=not unsafe_pickle)
     except Exception as e:  # torch raises many types for truncated, foreign or pickle-unsafe files
         msg = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
         hint = ""
@@ -397,11 +398,11 @@ def read_state_dict(path: str, unsafe_pickle: bool = False) -> dict[str, np.ndar
 
     torch checkpoints are loaded with ``weights_only=True`` unless ``unsafe_pickle`` (only for files you trust).
     """
-    if not os.path.isfile(path):
+    if not paths.isfile(path):
         raise ConversionError(f"checkpoint file {path} does not exist")
     if path.endswith(".npz"):
         try:
-            with np.load(path, allow_pickle=False) as f:
+            with np.load(io.BytesIO(paths.read_bytes(path)), allow_pickle=False) as f:
                 obj = {k: f[k] for k in f.files}
         except Exception as e:
             raise ConversionError(f"could not read {path} as a numpy .npz archive ({type(e).__name__}: {e})") from e
@@ -431,19 +432,19 @@ def convert_file(
     from regnet_jax import weights
 
     _check_layout(layout)
-    output = os.path.abspath(output)
-    if os.path.exists(output):  # checked first: a long conversion should not end in this error
+    output = paths.resolve(output)
+    if output.exists():  # checked first: a long conversion should not end in this error
         raise weights.WeightsError(f"{output} already exists: choose a new --output directory (nothing is overwritten)")
     sd = read_state_dict(checkpoint, unsafe_pickle)
     model, note = resolve_model(sd, config, layout)
     variables = from_layout(sd, model, layout)
     size = (config.resolution, config.dataset.eval_crop_fraction) if config is not None and "dataset" in config else ()
     conventions = weights.input_spec(channel_order or CHANNEL_ORDER[layout], weights.IMAGENET_MEAN, weights.IMAGENET_STD, *size)
-    source = f"{layout} {os.path.abspath(checkpoint)}" + (f" ({note})" if note else "")
+    source = f"{layout} {paths.resolve(checkpoint)}" + (f" ({note})" if note else "")
     weights.save_weights(output, variables, model, conventions, source)
     n_params = sum(int(np.prod(np.shape(x))) for x in jax.tree_util.tree_leaves(variables["params"]))
     n_tensors = len(jax.tree_util.tree_leaves(variables))
-    return {"output": output, "model": model, "input": conventions, "note": note, "params": n_params, "tensors": n_tensors}
+    return {"output": str(output), "model": model, "input": conventions, "note": note, "params": n_params, "tensors": n_tensors}
 
 
 def main(argv: list[str]) -> None:

@@ -22,7 +22,6 @@ numpy is needed to write or read these files.
 from __future__ import annotations
 
 import json
-import os
 import struct
 import sys
 import time
@@ -30,6 +29,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from regnet_jax import paths
 
 FORMAT = "regnet_jax.export/1"
 EXPORT_LAYOUTS = ("flax", "pycls", "torchvision", "timm")
@@ -52,7 +53,7 @@ def _dtypes() -> dict[str, np.dtype]:
     return {k: np.dtype(v) for k, v in names.items()}
 
 
-def write_safetensors(path: str, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> None:
+def write_safetensors(path: paths.PathLike, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> None:
     """Write ``tensors`` (name -> array) and string ``metadata`` to a .safetensors file (atomically)."""
     codes = {v: k for k, v in _dtypes().items()}
     header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
@@ -67,19 +68,12 @@ def write_safetensors(path: str, tensors: Mapping[str, np.ndarray], metadata: Ma
         offset += len(data)
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-(8 + len(raw)) % 8)  # the byte buffer starts 8-byte aligned
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
-        for data in blobs:
-            f.write(data)
-    os.replace(tmp, path)
+    paths.write_bytes(path, b"".join([struct.pack("<Q", len(raw)), raw, *blobs]))
 
 
-def read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def read_safetensors(path: paths.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """``(tensors, metadata)`` of a .safetensors file; SafetensorsError names what is wrong with a bad file."""
-    with open(path, "rb") as f:
-        blob = f.read()
+    blob = paths.read_bytes(path)
     if len(blob) < 8:
         raise SafetensorsError(f"{path} is too short to be a safetensors file ({len(blob)} bytes)")
     (n,) = struct.unpack("<Q", blob[:8])
@@ -118,15 +112,16 @@ def _flax_tree(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
     return {"params": tree.get("params", {}), "batch_stats": tree.get("batch_stats", {})}
 
 
-def _sidecar(output: str) -> str:
+def _sidecar(output: paths.PathLike) -> paths.Path:
     """FILE.safetensors.json / FILE.msgpack.json: distinct for the two formats of one name."""
-    return output + ".json"
+    output = paths.resolve(output)
+    return output.parent / (output.name + ".json")
 
 
-def _existing_sidecar(path: str) -> str:
+def _existing_sidecar(path: paths.PathLike) -> paths.Path:
     """The sidecar of an export; exports written before the current naming have NAME.json."""
-    legacy = os.path.splitext(path)[0] + ".json"
-    return legacy if not os.path.isfile(_sidecar(path)) and os.path.isfile(legacy) else _sidecar(path)
+    legacy = paths.resolve(path).with_suffix(".json")
+    return legacy if not paths.isfile(_sidecar(path)) and paths.isfile(legacy) else _sidecar(path)
 
 
 def export_variables(
@@ -141,8 +136,8 @@ def export_variables(
     """Write ``variables`` to ``output`` (.safetensors or .msgpack) and the config to its .json; returns both paths."""
     from regnet_jax import convert
 
-    output = os.path.abspath(output)
-    ext = os.path.splitext(output)[1]
+    output = paths.resolve(output)
+    ext = output.suffix
     if ext not in (".safetensors", ".msgpack"):
         raise ExportError(f"--output must end in .safetensors or .msgpack, got {output}")
     if layout not in EXPORT_LAYOUTS:
@@ -153,39 +148,32 @@ def export_variables(
         convert.check_layout_fits(model, layout)
     sidecar = _sidecar(output)
     for path in (output, sidecar):
-        if os.path.exists(path):
+        if path.exists():
             raise ExportError(f"{path} already exists: choose another --output (nothing is overwritten)")
-    os.makedirs(os.path.dirname(output), exist_ok=True)
     meta = {"format": FORMAT, "layout": layout, "model": dict(model), "input": dict(conventions), "source": source}
     if ext == ".msgpack":
         from flax import serialization
 
-        tmp = output + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(serialization.msgpack_serialize(_flax_tree(_flax_flat(variables))))
-        os.replace(tmp, output)
+        paths.write_bytes(output, serialization.msgpack_serialize(_flax_tree(_flax_flat(variables))))
     else:
         tensors = _flax_flat(variables) if layout == "flax" else convert.to_layout(variables, layout)
         write_safetensors(output, tensors, {"regnet_jax": json.dumps(meta)})
-    with open(sidecar, "w") as f:
-        json.dump(meta, f, indent=1)
-    return output, sidecar
+    paths.write_json(sidecar, meta)
+    return str(output), str(sidecar)
 
 
 def read_export(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(weights, meta)`` of an export: Flax ``{'params', 'batch_stats'}`` for layout 'flax', else the state dict."""
     sidecar = _existing_sidecar(path)
-    if not os.path.isfile(path) or not os.path.isfile(sidecar):
+    if not paths.isfile(path) or not paths.isfile(sidecar):
         raise ExportError(f"an export is two files, {path} and {sidecar}; at least one is missing")
-    with open(sidecar) as f:
-        meta = json.load(f)
+    meta = paths.read_json(sidecar)
     if meta.get("format") != FORMAT:
         raise ExportError(f"{sidecar} has format {meta.get('format')!r}, expected {FORMAT!r}")
-    if path.endswith(".msgpack"):
+    if str(path).endswith(".msgpack"):
         from flax import serialization
 
-        with open(path, "rb") as f:
-            tree = serialization.msgpack_restore(f.read())
+        tree = serialization.msgpack_restore(paths.read_bytes(path))
         return {c: tree.get(c, {}) for c in ("params", "batch_stats")}, meta
     tensors, _ = read_safetensors(path)
     return (_flax_tree(tensors) if meta["layout"] == "flax" else tensors), meta
@@ -203,7 +191,7 @@ def main(argv: list[str]) -> None:
     t = time.perf_counter()
     pre = load_pretrained(FLAGS.checkpoint, ema=FLAGS.ema)
     out, sidecar = export_variables(pre.variables, pre.model, pre.input, FLAGS.output, layout=FLAGS.layout, source=pre.source)
-    size = os.path.getsize(out) / 2**20
+    size = paths.resolve(out).stat().length / 2**20
     print(f"exported {pre.source} ({FLAGS.layout} layout, {size:.1f} MiB) in {time.perf_counter() - t:.1f} s -> {out} + {sidecar}")
     sys.stdout.flush()
 
