@@ -38,7 +38,11 @@ PERF_FIGURES: list[str] = []
 
 def _machine() -> str:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cpus} CPU cores ({platform.processor() or platform.machine()}), {platform.system()}"
+    model = platform.processor() or platform.machine()
+    if os.path.exists("/proc/cpuinfo"):
+        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
+        model = names[0] if names else model
+    return f"{cpus} CPU cores ({model}), {platform.system()}"
 
 
 def _train(*overrides: str) -> tuple[dict, float, list[str]]:

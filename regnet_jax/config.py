@@ -149,19 +149,22 @@ SCHEDULES: dict[str, dict[str, Any]] = {
 LR_PER_128 = 0.1  # the reference recipe's linear scaling rule: lr 0.1 per 128 images of the global batch
 
 
+def _lr_per_128(config: ml_collections.ConfigDict) -> float:
+    return config.optim.get("lr_per_128", LR_PER_128)  # configs written before the field existed: the recipe's
+
+
 def base_lr(config: ml_collections.ConfigDict) -> float:
     """The learning rate the schedule starts from: ``optim.base_lr`` when it is set (> 0), else the linear scaling
     rule ``optim.lr_per_128 * batch_size / 128``, so that changing the batch changes the lr with it."""
-    o = config.optim
-    return float(o.base_lr) if o.base_lr else o.get("lr_per_128", LR_PER_128) * config.batch_size / 128
+    return float(config.optim.base_lr) if config.optim.base_lr else _lr_per_128(config) * config.batch_size / 128
 
 
 def describe_lr(config: ml_collections.ConfigDict) -> str:
     """Where ``base_lr(config)`` comes from, for the log: the rule with its numbers, or the pinned value."""
-    rule = config.optim.get("lr_per_128", LR_PER_128) * config.batch_size / 128
+    rule = _lr_per_128(config) * config.batch_size / 128
     if config.optim.base_lr:
         return f"base lr {base_lr(config):g}, pinned by config.optim.base_lr (the rule lr_per_128 x batch / 128 would give {rule:g})"
-    return f"base lr {rule:g} = config.optim.lr_per_128 {config.optim.get('lr_per_128', LR_PER_128):g} x batch {config.batch_size} / 128"
+    return f"base lr {rule:g} = config.optim.lr_per_128 {_lr_per_128(config):g} x batch {config.batch_size} / 128"
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, on [0, 1] pixels (reference.md §4.2)
@@ -243,7 +246,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     """Check a full training config (model and training fields); raise ConfigError naming the field and the fix."""
     validate_model(config.model)
     bad_fraction = config.dataset.get("max_bad_image_fraction", MAX_BAD_IMAGE_FRACTION)  # configs written before it existed
-    lr_per_128 = config.optim.get("lr_per_128", LR_PER_128)
+    lr_per_128 = _lr_per_128(config)
     checks = [
         ("resolution", _is_int(config.resolution) and config.resolution >= 8, "an integer >= 8 (pixels)"),
         ("num_epochs", _is_int(config.num_epochs) and config.num_epochs >= 1, "a positive integer"),

@@ -22,6 +22,7 @@ from typing import Any
 import ml_collections
 
 from regnet_jax.config import ConfigError, base_lr
+from regnet_jax.config_file import flat_fields
 
 HARMLESS = frozenset({
     "log_every_steps", "eval_every_epochs", "eval_batch_size", "checkpoint_every_steps", "keep_checkpoints",
@@ -46,19 +47,9 @@ class Change:
         return f"{self.path}: {self.old!r} -> {self.new!r}"
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v  # JSON has no tuples
-    return out
-
-
 def _comparable(config: Mapping[str, Any]) -> dict[str, Any]:
     """The flat fields of a config, its learning rate resolved (lr_per_128 x batch / 128, or the pinned base_lr)."""
-    flat = _flatten(json.loads(json.dumps(config)))
+    flat = flat_fields(json.loads(json.dumps(config)))  # as JSON: tuples are lists
     if "optim.base_lr" in flat and "batch_size" in flat:
         flat["optim.base_lr"] = base_lr(ml_collections.ConfigDict(dict(config)))
         flat.pop("optim.lr_per_128", None)

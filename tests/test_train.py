@@ -9,6 +9,7 @@ import shutil
 import time
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -107,7 +108,7 @@ def test_a_workdir_describes_itself_to_evaluate_and_predict(trained, tmp_path, m
     workdir, final = str(trained[0]), trained[1]["final"]
     own = evaluate.evaluate(None, workdir)  # python -m regnet_jax.evaluate --checkpoint=WORKDIR
     assert own["top1_err"] == pytest.approx(final["top1_err"]) and own["loss"] == pytest.approx(final["loss"], rel=1e-5)
-    from_json = evaluate.evaluate(load_config_file(f"{workdir}/config.json"), workdir)  # --config=WORKDIR/config.json
+    from_json = evaluate.evaluate(ml_collections.ConfigDict(load_config_file(f"{workdir}/config.json")), workdir)  # --config=WORKDIR/config.json
     assert from_json["loss"] == pytest.approx(own["loss"], rel=1e-6)
     other = evaluate.evaluate(None, workdir, split="train")  # --split: the training digits (first 50)
     assert other["count"] == own["count"] == 50 and other["loss"] != own["loss"]

@@ -29,7 +29,7 @@ import numpy as np
 
 from regnet_jax import paths, zoo
 from regnet_jax.config import SCHEDULES, ConfigError, base_config, validate_config
-from regnet_jax.config_file import load_config_file, set_field
+from regnet_jax.config_file import flat_fields, load_config_file, set_field
 from regnet_jax.design_space.layout import SweepDir, SweepError, model_id, write_json
 from regnet_jax.design_space.spaces import CX_METRICS, DesignSpace, SampleResult, get_space, sample_space
 
@@ -89,20 +89,9 @@ def normalize_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
         if v[0] and v[1] and v[0] > v[1]:
             raise ConfigError(f"{m}={v!r}: the low end is above the high end")
         out[m] = [float(x) for x in v]
-    out["train"] = _flatten(out["train"])
+    out["train"] = flat_fields(out["train"])  # ConfigDicts cannot hold dotted keys
     if not out["base"] and out["schedule"] not in SCHEDULES:
         raise ConfigError(f"schedule {out['schedule']!r} is unknown: use one of {sorted(SCHEDULES)}")
-    return out
-
-
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'optim': {'base_lr': 0.1}} -> {'optim.base_lr': 0.1} (ConfigDicts cannot hold dotted keys)."""
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
     return out
 
 
