@@ -42,7 +42,9 @@ def _machine() -> str:
     if os.path.exists("/proc/cpuinfo"):
         names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
         model = names[0] if names else model
-    return f"{cpus} CPU cores ({model}), {platform.system()}"
+    import jax  # the runs measured see the same environment, so the same devices (results depend on their number)
+
+    return f"{cpus} CPU cores ({model}), {platform.system()}, {jax.device_count()} JAX {jax.default_backend().upper()} device(s)"
 
 
 def _train(*overrides: str) -> tuple[dict, float, list[str]]:

@@ -338,7 +338,9 @@ class Runner:
         self.running[pid] = {"index": i, "start": time.perf_counter(), "log": log}
 
     def _ready(self) -> list[int]:
-        return [i for i in self.todo if all(d in self.results for d in self.plans[i]["deps"])]
+        """The jobs whose dependencies are done, the longest first (so that none is left to run alone at the end)."""
+        ready = [i for i in self.todo if all(d in self.results for d in self.plans[i]["deps"])]
+        return sorted(ready, key=lambda i: (-_expected_cost(self.plans[i]), i))
 
     def _finish(self, pid: int, status: int, usage) -> None:
         i = self.served.pop(pid, None)
@@ -410,6 +412,18 @@ class Runner:
                     self._kill_job(pid, job)
         server.close()
         return self.results
+
+
+def _expected_cost(plan: dict) -> int:
+    """A rough rank of a job's run time: scripts and sweeps (several trainings), trainings, the rest."""
+    shell = plan["shell"]
+    if plan["action"] == "parse":
+        return 0
+    if not shell.startswith("python"):
+        return 4
+    if " sweep launch" in shell or " sweep analyze" in shell:
+        return 3
+    return 2 if "regnet_jax.train" in shell or "regnet_jax.benchmark" in shell else 1
 
 
 def with_suppressed(fn, *args) -> None:

@@ -65,6 +65,27 @@ def test_extraction_binding_and_rules():
     assert "NOPE_X" in unclassified[0][1] and "no rule" in unclassified[1][1]
 
 
+def _run_harness(plans, tmp_path, *extra: str) -> dict:
+    (tmp_path / "plan.json").write_text(json.dumps([p.to_json() for p in plans]))
+    out = tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "doc_runner.py"), f"--plan={tmp_path / 'plan.json'}", f"--scratch={tmp_path / 'scratch'}",
+         f"--out={out}", *extra], capture_output=True, text=True, timeout=HARNESS_TIMEOUT_S,
+    )  # fmt: skip
+    assert proc.returncode == 0 and out.exists(), proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_the_runner_reports_each_commands_status_and_log(tmp_path):
+    cmds = [DocCommand("x.md", 1, "python -m regnet_jax.sweep spaces"), DocCommand("x.md", 2, "python -m regnet_jax.complexity --config=configs/nope.py")]
+    plans, _ = plan(cmds)
+    results = _run_harness(plans, tmp_path, "--preload=")["results"]
+    assert results["0"]["rc"] == 0 and "anynetx_a" in pathlib.Path(results["0"]["log"]).read_text()
+    assert results["1"]["rc"] == 2 and "error: config file configs/nope.py does not exist" in results["1"]["log_tail"]
+    rows, failures = _report(plans, results)
+    assert len(rows) == 2 and len(failures) == 1 and failures[0].startswith("x.md:2: `python -m regnet_jax.complexity")
+
+
 def _docs_figures():
     spec = importlib.util.spec_from_file_location("docs_figures", REPO / "benchmarks" / "docs_figures.py")
     module = importlib.util.module_from_spec(spec)
@@ -103,14 +124,7 @@ def _report(plans, results: dict) -> tuple[list[str], list[str]]:
 
 def test_documented_commands_run(tmp_path):
     plans, _ = plan(doc_commands.extract_commands())
-    (tmp_path / "plan.json").write_text(json.dumps([p.to_json() for p in plans]))
-    out = tmp_path / "results.json"
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "doc_runner.py"), f"--plan={tmp_path / 'plan.json'}", f"--scratch={tmp_path / 'scratch'}",
-         f"--out={out}"], capture_output=True, text=True, timeout=HARNESS_TIMEOUT_S,
-    )  # fmt: skip
-    assert proc.returncode == 0 and out.exists(), proc.stderr[-3000:]
-    summary = json.loads(out.read_text())
+    summary = _run_harness(plans, tmp_path)
     rows, failures = _report(plans, summary["results"])
     print("\n".join(rows))
     print(f"harness: {summary['wall_s']} s wall ({summary['preload_s']} s preloading), {summary['cpu_s']} s CPU, load {summary['load_average']}")
