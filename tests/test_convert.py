@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from regnet_jax import convert, zoo
+from regnet_jax import convert, formats, zoo
 from regnet_jax.complexity import count
 from regnet_jax.config import validate_model
 from regnet_jax.convert import ConversionError
@@ -258,43 +258,41 @@ def test_layouts_without_the_architecture():
 
 
 def test_read_npz_and_safetensors(tmp_path, tiny_sd):
-    from regnet_jax.export import write_safetensors
-
     np.savez(tmp_path / "w.npz", **tiny_sd)
-    write_safetensors(str(tmp_path / "w.safetensors"), {f"module.{k}": v for k, v in tiny_sd.items()})
+    formats.write_safetensors(str(tmp_path / "w.safetensors"), {f"module.{k}": v for k, v in tiny_sd.items()})
     for name in ("w.npz", "w.safetensors"):
-        sd = convert.read_state_dict(str(tmp_path / name))
+        sd = formats.read_state_dict(str(tmp_path / name))
         assert sd.keys() == tiny_sd.keys()  # DistributedDataParallel's 'module.' prefix is stripped
         for k in sd:
             np.testing.assert_array_equal(sd[k], tiny_sd[k])
 
 
 def test_bad_files(tmp_path):
-    with pytest.raises(ConversionError, match="does not exist"):
-        convert.read_state_dict(str(tmp_path / "nope.pth"))
+    with pytest.raises(formats.FormatError, match="does not exist"):
+        formats.read_state_dict(str(tmp_path / "nope.pth"))
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
-    with pytest.raises(ConversionError, match="numpy .npz"):
-        convert.read_state_dict(str(tmp_path / "bad.npz"))
+    with pytest.raises(formats.FormatError, match="numpy .npz"):
+        formats.read_state_dict(str(tmp_path / "bad.npz"))
     (tmp_path / "bad.safetensors").write_bytes(b"\xff" * 64)
-    with pytest.raises(ConversionError, match="not a safetensors file or is truncated"):
-        convert.read_state_dict(str(tmp_path / "bad.safetensors"))
+    with pytest.raises(formats.FormatError, match="not a safetensors file or is truncated"):
+        formats.read_state_dict(str(tmp_path / "bad.safetensors"))
     np.savez(tmp_path / "empty.npz")
-    with pytest.raises(ConversionError, match="has no state dict"):
-        convert.read_state_dict(str(tmp_path / "empty.npz"))
+    with pytest.raises(formats.FormatError, match="has no state dict"):
+        formats.read_state_dict(str(tmp_path / "empty.npz"))
 
 
 def test_bad_torch_files(tmp_path, tiny_sd):
     torch = pytest.importorskip("torch", reason="PyTorch is not installed: reading .pth/.pyth files is not tested")
     (tmp_path / "garbage.pyth").write_bytes(b"\x00garbage" * 10)
-    with pytest.raises(ConversionError, match="could not read .*garbage.pyth as a PyTorch checkpoint"):
-        convert.read_state_dict(str(tmp_path / "garbage.pyth"))
+    with pytest.raises(formats.FormatError, match="could not read .*garbage.pyth as a PyTorch checkpoint"):
+        formats.read_state_dict(str(tmp_path / "garbage.pyth"))
     torch.save({"epoch": 3, "cfg": "MODEL: {}"}, tmp_path / "no_model.pyth")
-    with pytest.raises(ConversionError, match="no state dict: expected a 'model_state' \\(pycls\\)"):
-        convert.read_state_dict(str(tmp_path / "no_model.pyth"))
+    with pytest.raises(formats.FormatError, match="no state dict: expected a 'model_state' \\(pycls\\)"):
+        formats.read_state_dict(str(tmp_path / "no_model.pyth"))
     torch.save({"model": {k: torch.from_numpy(v) for k, v in tiny_sd.items()}, "args": re.compile("x")}, tmp_path / "pickled.pth")
-    with pytest.raises(ConversionError, match="--unsafe_pickle"):
-        convert.read_state_dict(str(tmp_path / "pickled.pth"))
-    sd = convert.read_state_dict(str(tmp_path / "pickled.pth"), unsafe_pickle=True)  # DeiT-style {'model': ...}
+    with pytest.raises(formats.FormatError, match="--unsafe_pickle"):
+        formats.read_state_dict(str(tmp_path / "pickled.pth"))
+    sd = formats.read_state_dict(str(tmp_path / "pickled.pth"), unsafe_pickle=True)  # DeiT-style {'model': ...}
     assert sd.keys() == tiny_sd.keys()
     torch.save({"model_state": {"a.weight": torch.zeros(2, dtype=torch.bfloat16)}}, tmp_path / "bf16.pyth")
-    assert convert.read_state_dict(str(tmp_path / "bf16.pyth"))["a.weight"].dtype == np.float32
+    assert formats.read_state_dict(str(tmp_path / "bf16.pyth"))["a.weight"].dtype == np.float32
