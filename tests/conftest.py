@@ -1,9 +1,8 @@
-"""Test set-up: 8 emulated CPU devices (for the sharded code) and quiet libraries (regnet_jax.logs)."""
+"""Test set-up: 8 emulated CPU devices (for the sharded code) and TensorFlow as quiet as the tools run it."""
 
-import os
+from regnet_jax import logs
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+logs.quiet_environment()  # before anything imports TensorFlow
 
 import jax  # noqa: E402
 
