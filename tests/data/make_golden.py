@@ -42,7 +42,7 @@ INPUT_SEEDS = range(2, 66)  # the train batch's seed is the one of these with th
 DDP_INPUT_SEEDS = range(2, 258)  # four times the images: more seeds to find as wide margins
 
 # regnet_jax config.model of each case (pycls's own config is set from it below).
-_STEMLESS = dict(se_ratio=0.0, num_classes=10)
+_NO_SE = dict(se_ratio=0.0, num_classes=10)
 CASES: dict[str, dict] = {
     # stages [16, 32, 64] x [1, 1, 2], group width 8 (2, 4, 8 groups), SE
     "regnety": dict(type="regnet", depth=4, w0=16, wa=16.0, wm=2.0, group_w=8, bot_mul=1.0, se_ratio=0.25,
@@ -53,11 +53,11 @@ CASES: dict[str, dict] = {
     # ResNet stem (7x7 s2 + max-pool), bottleneck 1/4 with 1 or 2 groups, stride-1 projection shortcut in stage 1
     "resnet_bottleneck": dict(type="anynet", stem_type="res_stem_in", stem_w=16, block_type="res_bottleneck_block",
                               depths=[1, 2, 1], widths=[32, 64, 128], strides=[1, 2, 2], bot_muls=[0.25, 0.25, 0.25],
-                              group_ws=[8, 8, 16], **_STEMLESS),
+                              group_ws=[8, 8, 16], **_NO_SE),
     "basic": dict(type="anynet", stem_type="simple_stem_in", stem_w=8, block_type="res_basic_block", depths=[1, 2],
-                  widths=[16, 24], strides=[2, 2], bot_muls=[1.0, 1.0], group_ws=[1, 1], **_STEMLESS),
+                  widths=[16, 24], strides=[2, 2], bot_muls=[1.0, 1.0], group_ws=[1, 1], **_NO_SE),
     "vanilla": dict(type="anynet", stem_type="res_stem_cifar", stem_w=8, block_type="vanilla_block", depths=[1, 1, 1],
-                    widths=[8, 16, 32], strides=[2, 2, 2], bot_muls=[1.0, 1.0, 1.0], group_ws=[1, 1, 1], **_STEMLESS),
+                    widths=[8, 16, 32], strides=[2, 2, 2], bot_muls=[1.0, 1.0, 1.0], group_ws=[1, 1, 1], **_NO_SE),
 }  # fmt: skip
 ZOO = dict(name="regnety_200mf", batch=2, resolution=224, calibration_batch=8,
            model=dict(type="regnet", depth=13, w0=24, wa=36.44, wm=2.49, group_w=8, bot_mul=1.0, se_ratio=0.25,
@@ -91,7 +91,7 @@ def build(model: dict, resolution: int) -> tuple[torch.nn.Module, dict]:
     torch_model = builders.build_model()
     args = builders.get_model().get_args()
     info = {
-        "pycls_args": {k: v for k, v in args.items()},
+        "pycls_args": dict(args),
         "complexity": net.complexity(builders.get_model()),
     }
     return torch_model, info
