@@ -13,16 +13,11 @@ checkpoint). Two files are written (neither may exist already):
 * ``FILE.json`` beside it (e.g. ``regnety_400mf.safetensors.json``): ``{"format", "layout", "model", "input",
   "source"}``: the ``config.model`` to build and the input conventions (channel order, mean, std, resolution, crop
   fraction). A safetensors file also carries the same JSON in its metadata.
-
-The safetensors reader/writer here is a small numpy implementation of the published format (a little-endian u64
-header length, a JSON header of dtype/shape/byte offsets, then the raw little-endian bytes), so nothing beyond
-numpy is needed to write or read these files.
 """
 
 from __future__ import annotations
 
 import json
-import struct
 import sys
 import time
 from collections.abc import Mapping
@@ -31,71 +26,14 @@ from typing import Any
 import numpy as np
 
 from regnet_jax import paths
+from regnet_jax.formats import FormatError, read_safetensors, write_safetensors
 
 FORMAT = "regnet_jax.export/1"
 EXPORT_LAYOUTS = ("flax", "pycls", "torchvision", "timm")
-_MAX_HEADER = 100 * 1024 * 1024
-
-
-class SafetensorsError(ValueError):
-    """A safetensors file is malformed, or an array cannot be stored in one."""
 
 
 class ExportError(ValueError):
     """Bad export arguments or an unreadable export (the message says which and what to do)."""
-
-
-def _dtypes() -> dict[str, np.dtype]:
-    import ml_dtypes  # ships with jax; numpy has no bfloat16
-
-    names = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16, "I64": np.int64,
-             "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}  # fmt: skip
-    return {k: np.dtype(v) for k, v in names.items()}
-
-
-def write_safetensors(path: paths.PathLike, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> None:
-    """Write ``tensors`` (name -> array) and string ``metadata`` to a .safetensors file (atomically)."""
-    codes = {v: k for k, v in _dtypes().items()}
-    header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
-    blobs, offset = [], 0
-    for name in sorted(tensors):
-        a = np.asarray(tensors[name])
-        if a.dtype not in codes:
-            raise SafetensorsError(f"{name!r} has dtype {a.dtype}, which safetensors cannot store")
-        data = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tobytes()
-        header[name] = {"dtype": codes[a.dtype], "shape": list(a.shape), "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-(8 + len(raw)) % 8)  # the byte buffer starts 8-byte aligned
-    paths.write_bytes(path, b"".join([struct.pack("<Q", len(raw)), raw, *blobs]))
-
-
-def read_safetensors(path: paths.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """``(tensors, metadata)`` of a .safetensors file; SafetensorsError names what is wrong with a bad file."""
-    blob = paths.read_bytes(path)
-    if len(blob) < 8:
-        raise SafetensorsError(f"{path} is too short to be a safetensors file ({len(blob)} bytes)")
-    (n,) = struct.unpack("<Q", blob[:8])
-    if n > min(_MAX_HEADER, len(blob) - 8):
-        raise SafetensorsError(f"{path} is not a safetensors file or is truncated (header length {n}, file size {len(blob)})")
-    try:
-        header = json.loads(blob[8 : 8 + n])
-    except ValueError as e:
-        raise SafetensorsError(f"{path} has an unreadable safetensors header ({e})") from e
-    if not isinstance(header, dict):
-        raise SafetensorsError(f"{path} has a safetensors header that is not a JSON object")
-    metadata = header.pop("__metadata__", None) or {}
-    data, dtypes, tensors = memoryview(blob)[8 + n :], _dtypes(), {}
-    for name, info in header.items():
-        try:
-            dtype, shape, (start, end) = dtypes[info["dtype"]], tuple(info["shape"]), info["data_offsets"]
-        except (KeyError, TypeError, ValueError) as e:
-            raise SafetensorsError(f"{path}: tensor {name!r} has a bad header entry {info!r}") from e
-        if not 0 <= start <= end <= len(data) or end - start != int(np.prod(shape)) * dtype.itemsize:
-            raise SafetensorsError(f"{path}: tensor {name!r} ({info['dtype']} {list(shape)}) has byte range [{start}, {end}) that does not fit (truncated file?)")
-        tensors[name] = np.frombuffer(data[start:end], dtype.newbyteorder("<")).astype(dtype).reshape(shape)
-    return tensors, dict(metadata)
 
 
 def _flax_flat(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -207,4 +145,4 @@ if __name__ == "__main__":
     flags.DEFINE_string("output", None, "File to write: NAME.safetensors or NAME.msgpack (its config, NAME.safetensors.json or NAME.msgpack.json, beside it).")
     flags.DEFINE_enum("layout", "flax", list(EXPORT_LAYOUTS), "Tensor names and shapes: Flax, or a PyTorch state dict of pycls/torchvision/timm.")
     flags.DEFINE_bool("ema", False, "Export the EMA weights of a training workdir.")
-    run(main, user_errors=(ExportError, SafetensorsError, WeightsError, ConversionError))
+    run(main, user_errors=(ExportError, FormatError, WeightsError, ConversionError))

@@ -117,7 +117,7 @@ def ensure_state_dict(path: str, layout: str, config: str = "") -> None:
         return
     sd = convert.to_layout(_random_variables(_smoke_model(config)), layout)
     if path.endswith(".safetensors"):
-        from regnet_jax.export import write_safetensors
+        from regnet_jax.formats import write_safetensors
 
         write_safetensors(path, sd)
     elif path.endswith(".npz"):
