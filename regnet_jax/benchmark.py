@@ -481,11 +481,9 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     from absl import flags
-    from ml_collections import config_flags
+    from regnet_jax.cli import config_path, define_config_flag, run
 
-    from regnet_jax.cli import config_path, run
-
-    config_flags.DEFINE_config_file("config", None, "A config file, e.g. configs/regnety_400mf.py.", lock_config=False)
+    define_config_flag("config", "A config file, e.g. configs/regnety_400mf.py.", lock=False)
     flags.DEFINE_enum("mode", "train", list(MODES), "Time a training step or an inference forward pass.")
     flags.DEFINE_integer("batch", 32, "Global batch, split over the devices.")
     flags.DEFINE_enum("dtype", "float32", list(DTYPES), "Compute dtype (parameters stay float32).")

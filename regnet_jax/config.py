@@ -148,6 +148,7 @@ def default_lr(batch_size: int) -> float:
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, on [0, 1] pixels (reference.md §4.2)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+MAX_BAD_IMAGE_FRACTION = 0.01  # of an epoch's training images that may be undecodable (skipped) before the run stops
 DATASET_KINDS = ("imagenet2012", "folder", "synthetic", "quickstart", "<any TFDS image-classification name>")
 
 
@@ -193,6 +194,7 @@ def base_config(model: Mapping[str, Any], batch_size: int = 1024, schedule: str 
             cache=False,
             output_dtype="float32",  # or 'bfloat16'
             prefetch=2,  # batches on device ahead of the step
+            max_bad_image_fraction=MAX_BAD_IMAGE_FRACTION,  # undecodable training images are skipped; more per epoch stop the run
         )
     )
     c.optim = ml_collections.ConfigDict(
@@ -225,6 +227,7 @@ def _field_error(field: str, value: Any, allowed: str) -> ConfigError:
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Check a full training config (model and training fields); raise ConfigError naming the field and the fix."""
     validate_model(config.model)
+    bad_fraction = config.dataset.get("max_bad_image_fraction", MAX_BAD_IMAGE_FRACTION)  # configs written before it existed
     checks = [
         ("resolution", _is_int(config.resolution) and config.resolution >= 8, "an integer >= 8 (pixels)"),
         ("num_epochs", _is_int(config.num_epochs) and config.num_epochs >= 1, "a positive integer"),
@@ -245,6 +248,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         ("dataset.pca_std", config.dataset.pca_std >= 0, ">= 0"),
         ("dataset.output_dtype", config.dataset.output_dtype in ("float32", "bfloat16"), "'float32' or 'bfloat16'"),
         ("dataset.num_train_examples", _is_int(config.dataset.num_train_examples) and config.dataset.num_train_examples >= 0, "0 (all) or a positive integer"),
+        ("dataset.max_bad_image_fraction", _is_num(bad_fraction) and 0 <= bad_fraction <= 1, "in [0, 1] (0 = stop at the first undecodable training image)"),
         ("dataset.num_eval_examples", _is_int(config.dataset.num_eval_examples) and config.dataset.num_eval_examples >= 0, "0 (all) or a positive integer"),
         ("optim.base_lr", _is_num(config.optim.base_lr) and config.optim.base_lr > 0, "a positive number"),
         ("optim.momentum", 0 <= config.optim.momentum < 1, "in [0, 1)"),

@@ -468,13 +468,14 @@ def main(argv: list[str]) -> None:
 
 def _define_flags() -> None:
     from absl import flags
-    from ml_collections import config_flags
+
+    from regnet_jax.cli import define_config_flag
 
     flags.DEFINE_enum("from", None, list(LAYOUTS), "Layout of the checkpoint: pycls (.pyth), torchvision or timm.")
     flags.DEFINE_string("checkpoint", None, "A .pyth/.pth/.pt (needs torch), .safetensors or .npz file.")
-    config_flags.DEFINE_config_file(
-        "config", None, "Config whose model the weights are for, e.g. configs/regnety_400mf.py. Required for pycls; "
-        "for torchvision/timm, omit it to read the architecture from the weights.", lock_config=False,
+    define_config_flag(
+        "config", "Config whose model the weights are for, e.g. configs/regnety_400mf.py. Required for pycls; "
+        "for torchvision/timm, omit it to read the architecture from the weights.", lock=False,
     )  # fmt: skip
     flags.DEFINE_string("output", None, "Weights directory to create (must not exist).")
     flags.DEFINE_enum("channel_order", "", ["", "rgb", "bgr"], "Override the input channel order (default: bgr for pycls, rgb otherwise).")

@@ -3,7 +3,8 @@ statistics and gradient accumulation on any number of devices.
 
 Public API (usable outside the trainer, e.g. by benchmarks)::
 
-    maybe_initialize_distributed(enabled=None, coordinator_address='', num_processes=0, process_id=-1) -> bool
+    maybe_initialize_distributed(enabled=None, coordinator_address='', num_processes=0, process_id=-1,
+                                 heartbeat_timeout_s=100) -> bool
     make_mesh(devices=None, axis_name='batch') -> Mesh           # all devices of all processes, one named axis
     shard_batch(local_batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]   # process-local rows -> global
     replicate(tree, mesh) -> tree of replicated global arrays      # host values identical on every process
@@ -60,30 +61,50 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from regnet_jax.config import BatchLayout, batch_layout
+from regnet_jax.config import BatchLayout, ConfigError, batch_layout
 from regnet_jax.optim import cross_entropy
 
 AXIS = "batch"  # the model's BN axis: the devices of one statistics group (all devices on a 1-D mesh)
 GROUPS = "groups"  # the train step's outer axis: one entry per group of devices
 DATA_AXES = (GROUPS, AXIS)
+HEARTBEAT_TIMEOUT_S = 100  # jax.distributed's default
 
 
 def _cluster_detected() -> bool:
-    """A multi-process launch that ``jax.distributed.initialize()`` can configure itself (SLURM, Open MPI, TPU pod)."""
-    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 or int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
+    """A multi-process launch that ``jax.distributed.initialize()`` can configure itself: ``JAX_COORDINATOR_ADDRESS``
+    is set, or one of JAX's own cluster environments (``jax._src.clusters``, what ``initialize()`` auto-detects) is
+    present with more than one process: SLURM, Open MPI, or a Cloud TPU slice, found through ``TPU_WORKER_HOSTNAMES``
+    (GKE) or, on a TPU VM reached with ``gcloud ... ssh --worker=all``, the TPU metadata server (its worker list).
+    Kubernetes is left to ``--distributed`` (JAX's check needs the cluster API and warns in every plain pod)."""
+    if os.environ.get("JAX_COORDINATOR_ADDRESS"):
         return True
-    hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
-    return "," in hosts or bool(os.environ.get("MEGASCALE_COORDINATOR_ADDRESS") or os.environ.get("JAX_COORDINATOR_ADDRESS"))
+    from jax._src import clusters  # private, but exactly the detection jax.distributed.initialize() performs
+
+    for env in (clusters.OmpiCluster, clusters.SlurmCluster, clusters.GceTpuCluster, clusters.GkeTpuCluster):  # JAX's order
+        try:
+            if env.is_env_present():
+                return env.get_process_count() > 1
+        except Exception as e:  # e.g. the TPU metadata server did not answer: never guess on a possible pod slice
+            raise ConfigError(
+                f"could not tell whether this is a multi-process launch ({env.__name__}: {type(e).__name__}: {e}); "
+                "pass --distributed (with --coordinator_address/--num_processes/--process_id if needed) or "
+                "--nodistributed for a single process"
+            ) from None
+    return False
 
 
 def maybe_initialize_distributed(
-    enabled: bool | None = None, coordinator_address: str = "", num_processes: int = 0, process_id: int = -1
+    enabled: bool | None = None, coordinator_address: str = "", num_processes: int = 0, process_id: int = -1,
+    heartbeat_timeout_s: int = HEARTBEAT_TIMEOUT_S,
 ) -> bool:
     """Call ``jax.distributed.initialize`` if asked (``enabled=True``) or, with ``enabled=None``, if a cluster launch
-    is detected. Empty/zero/negative arguments are left to JAX's auto-detection. Returns whether it initialised."""
+    is detected. Empty/zero/negative arguments are left to JAX's auto-detection. Returns whether it initialised.
+
+    A process that stops sending heartbeats for ``heartbeat_timeout_s`` is taken for dead by JAX's coordination
+    service, which then ends every other process (so a dead host never leaves the others hanging)."""
     if enabled is False or (enabled is None and not _cluster_detected()):
         return False
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"heartbeat_timeout_seconds": heartbeat_timeout_s}
     if coordinator_address:
         kwargs["coordinator_address"] = coordinator_address
     if num_processes:

@@ -19,17 +19,18 @@ import os
 import signal
 import sys
 import time
-from typing import Any
+import traceback
+from typing import Any, NoReturn
 
 import jax
 import ml_collections
+import numpy as np
 from absl import flags, logging
 from clu import metric_writers
-from ml_collections import config_flags
 
 from regnet_jax import checkpoint as ckpt_lib
 from regnet_jax import complexity, data, metrics, optim, parallel, precise_bn
-from regnet_jax.cli import run
+from regnet_jax.cli import define_config_flag, run
 from regnet_jax.config import ConfigError, batch_layout, validate_config
 from regnet_jax.evaluate import apply_input_conventions, run_evaluation
 from regnet_jax.models import create_model
@@ -79,6 +80,15 @@ def _write_json(path: str, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def _process_sum(n: int) -> int:
+    """The sum of ``n`` over all processes (every process must call it)."""
+    if jax.process_count() == 1:
+        return n
+    from jax.experimental import multihost_utils
+
+    return int(multihost_utils.process_allgather(np.int64(n)).sum())
+
+
 def _finetune_config(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, ckpt_lib.Pretrained | None]:
     """Load ``config.init_from`` (if set) and adopt its input conventions into the data config."""
     if not config.init_from:
@@ -104,6 +114,10 @@ class _Trainer:
         pidx, pcount = jax.process_index(), jax.process_count()
         self.train_input = data.TrainInput(config, pidx, pcount)
         self.eval_input = data.EvalInput(config, pidx, pcount)
+        bad = self.eval_input.undecodable_images()  # before training: evaluation must count every image
+        if total := _process_sum(len(bad)):
+            raise data.bad_eval_images_error(bad, total)
+        self.skipped_images: dict[str, int] = {}  # epoch -> training images skipped as undecodable
         self.steps_per_epoch = self.train_input.steps_per_epoch
         self.total_steps = self.steps_per_epoch * config.num_epochs
         self.model = create_model(config, bn_axis_name=parallel.AXIS)
@@ -133,6 +147,7 @@ class _Trainer:
         if restored is not None:
             self.state, meta = restored
             self.prior_wall_time = float(meta.get("wall_time_s", 0.0))
+            self.skipped_images = dict(meta.get("skipped_images", {}))
             step = int(ckpt_lib.host(self.state.step))
             if meta.get("steps_per_epoch") != self.steps_per_epoch:
                 logging.warning(
@@ -156,8 +171,24 @@ class _Trainer:
             "global_batch": self.config.batch_size,
             "wall_time_s": self.prior_wall_time + time.perf_counter() - self.t_start,
             "signature": self.signature,
+            "skipped_images": self._skipped_counts(step),
         }
         self.ckpt.save(step, self.state, meta, metrics_)
+
+    def _skipped_counts(self, step: int) -> dict[str, int]:
+        """Training images skipped as undecodable per epoch (all processes), the current epoch's so far included."""
+        counts = dict(self.skipped_images)
+        if n := _process_sum(len(self.train_input.skipped)):
+            epoch = str((step - 1) // self.steps_per_epoch)
+            counts[epoch] = counts.get(epoch, 0) + n
+        return counts
+
+    def _end_epoch_skips(self, step: int) -> None:
+        self.skipped_images = self._skipped_counts(step)
+        self.train_input.skipped = []
+        epoch = (step - 1) // self.steps_per_epoch
+        if n := self.skipped_images.get(str(epoch), 0):
+            logging.warning("epoch %d: skipped %d training images that cannot be read or decoded (each file is logged above)", epoch, n)
 
     def evaluate(self, step: int, writer) -> dict[str, float]:
         """Evaluate (and the EMA weights, if any), append the JSON lines, write the scalars."""
@@ -245,6 +276,7 @@ class _Trainer:
                     self.save(step)
                     self.ckpt.wait()
                     raise Preempted(f"preempted at step {step}; checkpoint saved in {self.ckpt.directory}: rerun the same command to resume")
+            self._end_epoch_skips(step)
             self._precise_bn(epoch)
             epoch += 1
             last = step == self.total_steps
@@ -267,7 +299,9 @@ class _Trainer:
         def batches():
             return data.device_prefetch(self.train_input.epoch(epoch), self.mesh, self.config.dataset.prefetch)
 
+        skipped = self.train_input.skipped  # re-reading images must not count their undecodable ones twice
         self.state = precise_bn.apply_precise_bn(self.state, self.bn_stats_step, batches, count)
+        self.train_input.skipped = skipped
         logging.info("precise BN: running statistics recomputed on %d images (%.1fs)", count * self.config.batch_size, time.perf_counter() - t)
 
     def _log_train(self, step: int, pending: list[dict[str, jax.Array]], speed: dict[str, float], writer) -> None:
@@ -300,6 +334,7 @@ class _Trainer:
             "wall_time_s": self.prior_wall_time + time.perf_counter() - self.t_start,
             "params": cx["params"],
             "flops": cx["flops"],
+            "skipped_images": {"total": sum(self.skipped_images.values()), "per_epoch": self.skipped_images},
         }
         if self.is_chief:
             _write_json(self._path("summary.json"), summary)
@@ -327,13 +362,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def _define_flags() -> flags.FlagValues:
     """The command-line flags (defined only when run as a program, so importing this module defines none)."""
-    config_flags.DEFINE_config_file("config", None, "Training config file, e.g. configs/regnety_4gf.py or configs/regnety_4gf.py:25ep.", lock_config=True)
+    define_config_flag("config", "Training config file, e.g. configs/regnety_4gf.py or configs/regnety_4gf.py:25ep.")
     flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the resolved config (resumes from it).")
     flags.DEFINE_bool("distributed", None, "Call jax.distributed.initialize (default: only on a detected cluster launch).")
     flags.DEFINE_string("coordinator_address", "", "host:port of process 0, where JAX cannot detect it.")
     flags.DEFINE_integer("num_processes", 0, "Number of processes, where JAX cannot detect it.")
     flags.DEFINE_integer("process_id", -1, "This process's index, where JAX cannot detect it.")
+    flags.DEFINE_integer("heartbeat_timeout_s", parallel.HEARTBEAT_TIMEOUT_S, "Multi-process: a process silent this long is "
+                         "taken for dead and JAX ends the others (jax.distributed's heartbeat timeout).")
     return flags.FLAGS
+
+
+def _exit_multiprocess_error(e: Exception) -> NoReturn:
+    """End this process of a multi-process run at once, with one line saying why (traceback first if unexpected).
+
+    Exiting normally would hang: JAX's exit-time shutdown waits for every other process (for a dead one, until the
+    heartbeat timeout). Exiting at once closes this process's connections, so the others stop at their next step."""
+    where = f"process {jax.process_index()} of {jax.process_count()}"
+    if isinstance(e, jax.errors.JaxRuntimeError):
+        code, message = 1, (
+            f"{where}: a step shared by all processes failed ({str(e).strip().splitlines()[0]}); another process has "
+            "probably died (see its log). Rerun the same command on every host to resume from the last checkpoint"
+        )
+    elif isinstance(e, (ConfigError, WeightsError)):
+        code, message = 2, f"{where}: {e}"
+    else:
+        traceback.print_exc()
+        code, message = 1, f"{where}: {type(e).__name__}: {e}"
+    print(f"error: {message}", file=sys.stderr)
+    logging.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def main(argv: list[str]) -> None:
@@ -341,7 +401,9 @@ def main(argv: list[str]) -> None:
     FLAGS = flags.FLAGS
     if FLAGS.config is None or not FLAGS.workdir:
         raise ConfigError("--config and --workdir are both required, e.g. --config=configs/quickstart.py --workdir=/tmp/quickstart")
-    parallel.maybe_initialize_distributed(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    parallel.maybe_initialize_distributed(
+        FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.heartbeat_timeout_s
+    )
     try:
         summary = train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except Preempted as e:
@@ -350,6 +412,10 @@ def main(argv: list[str]) -> None:
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except Exception as e:
+        if jax.process_count() == 1:
+            raise
+        _exit_multiprocess_error(e)
     if jax.process_index() == 0:
         f = summary["final"]
         print(f"final: top-1 error {f['top1_err']:.2f}% (accuracy {100 - f['top1_err']:.2f}%), top-5 error {f['top5_err']:.2f}%, "

@@ -42,9 +42,15 @@ class IndexedSource:
     num_classes: int
     make_records: Callable[[np.ndarray], tf.data.Dataset]
     presized: bool = False  # images are already at the training resolution (synthetic): no crop/resize
+    encoded: bool = False  # images are encoded files, which may fail to decode
+    paths: np.ndarray | None = None  # where each example's image comes from (named when it fails to decode)
 
     def records(self, indices: np.ndarray) -> tf.data.Dataset:
         return self.make_records(np.asarray(indices, np.int64))
+
+    def describe(self, index: int) -> str:
+        """The example's file (or its index), for messages."""
+        return str(self.paths[index]) if self.paths is not None else f"example {index}"
 
 
 @dataclasses.dataclass
@@ -57,10 +63,14 @@ class TfdsSource:
     num_classes: int
     presized: bool = False
 
+    @property
+    def encoded(self) -> bool:
+        return _image_is_encoded(self.builder)
+
     def read(self, subsplit: str, shuffle_seed: int | None) -> tf.data.Dataset:
         import tensorflow_datasets as tfds
 
-        decoders = {"image": tfds.decode.SkipDecoding()} if _image_is_encoded(self.builder) else None
+        decoders = {"image": tfds.decode.SkipDecoding()} if self.encoded else None
         ds = self.builder.as_dataset(
             split=subsplit,
             shuffle_files=shuffle_seed is not None,
@@ -179,7 +189,7 @@ def folder_source(root: str, split: str, limit: int) -> IndexedSource:
         ds = tf.data.Dataset.from_tensor_slices({"path": paths_arr[indices], "label": labels[indices]})
         return ds.map(lambda ex: {"image": tf.io.read_file(ex["path"]), "label": ex["label"]})
 
-    return IndexedSource(n, len(classes), make)
+    return IndexedSource(n, len(classes), make, encoded=True, paths=paths_arr)
 
 
 def _tfds_help(name: str, data_dir: str) -> str:

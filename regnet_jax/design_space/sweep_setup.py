@@ -21,7 +21,6 @@ the defaults in ``SPEC_DEFAULTS``:
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import os
 import time
@@ -32,7 +31,8 @@ import numpy as np
 
 from regnet_jax import zoo
 from regnet_jax.config import SCHEDULES, ConfigError, base_config, validate_config
-from regnet_jax.design_space.layout import SweepDir, SweepError, model_id, read_json, write_json
+from regnet_jax.config_file import load_config_file, set_field
+from regnet_jax.design_space.layout import SweepDir, SweepError, model_id, write_json
 from regnet_jax.design_space.spaces import CX_METRICS, DesignSpace, SampleResult, get_space, sample_space
 
 SPEC_DEFAULTS: dict[str, Any] = dict(
@@ -114,38 +114,12 @@ def _plain(spec: Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(dict(spec)))
 
 
-def load_config_file(path_arg: str) -> Any:
-    """``get_config()`` of a config file, or ``get_config(arg)`` for ``'file.py:arg'`` (as ml_collections does)."""
-    path, _, arg = path_arg.partition(":")
-    if not os.path.isfile(path):
-        raise ConfigError(f"config file {path!r} not found")
-    name = "_sweep_cfg_" + os.path.splitext(os.path.basename(path))[0].replace(".", "_").replace("-", "_")
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config()
-
-
 def space_for(spec: Mapping[str, Any]) -> DesignSpace:
     """The spec's design space, forked with its ``dists`` / ``model`` overrides if any."""
     space = get_space(spec["space"])
     if spec["dists"] or spec["model"]:
         space = space.fork(space.name, dists=spec["dists"], model={k: v for k, v in spec["model"].items() if k != "num_classes"})
     return space
-
-
-def _set_dotted(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
-    node, parts = config, key.split(".")
-    for p in parts[:-1]:
-        if p not in node:
-            raise ConfigError(f"train override {key!r}: config has no field {p!r}")
-        node = node[p]
-    if parts[-1] not in node:
-        raise ConfigError(f"train override {key!r}: config has no field {parts[-1]!r}; fields here: {sorted(node.keys())}")
-    try:
-        node[parts[-1]] = value
-    except TypeError as e:
-        raise ConfigError(f"train override {key}={value!r}: {e}") from None
 
 
 def training_template(spec: Mapping[str, Any]) -> ml_collections.ConfigDict:
@@ -172,7 +146,7 @@ def training_template(spec: Mapping[str, Any]) -> ml_collections.ConfigDict:
     if "num_classes" in spec["model"]:
         config.model.num_classes = int(spec["model"]["num_classes"])
     for key, value in spec["train"].items():
-        _set_dotted(config, key, value)
+        set_field(config, key, value, label=f"train override {key}={value!r}")
     return config
 
 
@@ -273,6 +247,4 @@ def _summary(result: SampleResult) -> dict[str, Any]:
 
 def read_spec_file(path: str) -> dict[str, Any]:
     """A sweep spec from a JSON file or an ml_collections config file (``file.py[:arg]``)."""
-    if path.endswith(".json"):
-        return read_json(path)
     return _plain(load_config_file(path))
