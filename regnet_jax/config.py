@@ -141,6 +141,21 @@ SCHEDULES: dict[str, dict[str, Any]] = {
 }
 
 
+# Recipe fields added after the first configs were written (sweep configs and workdirs' config.json may lack them:
+# absent = these defaults, the behaviour those configs were trained with).
+RECIPE_DEFAULTS: dict[str, Any] = dict(
+    grad_accum_steps=1,  # micro-batches per optimizer step (k of them = the math of k times as many devices)
+    bn_group_size=0,  # images per BatchNorm statistics group; 0 = the whole global batch
+    precise_bn=False,  # recompute the BN running statistics on training images after every epoch (pycls option)
+    precise_bn_images=8192,  # images used by precise BN (pycls's BN.NUM_SAMPLES_PRECISE)
+)
+
+
+def recipe_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """``config``'s RECIPE_DEFAULTS fields, the defaults where it lacks them."""
+    return {k: config.get(k, v) for k, v in RECIPE_DEFAULTS.items()}
+
+
 def default_lr(batch_size: int) -> float:
     """The linear scaling rule of the reference recipe: 0.1 per 128 images."""
     return 0.1 * batch_size / 128
@@ -168,10 +183,8 @@ def base_config(model: Mapping[str, Any], batch_size: int = 1024, schedule: str 
     c.schedule = schedule
     c.num_epochs = preset["num_epochs"]
     c.batch_size = bs  # global, over all devices of all processes, per optimizer step
-    c.grad_accum_steps = 1  # micro-batches per optimizer step (k of them = the math of k times as many devices)
-    c.bn_group_size = preset["bn_group_size"]  # images per BatchNorm statistics group; 0 = the whole global batch
-    c.precise_bn = False  # recompute the BN running statistics on training images after every epoch (pycls option)
-    c.precise_bn_images = 8192  # images used by precise BN (pycls's BN.NUM_SAMPLES_PRECISE)
+    c.update(RECIPE_DEFAULTS)  # grad_accum_steps, precise_bn, precise_bn_images (documented at RECIPE_DEFAULTS)
+    c.bn_group_size = preset["bn_group_size"]
     c.eval_batch_size = 0  # 0 = same as batch_size
     c.seed = 0
     c.dataset = ml_collections.ConfigDict(
@@ -228,14 +241,15 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     """Check a full training config (model and training fields); raise ConfigError naming the field and the fix."""
     validate_model(config.model)
     bad_fraction = config.dataset.get("max_bad_image_fraction", MAX_BAD_IMAGE_FRACTION)  # configs written before it existed
+    r = recipe_options(config)
     checks = [
         ("resolution", _is_int(config.resolution) and config.resolution >= 8, "an integer >= 8 (pixels)"),
         ("num_epochs", _is_int(config.num_epochs) and config.num_epochs >= 1, "a positive integer"),
         ("batch_size", _is_int(config.batch_size) and config.batch_size >= 1, "a positive integer (global batch)"),
-        ("grad_accum_steps", _is_int(config.grad_accum_steps) and config.grad_accum_steps >= 1, "a positive integer (1 = no accumulation)"),
-        ("bn_group_size", _is_int(config.bn_group_size) and config.bn_group_size >= 0, "0 (the whole global batch) or a positive integer (images)"),
-        ("precise_bn", isinstance(config.precise_bn, bool), "True or False"),
-        ("precise_bn_images", _is_int(config.precise_bn_images) and config.precise_bn_images >= 1, "a positive integer (images)"),
+        ("grad_accum_steps", _is_int(r["grad_accum_steps"]) and r["grad_accum_steps"] >= 1, "a positive integer (1 = no accumulation)"),
+        ("bn_group_size", _is_int(r["bn_group_size"]) and r["bn_group_size"] >= 0, "0 (the whole global batch) or a positive integer (images)"),
+        ("precise_bn", isinstance(r["precise_bn"], bool), "True or False"),
+        ("precise_bn_images", _is_int(r["precise_bn_images"]) and r["precise_bn_images"] >= 1, "a positive integer (images)"),
         ("eval_batch_size", _is_int(config.eval_batch_size) and config.eval_batch_size >= 0, "0 (= batch_size) or a positive integer"),
         ("seed", _is_int(config.seed), "an integer"),
         ("dataset.name", isinstance(config.dataset.name, str) and config.dataset.name, f"a dataset name: {', '.join(DATASET_KINDS)}"),
@@ -268,10 +282,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             for part in field.split("."):
                 value = value[part]
             raise _field_error(field, value, allowed)
-    batch_layout(config.batch_size, 1, config.grad_accum_steps, config.bn_group_size)  # the device-independent part
+    batch_layout(config.batch_size, 1, r["grad_accum_steps"], r["bn_group_size"])  # the device-independent part
     if config.freeze_trunk and not config.init_from:
         raise ConfigError("config.freeze_trunk=True needs config.init_from (a weights directory or a training workdir): a linear probe of a random trunk is meaningless")
-    if config.freeze_trunk and config.precise_bn:
+    if config.freeze_trunk and r["precise_bn"]:
         raise ConfigError("config.precise_bn=True with config.freeze_trunk=True: a linear probe keeps the trunk's BN statistics fixed; set precise_bn=False")
 
 

@@ -31,7 +31,7 @@ from clu import metric_writers
 from regnet_jax import checkpoint as ckpt_lib
 from regnet_jax import complexity, data, metrics, optim, parallel, precise_bn
 from regnet_jax.cli import define_config_flag, run
-from regnet_jax.config import ConfigError, batch_layout, validate_config
+from regnet_jax.config import ConfigError, batch_layout, recipe_options, validate_config
 from regnet_jax.evaluate import apply_input_conventions, run_evaluation
 from regnet_jax.models import create_model
 from regnet_jax.weights import WeightsError
@@ -107,7 +107,8 @@ class _Trainer:
         self.config, self.workdir = config, workdir
         self.is_chief = jax.process_index() == 0
         self.mesh = parallel.make_mesh()
-        self.layout = batch_layout(config.batch_size, self.mesh.size, config.grad_accum_steps, config.bn_group_size)
+        self.recipe = recipe_options(config)
+        self.layout = batch_layout(config.batch_size, self.mesh.size, self.recipe["grad_accum_steps"], self.recipe["bn_group_size"])
         eval_batch = config.eval_batch_size or config.batch_size
         if eval_batch % self.mesh.size:
             raise ConfigError(f"eval batch={eval_batch} is not divisible by the {self.mesh.size} devices: use a multiple of {self.mesh.size}")
@@ -127,13 +128,13 @@ class _Trainer:
         self.ema = config.optim.ema_decay > 0
         self.state = parallel.create_train_state(self.model, self.tx, jax.random.key(config.seed), image_shape, self.mesh, self.ema)
         self.signature = ckpt_lib.state_signature(self.state)
-        groups = dict(bn_group_size=config.bn_group_size, grad_accum_steps=config.grad_accum_steps)
+        groups = dict(bn_group_size=self.layout.group_size, grad_accum_steps=self.layout.micro_steps)
         self.train_step = parallel.make_train_step(
             self.model, self.tx, self.mesh, num_classes=config.model.num_classes,
             label_smoothing=config.optim.label_smoothing, ema_decay=config.optim.ema_decay, bn_train=not config.freeze_trunk,
             **groups,
         )  # fmt: skip
-        self.bn_stats_step = parallel.make_bn_stats_step(self.model, self.mesh, **groups) if config.precise_bn else None
+        self.bn_stats_step = parallel.make_bn_stats_step(self.model, self.mesh, **groups) if self.recipe["precise_bn"] else None
         self.eval_step = parallel.make_eval_step(self.model, self.mesh, num_classes=config.model.num_classes)
         self.ckpt = ckpt_lib.Checkpointer(workdir, config.keep_checkpoints)
         self.prior_wall_time = 0.0
@@ -294,7 +295,7 @@ class _Trainer:
         if self.bn_stats_step is None:
             return
         t = time.perf_counter()
-        count = precise_bn.num_batches(self.config.precise_bn_images, self.config.batch_size, self.steps_per_epoch)
+        count = precise_bn.num_batches(self.recipe["precise_bn_images"], self.config.batch_size, self.steps_per_epoch)
 
         def batches():
             return data.device_prefetch(self.train_input.epoch(epoch), self.mesh, self.config.dataset.prefetch)
