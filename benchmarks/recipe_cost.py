@@ -2,8 +2,8 @@
 
     python benchmarks/recipe_cost.py --config=configs/regnety_400mf.py --resolution=64 \\
         --layouts=64:0:1,64:16:1,64:8:1,64:16:4,64:16:2 [--devices=1] [--rounds=5] [--steps=3]
-    python benchmarks/recipe_cost.py --config=configs/regnety_4gf.py --compile_only --conv_impl=xla \\
-        --layouts=64:64:1,512:64:8,512:64:1,32:32:1,2:2:1          # per-device memory estimates at 224 px
+    python benchmarks/recipe_cost.py --config=configs/regnety_4gf.py --compile_only --conv_impl=xla --accumulation=loop \\
+        --layouts=512:64:8,512:64:2,512:64:1,64:64:1,32:32:1,2:2:1   # per-device memory estimates at 224 px
 
 Each layout ``BATCH:GROUP:ACCUM`` is the trainer's step (``regnet_jax.parallel.make_train_step``) at global batch
 BATCH with ``bn_group_size=GROUP`` and ``grad_accum_steps=ACCUM`` (``64:0:1`` is the plain synchronised-BN step). The
@@ -11,7 +11,8 @@ timed steps alternate between the layouts round by round, so a changing machine 
 ms/step per layout is printed. The memory column is XLA's memory analysis of the compiled step per device (arguments
 + outputs - aliased + temporaries): an estimate of peak memory that exists on every backend, also where the
 allocator reports nothing (XLA:CPU). It reflects the backend that compiled it (fusion, convolution lowering differ
-between CPU, GPU and TPU), so treat CPU figures as estimates for accelerators.
+between CPU, GPU and TPU), so treat CPU figures as estimates for accelerators. ``--accumulation=loop`` is what GPUs
+and TPUs run ('auto' unrolls the micro-batches on CPU, which saves time there but no memory).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ flags.DEFINE_integer("rounds", 5, "Rounds; each times --steps steps of every lay
 flags.DEFINE_integer("steps", 3, "Timed steps per layout and round (after one untimed step).")
 flags.DEFINE_bool("compile_only", False, "Only compile: print the memory estimates.")
 flags.DEFINE_enum("conv_impl", None, list(layers.CONV_IMPLS), "Convolution lowering (default: REGNET_JAX_CONV_IMPL or auto).")
+flags.DEFINE_enum("accumulation", "auto", list(parallel.ACCUMULATION_LOOPS), "Micro-batches in a loop, unrolled, or auto (unrolled on CPU).")
 FLAGS = flags.FLAGS
 
 
@@ -56,7 +58,7 @@ def memory_estimate(compiled) -> int:
     return m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
 
 
-def prepare(config, mesh, resolution: int, batch: int, group: int, accum: int):
+def prepare(config, mesh, resolution: int, batch: int, group: int, accum: int, accumulation: str = "auto"):
     """The compiled trainer step for one layout, its arguments and its memory estimate."""
     model = create_model(config, bn_axis_name=parallel.AXIS)
     shape = (resolution, resolution, 3)
@@ -69,7 +71,9 @@ def prepare(config, mesh, resolution: int, batch: int, group: int, accum: int):
         "label": rng.integers(0, config.model.num_classes, (batch,), dtype=np.int32),
     }
     data = parallel.shard_batch(data, mesh)
-    step = parallel.make_train_step(model, tx, mesh, num_classes=config.model.num_classes, bn_group_size=group, grad_accum_steps=accum)
+    step = parallel.make_train_step(
+        model, tx, mesh, num_classes=config.model.num_classes, bn_group_size=group, grad_accum_steps=accum, accumulation=accumulation
+    )
     compiled = step.lower(state, data).compile()
     return compiled, [state, data], memory_estimate(compiled)
 
@@ -87,10 +91,11 @@ def main(argv: list[str]) -> None:
     mesh = parallel.make_mesh(benchmark.select_devices(FLAGS.devices))
     layouts = [parse_layout(t) for t in FLAGS.layouts]
     print(f"{os.path.basename(sys.argv[0])}: {config.model.type} model at {resolution} px on {mesh.size} {jax.devices()[0].platform} "
-          f"device(s), conv {layers.get_conv_impl()}; load average {os.getloadavg()[0]:.2f} at start", flush=True)  # fmt: skip
+          f"device(s), conv {layers.get_conv_impl()}, accumulation {FLAGS.accumulation}; load average {os.getloadavg()[0]:.2f} "
+          "at start", flush=True)  # fmt: skip
     prepared = {}
     for layout in layouts:
-        prepared[layout] = prepare(config, mesh, resolution, *layout)
+        prepared[layout] = prepare(config, mesh, resolution, *layout, accumulation=FLAGS.accumulation)
         print(f"  compiled {layout}: {prepared[layout][2] / 2**20:.1f} MiB per device (XLA estimate)", flush=True)
     times: dict[tuple[int, int, int], list[float]] = {layout: [] for layout in layouts}
     if not FLAGS.compile_only:

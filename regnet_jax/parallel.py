@@ -10,7 +10,7 @@ Public API (usable outside the trainer, e.g. by benchmarks)::
     replicate(tree, mesh) -> tree of replicated global arrays      # host values identical on every process
     create_train_state(model, tx, rng, image_shape, mesh, ema=False) -> TrainState  # initialised replicated
     make_train_step(model, tx, mesh, *, num_classes, label_smoothing=0.0, ema_decay=0.0, bn_train=True,
-                    bn_group_size=0, grad_accum_steps=1)
+                    bn_group_size=0, grad_accum_steps=1, accumulation='auto')
         -> step(state, batch) -> (state, metrics)   # state donated; metrics: loss, correct, count, finite (loss and params)
     make_bn_stats_step(model, mesh, *, bn_group_size=0, grad_accum_steps=1) -> step(variables, batch) -> batch_stats
     make_eval_step(model, mesh, *, num_classes) -> step(variables, batch) -> {loss, top1, top5, count} (sums)
@@ -28,7 +28,8 @@ BN; a v5e-256 slice at batch 1024 with groups of 128 has 32 devices per group.
 
 Gradient accumulation (``grad_accum_steps`` = k): the batch passed to the step is the whole optimizer step's global
 batch; each device splits its rows into k micro-batches (micro-batch i = the i-th slice of every device's rows) and
-runs them one after another (``lax.scan``: one micro-batch's activations live at a time). This is exactly the math of
+runs them one after another (``lax.scan``: one micro-batch's activations live at a time; unrolled on XLA:CPU, whose
+convolution gradients run ~10x slower inside a loop). This is exactly the math of
 k times as many devices: the loss is the sum over all images divided by the global batch, BN normalises per group,
 one optimizer update. The groups are formed within a micro-batch; for groups spanning devices, which images share a
 group is a fixed permutation of the k-times-more-devices run's (a different, equally random split of a shuffled batch).
@@ -192,13 +193,18 @@ def group_mesh(mesh: Mesh, devices_per_group: int) -> Mesh:
     return Mesh(devices.reshape(-1, devices_per_group), (GROUPS, AXIS))
 
 
-def _apply_grouped(model, variables: dict[str, Any], images: jax.Array, groups: int) -> tuple[jax.Array, Any]:
-    """Train-mode forward of one device's micro-batch split into ``groups`` equal slices, each its own BN group.
+def _apply_grouped(model, variables: dict[str, Any], images: jax.Array, layout: BatchLayout) -> tuple[jax.Array, Any]:
+    """Train-mode forward of one device's micro-batch in ``layout``'s BN groups: ``groups_per_device`` equal slices,
+    or one group shared with the other devices on the mesh axis AXIS.
 
     Returns the logits and the updated BN running statistics averaged over the slices (the update is linear in the
     batch statistics, so this is the update with the slices' mean statistics). ``vmap`` over the slices keeps every
-    layer a single batched op.
+    layer a single batched op. Groups inside one device need no collective: BN then skips its ``pmean`` (on a
+    1-device axis it is the identity, but still an all-reduce per BN layer, run k times in an accumulation loop).
     """
+    groups = layout.groups_per_device
+    if layout.devices_per_group == 1:
+        model = model.clone(bn_axis_name=None)
 
     def apply(x):
         logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
@@ -210,14 +216,35 @@ def _apply_grouped(model, variables: dict[str, Any], images: jax.Array, groups: 
     return logits.reshape(-1, logits.shape[-1]), jax.tree_util.tree_map(lambda s: s.mean(0), stats)
 
 
+def _mean_over_groups(stats_sum: Any, layout: BatchLayout) -> Any:
+    """The running statistics of the step: the mean over all its groups of this device's sum over its micro-batches.
+
+    Within a group spanning devices (AXIS) they are already equal (BN averaged there), so only GROUPS is averaged.
+    """
+    axes = DATA_AXES if layout.devices_per_group == 1 else GROUPS
+    return jax.lax.pmean(jax.tree_util.tree_map(lambda s: s / layout.micro_steps, stats_sum), axes)
+
+
 def _micro_batches(x: jax.Array, steps: int) -> jax.Array:
     """(steps * b, ...) -> (steps, b, ...): micro-batch i is the i-th slice of this device's rows."""
     return x.reshape(steps, x.shape[0] // steps, *x.shape[1:])
 
 
-def _sum_over_micro_steps(fn: Callable, steps: int, *batch: jax.Array) -> Any:
+ACCUMULATION_LOOPS = ("auto", "loop", "unrolled")
+
+
+def _unrolled(accumulation: str, mesh: Mesh) -> bool:
+    """Whether micro-batches are unrolled: 'auto' unrolls on XLA:CPU, which runs convolution gradients inside a loop
+    an order of magnitude slower than outside one (and where memory is rarely the limit); a loop elsewhere."""
+    if accumulation not in ACCUMULATION_LOOPS:
+        raise ValueError(f"accumulation={accumulation!r} is invalid: must be one of {ACCUMULATION_LOOPS}")
+    return accumulation == "unrolled" or (accumulation == "auto" and np.asarray(mesh.devices).flat[0].platform == "cpu")
+
+
+def _sum_over_micro_steps(fn: Callable, steps: int, *batch: jax.Array, unroll: bool = False) -> Any:
     """``fn(*micro_batch)`` summed over ``steps`` micro-batches, run one after another (``lax.scan``), so only one
-    micro-batch's activations are live at a time; ``steps == 1`` calls ``fn`` on the whole batch."""
+    micro-batch's activations are live at a time; ``steps == 1`` calls ``fn`` on the whole batch. ``unroll``: the same
+    sum as straight-line code (XLA may then keep every micro-batch's activations live: no memory saving)."""
     if steps == 1:
         return fn(*batch)
 
@@ -227,7 +254,7 @@ def _sum_over_micro_steps(fn: Callable, steps: int, *batch: jax.Array) -> Any:
 
     # zeros_like of the abstract outputs keeps their device-variance type, which the scan carry must match.
     zeros = jax.tree_util.tree_map(jnp.zeros_like, jax.eval_shape(fn, *(x[: x.shape[0] // steps] for x in batch)))
-    total, _ = jax.lax.scan(body, zeros, tuple(_micro_batches(x, steps) for x in batch))
+    total, _ = jax.lax.scan(body, zeros, tuple(_micro_batches(x, steps) for x in batch), unroll=steps if unroll else 1)
     return total
 
 
@@ -242,12 +269,16 @@ def make_train_step(
     bn_train: bool = True,
     bn_group_size: int = 0,
     grad_accum_steps: int = 1,
+    accumulation: str = "auto",
 ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     """The jitted, sharded SGD step; ``bn_train=False`` keeps BN in inference mode (linear probe of a frozen trunk).
 
     ``bn_group_size`` / ``grad_accum_steps`` are ``config.bn_group_size`` / ``config.grad_accum_steps`` (see the
     module docstring); the batch passed in is the whole optimizer step's global batch, sharded over ``mesh``.
+    ``accumulation``: how the micro-batches run, 'loop' (one micro-batch's activations at a time), 'unrolled' or
+    'auto' (unrolled on CPU, see ``_unrolled``).
     """
+    unroll = _unrolled(accumulation, mesh)
 
     def per_device(layout: BatchLayout, state: TrainState, batch: dict[str, jax.Array]):
         # Gradients of per-device ("varying") parameters are this device's share, summed over the devices once after
@@ -258,7 +289,7 @@ def make_train_step(
             def loss_fn(params):
                 variables = {"params": params, "batch_stats": state.batch_stats}
                 if bn_train:
-                    logits, batch_stats = _apply_grouped(model, variables, images, layout.groups_per_device)
+                    logits, batch_stats = _apply_grouped(model, variables, images, layout)
                 else:
                     logits, batch_stats = model.apply(variables, images, train=False), {}
                 loss = cross_entropy(logits, labels, num_classes, label_smoothing).sum() / layout.global_batch
@@ -268,10 +299,9 @@ def make_train_step(
             correct = jnp.sum(jnp.argmax(logits, -1) == labels)
             return grads, batch_stats, loss, correct
 
-        grads, batch_stats, loss, correct = _sum_over_micro_steps(micro_step, layout.micro_steps, batch["image"], batch["label"])
+        grads, batch_stats, loss, correct = _sum_over_micro_steps(micro_step, layout.micro_steps, batch["image"], batch["label"], unroll=unroll)
         grads = jax.lax.psum(grads, DATA_AXES)
-        # Running statistics: the mean over all groups of the step (see the module docstring).
-        batch_stats = jax.lax.pmean(jax.tree_util.tree_map(lambda s: s / layout.micro_steps, batch_stats), GROUPS) if bn_train else state.batch_stats
+        batch_stats = _mean_over_groups(batch_stats, layout) if bn_train else state.batch_stats
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = state.ema
@@ -302,10 +332,10 @@ def make_bn_stats_step(
 
     def per_device(layout: BatchLayout, variables: dict[str, Any], batch: dict[str, jax.Array]):
         def micro_step(images):
-            return _apply_grouped(stats_model, variables, images, layout.groups_per_device)[1]
+            return _apply_grouped(stats_model, variables, images, layout)[1]
 
         stats = _sum_over_micro_steps(micro_step, layout.micro_steps, batch["image"])
-        return jax.lax.pmean(jax.tree_util.tree_map(lambda s: s / layout.micro_steps, stats), GROUPS)
+        return _mean_over_groups(stats, layout)
 
     return jax.jit(
         _grouped_shard_map(per_device, mesh, bn_group_size, grad_accum_steps, out_specs=P()), out_shardings=NamedSharding(mesh, P())

@@ -54,7 +54,8 @@ def _vanilla_model():
 
 @pytest.fixture(scope="module")
 def runs():
-    """``run(devices, bn_group_size, grad_accum_steps, order=None)``: the state after 3 steps at batch 128 (memoised)."""
+    """``run(devices, bn_group_size, grad_accum_steps, order=None, accumulation='auto')``: the state after 3 steps at
+    batch 128 (memoised). On CPU 'auto' unrolls the micro-batches; 'loop' is what GPUs and TPUs run."""
     config, model = _vanilla_model()
     params = jax.eval_shape(lambda: parallel.init_variables(model, jax.random.key(0), IMAGE))["params"]
     tx = optim.make_optimizer(config, steps_per_epoch=2, params=params)
@@ -62,12 +63,14 @@ def runs():
     initial = jax.device_get(parallel.create_train_state(model, tx, jax.random.key(0), IMAGE, parallel.make_mesh(), ema=True))
     done = {}
 
-    def run(devices, group, accum, order=None):
-        key = (devices, group, accum, None if order is None else tuple(order))
+    def run(devices, group, accum, order=None, accumulation="auto"):
+        key = (devices, group, accum, None if order is None else tuple(order), accumulation)
         if key not in done:
             mesh = parallel.make_mesh(jax.devices()[:devices])
             state = parallel.replicate(initial, mesh)
-            step = parallel.make_train_step(model, tx, mesh, num_classes=10, ema_decay=0.5, bn_group_size=group, grad_accum_steps=accum)
+            step = parallel.make_train_step(
+                model, tx, mesh, num_classes=10, ema_decay=0.5, bn_group_size=group, grad_accum_steps=accum, accumulation=accumulation
+            )
             losses = []
             for b in batches:
                 b = b if order is None else {k: v[order] for k, v in b.items()}
@@ -89,10 +92,11 @@ def _assert_same_training(a, b):
 
 
 def test_groups_of_16_on_8_devices_equal_1x8_and_2x4_accumulation(runs):
-    """Issue 12 (a): 8 devices x 16 images == 1 device x 8 micro-batches of 16 == 2 devices x 4 micro-batches."""
+    """Issue 12 (a): 8 devices x 16 images == 1 device x 8 micro-batches of 16 (in a loop) == 2 devices x 4
+    micro-batches (unrolled)."""
     assert jax.device_count() == 8
     reference = runs(8, 16, 1)
-    _assert_same_training(runs(1, 16, 8), reference)
+    _assert_same_training(runs(1, 16, 8, accumulation="loop"), reference)
     _assert_same_training(runs(2, 16, 4), reference)
     assert len(set(reference[1])) == 3  # the steps changed the parameters
 
@@ -104,7 +108,7 @@ def test_groups_spanning_devices_equal_groups_inside_a_device(runs):
     reference = runs(1, 32, 4)
     # 2 devices x 4 micro-batches: micro-batch i's group is rows [16i, 16i+16) of device 0 and of device 1.
     order = np.concatenate([np.arange(32 * i + 16 * d, 32 * i + 16 * d + 16) for d in range(2) for i in range(4)])
-    _assert_same_training(runs(2, 32, 4, order), reference)
+    _assert_same_training(runs(2, 32, 4, order, accumulation="loop"), reference)
     # The grouping matters: groups of 16 train differently (so the equalities above can fail).
     assert _max_abs_diff(reference[0].params, runs(8, 16, 1)[0].params) > 1e-4
     assert _max_abs_diff(reference[0].batch_stats, runs(8, 16, 1)[0].batch_stats) > 1e-4
@@ -214,7 +218,7 @@ def _rel_err(a, b) -> float:
 
 def test_one_step_equals_pycls_ddp_on_4_gpus():
     """Issue 12 (b): pycls's 4-GPU DDP step (tests/data/ddp_step.npz: 16 images in 4 chunks, BN per chunk, mean
-    gradient, one Nesterov SGD step) with bn_group_size=4 on 1 device with 2 micro-batches of 2 groups (the tests above
+    gradient, one Nesterov SGD step) with bn_group_size=4 on 1 device with 2 micro-batches (a loop) of 2 groups (the tests above
     show that other layouts compute the same). Tolerances as tests/test_parity.py: 1e-5 loss and statistics, 1e-4
     gradients, here the parameter updates (lr x gradient; float32 rounding of the parameters alone is ~6e-5 of them)."""
     devices, accum = 1, 2
@@ -230,7 +234,7 @@ def test_one_step_equals_pycls_ddp_on_4_gpus():
     state = parallel.replicate(parallel.state_from_variables(variables, tx, ema=False), mesh)
     step = parallel.make_train_step(
         create_model(config, bn_axis_name=parallel.AXIS), tx, mesh, num_classes=meta["model"]["num_classes"],
-        bn_group_size=meta["per_chunk"], grad_accum_steps=accum,
+        bn_group_size=meta["per_chunk"], grad_accum_steps=accum, accumulation="loop",
     )  # fmt: skip
     batch = {"image": x.transpose(0, 2, 3, 1), "label": y.astype(np.int32)}
     state, metrics = step(state, parallel.shard_batch(batch, mesh))
