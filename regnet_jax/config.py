@@ -326,10 +326,8 @@ def batch_layout(global_batch: int, num_devices: int, grad_accum_steps: int = 1,
     devices, or a ConfigError naming the field and the values that would work."""
     b, d, k, g = global_batch, num_devices, grad_accum_steps, bn_group_size
     if b % (d * k):
-        raise ConfigError(
-            f"config.batch_size={b} cannot be split into {k} micro-batch(es) (config.grad_accum_steps) on each of "
-            f"{d} device(s): use a multiple of {d * k}"
-        )
+        across = f"the {d} devices" + (f" x config.grad_accum_steps={k} micro-batches" if k > 1 else "")
+        raise ConfigError(f"config.batch_size={b} is not divisible by {across}: use a multiple of {d * k}")
     micro = b // k  # images per micro-step over all devices
     if not g:
         if k > 1:

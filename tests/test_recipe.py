@@ -117,7 +117,7 @@ def test_groups_spanning_devices_equal_groups_inside_a_device(runs):
 @pytest.mark.parametrize(
     "batch, devices, accum, group, message",
     [
-        (100, 8, 1, 0, "batch_size=100 cannot be split into 1 micro-batch"),
+        (80, 8, 4, 0, "batch_size=80 is not divisible by the 8 devices x config.grad_accum_steps=4 micro-batches: use a multiple of 32"),
         (128, 8, 2, 0, "bn_group_size=0 .* cannot be combined with config.grad_accum_steps=2"),
         (128, 1, 1, 48, "bn_group_size=48 does not divide the 128 images"),
         (96, 8, 1, 8, r"bn_group_size=8 cannot be formed from the 8 devices' micro-batches of 12 images.*\[1, 2, 3, 4, 6, 12, 24, 48, 96\]"),
