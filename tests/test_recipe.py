@@ -1,8 +1,9 @@
 """The pycls recipe on any number of devices: BatchNorm statistics groups, gradient accumulation, precise BN.
 
 The same optimizer steps on 8 devices, on 1 device with 8 micro-batches and on 2 devices with 4 give the same
-parameters and BN running statistics; groups spanning devices equal groups inside one device; one step equals pycls's 4-GPU DistributedDataParallel step
-(tests/data/ddp_step.npz); precise BN equals the statistics recomputed by hand; the trainer applies it.
+parameters and BN running statistics; groups spanning devices equal groups inside one device; one step equals
+pycls's 4-GPU DistributedDataParallel step (tests/data/ddp_step.npz); precise BN equals the statistics recomputed by
+hand; the trainer applies it.
 """
 
 import flax.linen as nn
