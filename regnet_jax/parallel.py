@@ -199,8 +199,8 @@ def _apply_grouped(model, variables: dict[str, Any], images: jax.Array, layout: 
 
     Returns the logits and the updated BN running statistics averaged over the slices (the update is linear in the
     batch statistics, so this is the update with the slices' mean statistics). ``vmap`` over the slices keeps every
-    layer a single batched op. Groups inside one device need no collective: BN then skips its ``pmean`` (on a
-    1-device axis it is the identity, but still an all-reduce per BN layer, run k times in an accumulation loop).
+    layer a single batched op. Groups inside one device need no collective, so BN skips its ``pmean`` (pycls's
+    per-GPU BN communicates nothing either).
     """
     groups = layout.groups_per_device
     if layout.devices_per_group == 1:
