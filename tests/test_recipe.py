@@ -106,7 +106,7 @@ def test_groups_spanning_devices_equal_groups_inside_a_device(runs):
     """Groups of 32 on 2 devices x 4 micro-batches (each group spans both devices: BN averages over the mesh's inner
     axis; fed the batch in the order that makes its groups the same images, see regnet_jax.parallel) == 1 device x 4
     micro-batches of one group each."""
-    reference = runs(1, 32, 4)
+    reference = runs(1, 32, 4, accumulation="loop")
     # 2 devices x 4 micro-batches: micro-batch i's group is rows [16i, 16i+16) of device 0 and of device 1.
     order = np.concatenate([np.arange(32 * i + 16 * d, 32 * i + 16 * d + 16) for d in range(2) for i in range(4)])
     _assert_same_training(runs(2, 32, 4, order, accumulation="loop"), reference)
