@@ -7,12 +7,14 @@ Resumes from DIR's newest good checkpoint if there is one. Multi-host: every pro
 ``--distributed`` (plus ``--coordinator_address/--num_processes/--process_id`` where JAX cannot detect them).
 Exit status: 0 done, 1 failure (e.g. a NaN loss), 2 bad config/data/checkpoint, 3 preempted (checkpoint saved).
 
-Writes into DIR: config.json, checkpoints/, eval_metrics.jsonl (+ eval_ema_metrics.jsonl), train_metrics.jsonl,
-TensorBoard events, curves.png and, when finished, summary.json (see docs/training.md).
+Writes into DIR (local or gs://, through regnet_jax.paths): config.json, checkpoints/, eval_metrics.jsonl
+(+ eval_ema_metrics.jsonl), train_metrics.jsonl, TensorBoard events, curves.png and, when finished, summary.json (see
+docs/training.md); lock.json while it runs (one run per workdir: regnet_jax.workdir_lock).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -26,10 +28,9 @@ import jax
 import ml_collections
 import numpy as np
 from absl import flags, logging
-from clu import metric_writers
 
 from regnet_jax import checkpoint as ckpt_lib
-from regnet_jax import complexity, data, metrics, optim, parallel, precise_bn
+from regnet_jax import complexity, data, metrics, optim, parallel, paths, precise_bn, workdir_lock
 from regnet_jax.cli import define_config_flag, run
 from regnet_jax.config import ConfigError, batch_layout, recipe_options, validate_config
 from regnet_jax.evaluate import apply_input_conventions, run_evaluation
@@ -73,13 +74,6 @@ class _SigtermFlag:
         return self.raised
 
 
-def _write_json(path: str, obj: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
-
-
 def _process_sum(n: int) -> int:
     """The sum of ``n`` over all processes (every process must call it)."""
     if jax.process_count() == 1:
@@ -103,8 +97,8 @@ def _finetune_config(config: ml_collections.ConfigDict) -> tuple[ml_collections.
 class _Trainer:
     """The state of one run; ``run()`` trains from wherever the workdir left off."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
-        self.config, self.workdir = config, workdir
+    def __init__(self, config: ml_collections.ConfigDict, workdir: paths.PathLike, lock: workdir_lock.WorkdirLock | None = None):
+        self.config, self.workdir, self.lock = config, paths.resolve(workdir), lock
         self.is_chief = jax.process_index() == 0
         self.mesh = parallel.make_mesh()
         self.recipe = recipe_options(config)
@@ -136,11 +130,8 @@ class _Trainer:
         )  # fmt: skip
         self.bn_stats_step = parallel.make_bn_stats_step(self.model, self.mesh, **groups) if self.recipe["precise_bn"] else None
         self.eval_step = parallel.make_eval_step(self.model, self.mesh, num_classes=config.model.num_classes)
-        self.ckpt = ckpt_lib.Checkpointer(workdir, config.keep_checkpoints)
+        self.ckpt = ckpt_lib.Checkpointer(self.workdir, config.keep_checkpoints)
         self.prior_wall_time = 0.0
-
-    def _path(self, name: str) -> str:
-        return os.path.join(self.workdir, name)
 
     def start(self, pre: ckpt_lib.Pretrained | None) -> int:
         """Restore the newest good checkpoint, else initialise (from ``pre`` when fine-tuning); returns the step."""
@@ -174,7 +165,10 @@ class _Trainer:
             "signature": self.signature,
             "skipped_images": self._skipped_counts(step),
         }
+        if self.lock is not None:
+            self.lock.check()
         self.ckpt.save(step, self.state, meta, metrics_)
+        self.out.flush()  # on object storage the records up to this checkpoint go out with it
 
     def _skipped_counts(self, step: int) -> dict[str, int]:
         """Training images skipped as undecodable per epoch (all processes), the current epoch's so far included."""
@@ -191,10 +185,10 @@ class _Trainer:
         if n := self.skipped_images.get(str(epoch), 0):
             logging.warning("epoch %d: skipped %d training images that cannot be read or decoded (each file is logged above)", epoch, n)
 
-    def evaluate(self, step: int, writer) -> dict[str, float]:
+    def evaluate(self, step: int) -> dict[str, float]:
         """Evaluate (and the EMA weights, if any), append the JSON lines, write the scalars."""
         epoch = step // self.steps_per_epoch
-        logged = {r["step"] for r in metrics.read_jsonl(self._path(metrics.EVAL_FILE))}
+        logged = {r["step"] for r in self.out.records(metrics.EVAL_FILE)}
         result = {}
         for ema, fname in ((False, metrics.EVAL_FILE), (True, metrics.EVAL_EMA_FILE)):
             if ema and not self.ema:
@@ -207,9 +201,9 @@ class _Trainer:
                 "%s epoch %d step %d: top-1 err %.2f%%, top-5 err %.2f%%, loss %.4f (%d images, %.1fs)",
                 prefix, epoch, step, out["top1_err"], out["top5_err"], out["loss"], out["count"], time.perf_counter() - t,
             )  # fmt: skip
-            writer.write_scalars(step, {f"{prefix}/{k}": v for k, v in record.items() if k not in ("step", "epoch")})
-            if self.is_chief and step not in logged:  # a resumed run re-evaluates a step it already logged
-                metrics.append_jsonl(self._path(fname), record)
+            self.out.scalars(step, {f"{prefix}/{k}": v for k, v in record.items() if k not in ("step", "epoch")})
+            if step not in logged:  # a resumed run re-evaluates a step it already logged
+                self.out.append(fname, record)
             if not ema:
                 result = record
         return result
@@ -228,9 +222,9 @@ class _Trainer:
         self.t_start = time.perf_counter()
         step = self.start(pre)
         cx = complexity.count(config.model, config.resolution)
-        # TensorBoard events from process 0; the readable log lines are written by _log_train / evaluate.
-        writer = metric_writers.SummaryWriter(self.workdir) if self.is_chief else metric_writers.MultiWriter([])
-        writer.write_hparams({"params": cx["params"], "flops": cx["flops"], "global_batch": config.batch_size, "num_epochs": config.num_epochs})
+        # JSON lines and TensorBoard events (written by process 0), cut back to the step this run resumes from.
+        self.out = metrics.RunWriter(self.workdir, step, write=self.is_chief)
+        self.out.hparams({"params": cx["params"], "flops": cx["flops"], "global_batch": config.batch_size, "num_epochs": config.num_epochs})
         lay = self.layout
         logging.info(
             "model: %s params, %s flops (mult-adds at %d px); %d devices in %d processes; %d steps/epoch of %d images "
@@ -240,17 +234,17 @@ class _Trainer:
             config.num_epochs, step,
         )  # fmt: skip
         if self.is_chief:
-            _write_json(self._path("config.json"), json.loads(config.to_json_best_effort()))
+            paths.write_json(self.workdir / "config.json", json.loads(config.to_json_best_effort()))
         sigterm = _SigtermFlag()
         try:
-            self._loop(step, writer, sigterm)
+            self._loop(step, sigterm)
         finally:
             sigterm.restore()
             self.ckpt.wait()
-            writer.close()
+            self.out.flush()
         return self._finish(cx)
 
-    def _loop(self, step: int, writer, sigterm: _SigtermFlag) -> None:
+    def _loop(self, step: int, sigterm: _SigtermFlag) -> None:
         config = self.config
         progress = metrics.Progress(self.total_steps, step, config.batch_size)
         pending: list[dict[str, jax.Array]] = []
@@ -267,7 +261,7 @@ class _Trainer:
                 step += 1
                 if step % config.log_every_steps == 0 or step % self.steps_per_epoch == 0:
                     self._check_finite(pending, step)
-                    self._log_train(step, pending, progress.report(step), writer)
+                    self._log_train(step, pending, progress.report(step))
                     pending = []
                 if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 and step % self.steps_per_epoch:
                     self._check_finite(pending, step)
@@ -283,12 +277,12 @@ class _Trainer:
             last = step == self.total_steps
             record = None
             if last or (config.eval_every_epochs and epoch % config.eval_every_epochs == 0):
-                record = self.evaluate(step, writer)
+                record = self.evaluate(step)
             self.save(step, {"top1_err": record["top1_err"]} if record else None)
             progress.restart(step)
-        evals = metrics.read_jsonl(self._path(metrics.EVAL_FILE))
+        evals = self.out.records(metrics.EVAL_FILE)
         if not evals or evals[-1]["step"] != step:
-            self.evaluate(step, writer)  # the final evaluation's line is missing (e.g. eval_metrics.jsonl was removed)
+            self.evaluate(step)  # the final evaluation's line is missing (e.g. eval_metrics.jsonl was removed)
 
     def _precise_bn(self, epoch: int) -> None:
         """With config.precise_bn: recompute the BN running statistics on the first images of ``epoch``."""
@@ -305,7 +299,7 @@ class _Trainer:
         self.train_input.skipped = skipped
         logging.info("precise BN: running statistics recomputed on %d images (%.1fs)", count * self.config.batch_size, time.perf_counter() - t)
 
-    def _log_train(self, step: int, pending: list[dict[str, jax.Array]], speed: dict[str, float], writer) -> None:
+    def _log_train(self, step: int, pending: list[dict[str, jax.Array]], speed: dict[str, float]) -> None:
         fetched = [{k: float(ckpt_lib.host(v)) for k, v in m.items()} for m in pending]
         count = sum(m["count"] for m in fetched)
         loss = sum(m["loss"] * m["count"] for m in fetched) / count
@@ -319,12 +313,11 @@ class _Trainer:
             step, self.total_steps, epoch, self.config.num_epochs, loss, top1_err, lr, speed["images_per_s"],
             speed["steps_per_s"], metrics.format_eta(speed["eta_s"]),
         )  # fmt: skip
-        writer.write_scalars(step, {f"train/{k}": v for k, v in record.items() if k != "step"} | {"train/eta_s": speed["eta_s"]})
-        if self.is_chief:
-            metrics.append_jsonl(self._path(metrics.TRAIN_FILE), record)
+        self.out.scalars(step, {f"train/{k}": v for k, v in record.items() if k != "step"} | {"train/eta_s": speed["eta_s"]})
+        self.out.append(metrics.TRAIN_FILE, record)
 
     def _finish(self, cx: dict[str, int]) -> dict[str, Any]:
-        evals = metrics.read_jsonl(self._path(metrics.EVAL_FILE))
+        evals = self.out.records(metrics.EVAL_FILE)
         final = evals[-1]
         summary = {
             "status": "done",
@@ -338,7 +331,7 @@ class _Trainer:
             "skipped_images": {"total": sum(self.skipped_images.values()), "per_epoch": self.skipped_images},
         }
         if self.is_chief:
-            _write_json(self._path("summary.json"), summary)
+            paths.write_json(self.workdir / "summary.json", summary)
             plot = metrics.plot_curves(self.workdir)
             logging.info("done: final top-1 err %.2f%% (best %.2f%%), %.0fs; curves in %s",
                          final["top1_err"], summary["best_top1_err"], summary["wall_time_s"], plot)  # fmt: skip
@@ -353,12 +346,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     validate_config(config)
     data.check_dataset(config)  # before anything else: fail fast with the preparation instructions
     config, pre = _finetune_config(config)
-    os.makedirs(workdir, exist_ok=True)
-    trainer = _Trainer(config, workdir)
+    paths.makedirs(workdir)
+    with _one_run_per_workdir(workdir) as lock:
+        trainer = _Trainer(config, workdir, lock)
+        try:
+            return trainer.run(pre)
+        finally:
+            trainer.ckpt.close()
+
+
+@contextlib.contextmanager
+def _one_run_per_workdir(workdir: paths.PathLike):
+    """Process 0 holds the workdir's lock while the run lasts; every process stops if another live run holds it."""
+    lock = workdir_lock.WorkdirLock(workdir) if jax.process_index() == 0 else None
+    error = None
+    if lock is not None:
+        try:
+            lock.acquire()
+        except ConfigError as e:  # busy, or the workdir cannot be written (StorageError)
+            error = e
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        if multihost_utils.broadcast_one_to_all(np.int32(error is not None)) and error is None:
+            holder = workdir_lock.WorkdirLock(workdir).read()
+            error = ConfigError(f"process 0 could not take {workdir}" + (f": it is in use by {workdir_lock.describe(holder)}" if holder else "; see its error"))
+    if error is not None:
+        raise error
     try:
-        return trainer.run(pre)
+        yield lock
     finally:
-        trainer.ckpt.close()
+        if lock is not None:
+            lock.release()
 
 
 def _define_flags() -> flags.FlagValues:

@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import time
 from typing import Any, Callable, Mapping
 
 import ml_collections
 import numpy as np
 
-from regnet_jax import zoo
+from regnet_jax import paths, zoo
 from regnet_jax.config import SCHEDULES, ConfigError, base_config, validate_config
 from regnet_jax.config_file import load_config_file, set_field
 from regnet_jax.design_space.layout import SweepDir, SweepError, model_id, write_json
@@ -189,7 +188,7 @@ def setup_sweep(spec: Mapping[str, Any], out: str, log: Callable[[str], None] = 
     the seed, so the first models are the same ones); any other change is refused, so results are never mixed.
     """
     spec = normalize_spec(spec)
-    spec["name"] = spec["name"] or os.path.basename(os.path.normpath(out))
+    spec["name"] = spec["name"] or paths.resolve(out).name
     sd = SweepDir(out)
     have = _check_existing(sd, spec)
     if have == spec["n"]:
@@ -204,12 +203,10 @@ def setup_sweep(spec: Mapping[str, Any], out: str, log: Callable[[str], None] = 
     for i in range(have):
         if sd.config(model_id(i)) != configs[i]:
             raise SweepError(f"{out}: model {model_id(i)} on disk differs from what this spec samples now (was the code or a config file changed?); use a new --out")
-    os.makedirs(sd.configs_dir, exist_ok=True)
     for i in range(have, spec["n"]):
         mid = model_id(i)
         write_json(sd.config_json(mid), configs[i])
-        with open(sd.config_py(mid), "w") as f:
-            f.write(CONFIG_PY.format(mid=mid, name=spec["name"], space=space.name, py=sd.config_py(mid), workdir=sd.run_dir(mid)))
+        paths.write_text(sd.config_py(mid), CONFIG_PY.format(mid=mid, name=spec["name"], space=space.name, py=sd.config_py(mid), workdir=sd.run_dir(mid)))
     write_json(sd.summary_path, _summary(result))
     info = {
         "spec": spec,
