@@ -165,7 +165,9 @@ def _parallel_train_step(config: ml_collections.ConfigDict, dtype: str, mesh, da
     params = jax.eval_shape(lambda: parallel.init_variables(model, jax.random.PRNGKey(0), shape))["params"]
     tx = optim.make_optimizer(config, 1000, params)
     state = parallel.create_train_state(model, tx, jax.random.PRNGKey(0), shape, mesh)
-    step = parallel.make_train_step(model, tx, mesh, num_classes=config.model.num_classes)
+    accum, group = config.get("grad_accum_steps", 1), config.get("bn_group_size", 0)
+    group = min(group, data["image"].shape[0] // accum)  # a --batch below one statistics group: one group
+    step = parallel.make_train_step(model, tx, mesh, num_classes=config.model.num_classes, bn_group_size=group, grad_accum_steps=accum)
     return step, (state, data)
 
 

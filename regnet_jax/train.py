@@ -32,9 +32,9 @@ import numpy as np
 from absl import flags, logging
 
 from regnet_jax import checkpoint as ckpt_lib
-from regnet_jax import complexity, config_diff, data, metrics, optim, parallel, paths, workdir_lock
+from regnet_jax import complexity, config_diff, data, metrics, optim, parallel, paths, precise_bn, workdir_lock
 from regnet_jax.cli import define_config_flag, run
-from regnet_jax.config import ConfigError, describe_lr, validate_config
+from regnet_jax.config import ConfigError, batch_layout, describe_lr, recipe_options, validate_config
 from regnet_jax.evaluate import apply_input_conventions, run_evaluation
 from regnet_jax.models import create_model
 from regnet_jax.weights import WeightsError
@@ -106,9 +106,11 @@ class _Trainer:
         self.allow_config_change = allow_config_change
         self.is_chief = jax.process_index() == 0
         self.mesh = parallel.make_mesh()
-        for what, batch in (("config.batch_size", config.batch_size), ("eval batch", config.eval_batch_size or config.batch_size)):
-            if batch % self.mesh.size:
-                raise ConfigError(f"{what}={batch} is not divisible by the {self.mesh.size} devices: use a multiple of {self.mesh.size}")
+        self.recipe = recipe_options(config)
+        self.layout = batch_layout(config.batch_size, self.mesh.size, self.recipe["grad_accum_steps"], self.recipe["bn_group_size"])
+        eval_batch = config.eval_batch_size or config.batch_size
+        if eval_batch % self.mesh.size:
+            raise ConfigError(f"eval batch={eval_batch} is not divisible by the {self.mesh.size} devices: use a multiple of {self.mesh.size}")
         pidx, pcount = jax.process_index(), jax.process_count()
         self.train_input = data.TrainInput(config, pidx, pcount)
         self.eval_input = data.EvalInput(config, pidx, pcount)
@@ -125,10 +127,13 @@ class _Trainer:
         self.ema = config.optim.ema_decay > 0
         self.state = parallel.create_train_state(self.model, self.tx, jax.random.key(config.seed), image_shape, self.mesh, self.ema)
         self.signature = ckpt_lib.state_signature(self.state)
+        groups = dict(bn_group_size=self.layout.group_size, grad_accum_steps=self.layout.micro_steps)
         self.train_step = parallel.make_train_step(
             self.model, self.tx, self.mesh, num_classes=config.model.num_classes,
             label_smoothing=config.optim.label_smoothing, ema_decay=config.optim.ema_decay, bn_train=not config.freeze_trunk,
+            **groups,
         )  # fmt: skip
+        self.bn_stats_step = parallel.make_bn_stats_step(self.model, self.mesh, **groups) if self.recipe["precise_bn"] else None
         self.eval_step = parallel.make_eval_step(self.model, self.mesh, num_classes=config.model.num_classes)
         self.ckpt = ckpt_lib.Checkpointer(self.workdir, config.keep_checkpoints)
         self.prior_wall_time = 0.0
@@ -245,12 +250,14 @@ class _Trainer:
         self.out = metrics.RunWriter(self.workdir, step, write=self.is_chief)
         self.out.hparams({"params": cx["params"], "trainable_params": cx["trainable_params"], "flops": cx["flops"],
                           "global_batch": config.batch_size, "num_epochs": config.num_epochs})  # fmt: skip
+        lay = self.layout
         logging.info(
-            "model: %s params%s, %s flops (mult-adds at %d px); %d devices in %d processes; %d steps/epoch of %d "
-            "images; %d epochs; starting at step %d",
+            "model: %s params%s, %s flops (mult-adds at %d px); %d devices in %d processes; %d steps/epoch of %d images "
+            "(%d micro-batch(es) of %d per device; BN statistics over %d groups of %d images); %d epochs; starting at step %d",
             f"{cx['params']:,}", f" ({cx['trainable_params']:,} trained: the head, config.freeze_trunk)" if config.freeze_trunk else "",
             f"{cx['flops']:,}", config.resolution, self.mesh.size, jax.process_count(),
-            self.steps_per_epoch, config.batch_size, config.num_epochs, step,
+            self.steps_per_epoch, config.batch_size, lay.micro_steps, lay.micro_batch, lay.num_groups, lay.group_size,
+            config.num_epochs, step,
         )  # fmt: skip
         logging.info("learning rate: %s", describe_lr(config))
         sigterm = _SigtermFlag()
@@ -266,6 +273,10 @@ class _Trainer:
         config = self.config
         progress = metrics.Progress(self.total_steps, step, config.batch_size)
         pending: list[dict[str, jax.Array]] = []
+        if step and step % self.steps_per_epoch == 0:
+            # A checkpoint taken at an epoch's end may predate that epoch's precise BN (preemption); redoing it is
+            # harmless: the statistics depend only on the weights and the (seeded) images.
+            self._precise_bn(step // self.steps_per_epoch - 1)
         while step < self.total_steps:
             epoch, offset = divmod(step, self.steps_per_epoch)
             batches = data.device_prefetch(self.train_input.epoch(epoch, offset), self.mesh, config.dataset.prefetch)
@@ -286,6 +297,7 @@ class _Trainer:
                     self.ckpt.wait()
                     raise Preempted(f"preempted at step {step}; checkpoint saved in {self.ckpt.directory}: rerun the same command to resume")
             self._end_epoch_skips(step)
+            self._precise_bn(epoch)
             epoch += 1
             last = step == self.total_steps
             record = None
@@ -296,6 +308,21 @@ class _Trainer:
         evals = self.out.records(metrics.EVAL_FILE)
         if not evals or evals[-1]["step"] != step:
             self.evaluate(step)  # the final evaluation's line is missing (e.g. eval_metrics.jsonl was removed)
+
+    def _precise_bn(self, epoch: int) -> None:
+        """With config.precise_bn: recompute the BN running statistics on the first images of ``epoch``."""
+        if self.bn_stats_step is None:
+            return
+        t = time.perf_counter()
+        count = precise_bn.num_batches(self.recipe["precise_bn_images"], self.config.batch_size, self.steps_per_epoch)
+
+        def batches():
+            return data.device_prefetch(self.train_input.epoch(epoch), self.mesh, self.config.dataset.prefetch)
+
+        skipped = self.train_input.skipped  # re-reading images must not count their undecodable ones twice
+        self.state = precise_bn.apply_precise_bn(self.state, self.bn_stats_step, batches, count)
+        self.train_input.skipped = skipped
+        logging.info("precise BN: running statistics recomputed on %d images (%.1fs)", count * self.config.batch_size, time.perf_counter() - t)
 
     def _log_train(self, step: int, pending: list[dict[str, jax.Array]], speed: dict[str, float]) -> None:
         fetched = [{k: float(ckpt_lib.host(v)) for k, v in m.items()} for m in pending]

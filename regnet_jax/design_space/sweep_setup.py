@@ -10,7 +10,8 @@ the defaults in ``SPEC_DEFAULTS``:
     schedule    '10ep' / '25ep' / '100ep' preset of regnet_jax.config.base_config (used when ``base`` is '')
     base        a training config file to start from, e.g. 'configs/quickstart.py' ('' = base_config(schedule))
     dataset, num_epochs, resolution, batch_size   overrides of the training config (0/'' = keep); the lr follows
-                a batch-size override (the linear rule, optim.lr_per_128; a pinned optim.base_lr is scaled too)
+                a batch-size override (the linear rule, optim.lr_per_128; a pinned optim.base_lr is scaled too); a batch smaller
+                than one BatchNorm statistics group (bn_group_size) makes it one group
     dists       {param: 'kind:low:high:q'} distributions replacing the space's (a fork)
     model       {field: value} fixed config.model fields replacing the space's (e.g. {'se_ratio': 0.25})
     train       any other training-config override, {'optim.base_lr': 0.1} or nested {'optim': {'base_lr': 0.1}}
@@ -132,6 +133,8 @@ def training_template(spec: Mapping[str, Any]) -> ml_collections.ConfigDict:
         if config.optim.base_lr:  # pinned by the base config: keep it the same per image (the lr rule does the rest)
             config.optim.base_lr = config.optim.base_lr * spec["batch_size"] / config.batch_size
         config.batch_size = int(spec["batch_size"])
+        if config.get("bn_group_size", 0) > config.batch_size:  # a batch below one BN statistics group: one group
+            config.bn_group_size = config.batch_size
     if "num_classes" in spec["model"]:
         config.model.num_classes = int(spec["model"]["num_classes"])
     for key, value in spec["train"].items():
