@@ -21,12 +21,12 @@ from typing import Any
 
 import ml_collections
 
-from regnet_jax.config import ConfigError, base_lr
+from regnet_jax.config import RECIPE_DEFAULTS, ConfigError, base_lr
 from regnet_jax.config_file import flat_fields
 
 HARMLESS = frozenset({
     "log_every_steps", "eval_every_epochs", "eval_batch_size", "checkpoint_every_steps", "keep_checkpoints",
-    "init_from", "dataset.prefetch", "dataset.cache", "dataset.data_dir", "dataset.max_bad_image_fraction",
+    "init_from", "dataset.prefetch", "dataset.cache", "dataset.data_dir", "dataset.max_bad_image_fraction", "profile_steps",
 })  # fmt: skip
 _MISSING = "<absent>"
 
@@ -53,6 +53,8 @@ def _comparable(config: Mapping[str, Any]) -> dict[str, Any]:
     if "optim.base_lr" in flat and "batch_size" in flat:
         flat["optim.base_lr"] = base_lr(ml_collections.ConfigDict(dict(config)))
         flat.pop("optim.lr_per_128", None)
+    for field, default in RECIPE_DEFAULTS.items():  # a config.json written before these fields trained with the defaults
+        flat.setdefault(field, default)
     return flat
 
 

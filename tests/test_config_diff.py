@@ -54,3 +54,14 @@ def test_check_resume_refuses_meaning_changes_unless_allowed():
     harmless = _base()
     harmless["eval_batch_size"] = 64
     assert [c.path for c in config_diff.check_resume("runs/x", old, harmless, allow=False)] == ["eval_batch_size"]
+
+
+def test_recipe_fields_a_saved_config_lacks_count_as_their_defaults():
+    old, new = _base(), _base()
+    for field in ("bn_group_size", "grad_accum_steps", "precise_bn", "precise_bn_images"):
+        del old[field]  # a run started before the BatchNorm-groups recipe fields existed (it trained with the defaults)
+    new["grad_accum_steps"] = 1
+    new["bn_group_size"] = 64  # zoo: groups of batch / 8; the old run normalised over the whole batch (0)
+    assert [(c.path, c.old, c.new, c.harmless) for c in config_diff.diff(old, new)] == [("bn_group_size", 0, 64, False)]
+    new["bn_group_size"] = 0
+    assert config_diff.diff(old, new) == []

@@ -204,7 +204,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(trained, tmp_path):
     config.num_epochs = 4
     config.optim.base_lr = 1e30  # the next update is huge but finite; the loss after it is not
     with pytest.raises(NonFiniteLossError, match="NaN or inf") as e:
-        train_and_evaluate(config, str(workdir))
+        train_and_evaluate(config, str(workdir), allow_config_change=True)  # continue the finished run, 2 more epochs
     bad_step, last_good = map(int, re.search(r"by step (\d+).*checkpoint is step (\d+)", str(e.value)).groups())
     assert 8 < bad_step and last_good == bad_step - 1
     ckpt = checkpoint.Checkpointer(str(workdir), read_only=True)
