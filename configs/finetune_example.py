@@ -6,7 +6,7 @@
 
 The argument after ':' is ``config.init_from``: a weights directory (as written by ``regnet_jax.convert``) or a
 training workdir. The weights' input conventions (pycls: BGR) are applied to the data automatically.
-Linear probe instead (frozen trunk, only the head trains): add ``--config.freeze_trunk=True --config.optim.base_lr=0.1``.
+Linear probe instead (frozen trunk, only the head trains): add ``--config.freeze_trunk=True --config.optim.lr_per_128=0.2`` (lr 0.1 at batch 64).
 tf_flowers has a single split of 3,670 images; the last 10% are held out for evaluation.
 """
 
@@ -28,6 +28,6 @@ def get_config(init_from: str = "") -> ml_collections.ConfigDict:
     config.dataset.eval_split = "train[90%:]"
     config.batch_size = 64
     config.bn_group_size = 0  # BatchNorm over the whole batch of 64 (the 10ep groups of 128 do not fit)
-    config.optim.base_lr = 0.01  # a tenth of the from-scratch lr at this batch: the trunk is already trained
+    config.optim.lr_per_128 = 0.02  # lr 0.01 at batch 64, a tenth of from-scratch training: the trunk is already trained
     config.optim.warmup_epochs = 1
     return config

@@ -34,7 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.dataset.flip = False
     config.dataset.pca_std = 0.0
     config.dataset.eval_crop_fraction = 1.0
-    config.optim.base_lr = 0.2
+    config.optim.lr_per_128 = 0.4  # lr 0.2 at batch 64 (the linear rule scales it with --config.batch_size)
     config.optim.warmup_epochs = 1
     config.log_every_steps = 100
     config.eval_every_epochs = 5

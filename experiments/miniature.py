@@ -35,5 +35,5 @@ def get_config(space: str = "anynetx_a") -> ml_collections.ConfigDict:
     c.batch_size = 128
     c.dists = MINI_REGNET if space.startswith("regnet") else MINI_ANYNET
     c.model = {"stem_w": 16}
-    c.train = {"optim": {"base_lr": 0.05, "warmup_epochs": 0}, "eval_every_epochs": 2, "log_every_steps": 11}
+    c.train = {"optim": {"lr_per_128": 0.05, "warmup_epochs": 0}, "eval_every_epochs": 2, "log_every_steps": 11}
     return c

@@ -2,12 +2,12 @@
 # The miniature: sample, train, collect and analyse three design spaces (AnyNetX_A, AnyNetX_E, RegNetX) on the
 # offline digits of the quickstart, on one CPU machine. Usage (from the repository root):
 #
-#     bash experiments/miniature.sh [OUT_DIR]        # default /tmp/regnet_miniature; N=12 WORKERS=2 by default
+#     bash experiments/miniature.sh [OUT_DIR]        # default $TMPDIR (or /tmp)/regnet_miniature; N=12 WORKERS=2 by default
 #
 # Two in-process launchers split the models (--shard), so that one compiles while the other trains. Rerunning
 # the script resumes: finished models are skipped. The report is OUT_DIR/report/analysis.html.
 set -euo pipefail
-OUT=${1:-/tmp/regnet_miniature}
+OUT=${1:-${TMPDIR:-/tmp}/regnet_miniature}
 N=${N:-12}
 WORKERS=${WORKERS:-2}
 SPACES=(anynetx_a anynetx_e regnetx)

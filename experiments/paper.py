@@ -1,7 +1,8 @@
 """The paper's design-space studies as sweep specs (see experiments/README.md for commands and compute costs).
 
     python -m regnet_jax.sweep setup --config=experiments/paper.py:NAME --out=sweeps/NAME
-    python -m regnet_jax.sweep setup --config=experiments/paper.py:list       # prints the names
+
+(an unknown NAME is an error that lists the names.)
 
 Names:
   fig5_anynetx_a, fig5_anynetx_b, fig5_anynetx_c, fig7_anynetx_d, fig7_anynetx_e, fig9_regnetx

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from regnet_jax import complexity
+from regnet_jax import complexity, smoke
 from regnet_jax.config import ConfigError
 from regnet_jax.models import create_model, layers
 
@@ -357,7 +357,8 @@ def run_zoo(names: list[str], progress: Callable[[str], None] = print, **kwargs:
     results: list[Result] = []
     start = time.perf_counter()
     for i, name in enumerate(names):
-        r = benchmark(zoo.get_config(name), name=name, **kwargs)
+        config = zoo.get_config(name)
+        r = benchmark(smoke.shrink_config(config) if smoke.active() else config, name=name, **kwargs)
         results.append(r)
         eta = (time.perf_counter() - start) / (i + 1) * (len(names) - i - 1)
         progress(
@@ -459,8 +460,13 @@ def main(argv: list[str]) -> None:
         step_impl=flags.step,
         compile_only=flags.compile_only,
     )
+    names = zoo_names(flags.zoo_models) if flags.zoo else []
+    if smoke.active():
+        kwargs.update(smoke.BENCHMARK)
+        names = names[: smoke.BENCHMARK_ZOO_MODELS]
+        smoke.announce(f"benchmark: {smoke.BENCHMARK}, at most {smoke.BENCHMARK_ZOO_MODELS} zoo models")
     if flags.zoo:
-        results = run_zoo(zoo_names(flags.zoo_models), progress=_print, **kwargs)
+        results = run_zoo(names, progress=_print, **kwargs)
         paths = write_zoo_outputs(results, flags.out)
         if flags.json:
             print(json.dumps([dataclasses.asdict(r) for r in results]))

@@ -261,7 +261,7 @@ def load_pretrained(path: paths.PathLike, *, ema: bool = False) -> Pretrained:
     state, meta = restored
     variables = jax.tree_util.tree_map(host, state.variables(ema))
     d = config.dataset
-    conventions = weights.input_spec(d.channel_order, tuple(d.mean), tuple(d.std))
+    conventions = weights.input_spec(d.channel_order, tuple(d.mean), tuple(d.std), config.resolution, d.eval_crop_fraction)
     return Pretrained(variables, config.model.to_dict(), conventions, f"workdir {path} step {meta['step']}")
 
 

@@ -5,7 +5,7 @@
 
 A mistake in the command line (an unknown flag, a missing or broken config file, an unknown or misspelt config
 field, a value of the wrong type) and a ``ConfigError`` raised by ``main`` print ``error: <one line>`` on stderr
-and exit with status 2.
+and exit with status 2. With ``REGNET_JAX_SMOKE=1`` every config is shrunk as it is loaded (``regnet_jax.smoke``).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 import ml_collections
 from absl import app, flags
 
+from regnet_jax import smoke
 from regnet_jax.config import ConfigError
 from regnet_jax.config_file import Override, apply_overrides, load_config_file
 
@@ -40,6 +41,8 @@ class _ConfigFileFlag(flags.Flag):
         if isinstance(config, Mapping) and not isinstance(config, ml_collections.ConfigDict):  # a .json file
             config = ml_collections.ConfigDict(config)
         config = apply_overrides(config, self.overrides)
+        if smoke.active():
+            config = smoke.shrink_config(config)
         if self.lock and isinstance(config, ml_collections.ConfigDict):
             config.lock()
         return config

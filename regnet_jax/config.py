@@ -22,6 +22,9 @@ DTYPES = ("float32", "bfloat16", "float16")
 COMMON_FIELDS = ("type", "stem_type", "stem_w", "block_type", "se_ratio", "num_classes")
 REGNET_FIELDS = ("depth", "w0", "wa", "wm", "group_w", "bot_mul")
 ANYNET_FIELDS = ("depths", "widths", "strides", "bot_muls", "group_ws")
+# AnyNet fields only bottleneck blocks use; optional (and ignored) for basic and vanilla blocks. (A RegNet's bot_mul
+# and group_w stay required: as in pycls they adjust the stage widths whatever the block.)
+BOTTLENECK_ONLY_FIELDS = {"bot_muls": 1.0, "group_ws": 1}
 # Optional model fields and their defaults (absent = default).
 OPTIONAL_MODEL_FIELDS: dict[str, Any] = {
     "activation": "relu",
@@ -74,9 +77,14 @@ def validate_model(model: Any) -> dict[str, Any]:
             raise ConfigError(f"config.model.{k} is a field of type '{'anynet' if mtype == 'regnet' else 'regnet'}' models, not '{mtype}': remove it")
         if k not in known:
             raise ConfigError(f"config.model.{k} is not a model field; known fields for type '{mtype}': {sorted(known)}")
-    for k in (*COMMON_FIELDS, *own):
+    optional = BOTTLENECK_ONLY_FIELDS if mtype == "anynet" and m.get("block_type") != "res_bottleneck_block" else {}
+    required = [k for k in (*COMMON_FIELDS, *own) if k not in optional]
+    for k in required:
         if k not in m or m[k] is None:
-            raise ConfigError(f"config.model.{k} is missing: type '{mtype}' models need {list(COMMON_FIELDS + own)}")
+            raise ConfigError(f"config.model.{k} is missing: type '{mtype}' models with block_type {m.get('block_type')!r} need {required}")
+    for k, default in optional.items():
+        if m.get(k) is None:
+            m[k] = [default] * len(m["depths"]) if isinstance(m["depths"], (list, tuple)) else None
     for k, default in OPTIONAL_MODEL_FIELDS.items():
         m.setdefault(k, default)
 
@@ -131,14 +139,35 @@ def model_config(**fields: Any) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(validate_model(fields))
 
 
-# The paper's design-space schedules (reference.md §4.4) and the zoo recipe (§1.1, §4.1). The design-space runs
-# trained on one GPU at batch 128, so their BatchNorm statistics groups hold 128 images; the zoo's 100-epoch runs
-# used 8 GPUs, so zoo.get_config sets its groups to batch / 8 (here 0: one group, the whole batch).
+# The paper's design-space schedules (reference.md §4.4) and the zoo recipe (§1.1, §4.1). Their learning rate is
+# given per 128 images (``optim.lr_per_128``): the zoo's 0.8 at batch 1024 is 0.1 per 128, the 10-epoch
+# schedule's 0.05 at batch 128 is 0.05 per 128. The design-space runs trained on one GPU at batch 128, so their
+# BatchNorm statistics groups hold 128 images; the zoo's 100-epoch runs used 8 GPUs, so zoo.get_config sets its
+# groups to batch / 8 (here 0: one group, the whole batch).
 SCHEDULES: dict[str, dict[str, Any]] = {
-    "100ep": dict(num_epochs=100, batch_size=None, base_lr=None, warmup_epochs=5, bn_group_size=0),
-    "25ep": dict(num_epochs=25, batch_size=128, base_lr=0.1, warmup_epochs=0, bn_group_size=128),
-    "10ep": dict(num_epochs=10, batch_size=128, base_lr=0.05, warmup_epochs=0, bn_group_size=128),
+    "100ep": dict(num_epochs=100, batch_size=None, lr_per_128=0.1, warmup_epochs=5, bn_group_size=0),
+    "25ep": dict(num_epochs=25, batch_size=128, lr_per_128=0.1, warmup_epochs=0, bn_group_size=128),
+    "10ep": dict(num_epochs=10, batch_size=128, lr_per_128=0.05, warmup_epochs=0, bn_group_size=128),
 }
+LR_PER_128 = 0.1  # the reference recipe's linear scaling rule: lr 0.1 per 128 images of the global batch
+
+
+def _lr_per_128(config: ml_collections.ConfigDict) -> float:
+    return config.optim.get("lr_per_128", LR_PER_128)  # configs written before the field existed: the recipe's
+
+
+def base_lr(config: ml_collections.ConfigDict) -> float:
+    """The learning rate the schedule starts from: ``optim.base_lr`` when it is set (> 0), else the linear scaling
+    rule ``optim.lr_per_128 * batch_size / 128``, so that changing the batch changes the lr with it."""
+    return float(config.optim.base_lr) if config.optim.base_lr else _lr_per_128(config) * config.batch_size / 128
+
+
+def describe_lr(config: ml_collections.ConfigDict) -> str:
+    """Where ``base_lr(config)`` comes from, for the log: the rule with its numbers, or the pinned value."""
+    rule = _lr_per_128(config) * config.batch_size / 128
+    if config.optim.base_lr:
+        return f"base lr {base_lr(config):g}, pinned by config.optim.base_lr (the rule lr_per_128 x batch / 128 would give {rule:g})"
+    return f"base lr {rule:g} = config.optim.lr_per_128 {_lr_per_128(config):g} x batch {config.batch_size} / 128"
 
 
 # Recipe fields added after the first configs were written (sweep configs and workdirs' config.json may lack them:
@@ -154,11 +183,6 @@ RECIPE_DEFAULTS: dict[str, Any] = dict(
 def recipe_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """``config``'s RECIPE_DEFAULTS fields, the defaults where it lacks them."""
     return {k: config.get(k, v) for k, v in RECIPE_DEFAULTS.items()}
-
-
-def default_lr(batch_size: int) -> float:
-    """The linear scaling rule of the reference recipe: 0.1 per 128 images."""
-    return 0.1 * batch_size / 128
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, on [0, 1] pixels (reference.md §4.2)
@@ -212,7 +236,8 @@ def base_config(model: Mapping[str, Any], batch_size: int = 1024, schedule: str 
     )
     c.optim = ml_collections.ConfigDict(
         dict(
-            base_lr=preset["base_lr"] or default_lr(bs),
+            base_lr=0.0,  # 0 = the linear rule: lr_per_128 * batch_size / 128; > 0 pins the lr whatever the batch
+            lr_per_128=preset["lr_per_128"],
             momentum=0.9,
             nesterov=True,
             weight_decay=5e-5,
@@ -241,6 +266,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     """Check a full training config (model and training fields); raise ConfigError naming the field and the fix."""
     validate_model(config.model)
     bad_fraction = config.dataset.get("max_bad_image_fraction", MAX_BAD_IMAGE_FRACTION)  # configs written before it existed
+    lr_per_128 = _lr_per_128(config)
     r = recipe_options(config)
     checks = [
         ("resolution", _is_int(config.resolution) and config.resolution >= 8, "an integer >= 8 (pixels)"),
@@ -264,7 +290,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         ("dataset.num_train_examples", _is_int(config.dataset.num_train_examples) and config.dataset.num_train_examples >= 0, "0 (all) or a positive integer"),
         ("dataset.max_bad_image_fraction", _is_num(bad_fraction) and 0 <= bad_fraction <= 1, "in [0, 1] (0 = stop at the first undecodable training image)"),
         ("dataset.num_eval_examples", _is_int(config.dataset.num_eval_examples) and config.dataset.num_eval_examples >= 0, "0 (all) or a positive integer"),
-        ("optim.base_lr", _is_num(config.optim.base_lr) and config.optim.base_lr > 0, "a positive number"),
+        ("optim.base_lr", _is_num(config.optim.base_lr) and config.optim.base_lr >= 0, "0 (the linear rule: optim.lr_per_128 x batch_size / 128) or a positive number"),
+        ("optim.lr_per_128", _is_num(lr_per_128) and lr_per_128 > 0, "a positive number (the lr per 128 images of the global batch)"),
         ("optim.momentum", 0 <= config.optim.momentum < 1, "in [0, 1)"),
         ("optim.weight_decay", config.optim.weight_decay >= 0, ">= 0"),
         ("optim.warmup_epochs", _is_int(config.optim.warmup_epochs) and config.optim.warmup_epochs >= 0, "an integer >= 0"),

@@ -18,7 +18,7 @@ import inspect
 import json
 import os
 import traceback
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import ml_collections
@@ -112,6 +112,17 @@ class Override:
         if self.text is None:
             return f"--{'no' if self.negated else ''}{self.flag}.{self.path}"
         return f"--{self.flag}.{self.path}={self.text}"
+
+
+def flat_fields(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'optim': {'base_lr': 0.1}} -> {'optim.base_lr': 0.1}: the leaves of nested mappings by dotted path."""
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, Mapping):
+            out.update(flat_fields(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def _leaf_paths(node: ml_collections.ConfigDict, prefix: str = "") -> list[str]:

@@ -141,7 +141,8 @@ def check_layout_fits(config: Any, layout: str) -> None:
     if m["stem_type"] != "simple_stem_in" or m["block_type"] != "res_bottleneck_block":
         raise ConversionError(
             f"{layout} RegNets are simple_stem_in + res_bottleneck_block models; this config has stem_type="
-            f"{m['stem_type']!r}, block_type={m['block_type']!r}: use --from=pycls for other architectures"
+            f"{m['stem_type']!r}, block_type={m['block_type']!r}: only the pycls layout holds other architectures "
+            "(convert --from=pycls, export --layout=pycls or flax)"
         )
 
 
@@ -367,7 +368,8 @@ def convert_file(
     sd = read_state_dict(checkpoint, unsafe_pickle)
     model, note = resolve_model(sd, config, layout)
     variables = from_layout(sd, model, layout)
-    conventions = weights.input_spec(channel_order or CHANNEL_ORDER[layout])
+    size = (config.resolution, config.dataset.eval_crop_fraction) if config is not None and "dataset" in config else ()
+    conventions = weights.input_spec(channel_order or CHANNEL_ORDER[layout], weights.IMAGENET_MEAN, weights.IMAGENET_STD, *size)
     source = f"{layout} {paths.resolve(checkpoint)}" + (f" ({note})" if note else "")
     weights.save_weights(output, variables, model, conventions, source)
     n_params = sum(int(np.prod(np.shape(x))) for x in jax.tree_util.tree_leaves(variables["params"]))

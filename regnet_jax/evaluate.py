@@ -1,10 +1,12 @@
 """Exact evaluation: every example of the split counted once, whatever the batch size and number of devices.
 
-    python -m regnet_jax.evaluate --config=configs/regnety_400mf.py --checkpoint=DIR [--ema] [--split=validation] [--json]
+    python -m regnet_jax.evaluate --checkpoint=WORKDIR [--ema] [--split=validation] [--json]
+    python -m regnet_jax.evaluate --config=configs/regnety_400mf.py --checkpoint=DIR
 
-``--checkpoint`` is a weights directory (``python -m regnet_jax.convert``) or a training workdir (its newest good
-checkpoint). A weights directory's input conventions (channel order, mean, std) replace the config's.
-Prints top-1 / top-5 error (%) and the mean cross-entropy.
+``--checkpoint`` is a training workdir (its newest good checkpoint) or a weights directory (``python -m
+regnet_jax.convert``). ``--config`` gives the dataset, resolution and batch; a workdir's own config.json is the
+default. The weights' input conventions (channel order, mean, std) replace the config's; the model is the
+checkpoint's. Prints top-1 / top-5 error (%) and the mean cross-entropy.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import ml_collections
 from absl import flags, logging
 
 from regnet_jax import checkpoint as ckpt_lib
-from regnet_jax import data, metrics, parallel
+from regnet_jax import data, metrics, parallel, smoke
 from regnet_jax.cli import define_config_flag, run
 from regnet_jax.config import ConfigError
 from regnet_jax.weights import WeightsError
@@ -57,12 +59,27 @@ def apply_input_conventions(config: ml_collections.ConfigDict, conventions: dict
     return config
 
 
-def evaluate(config: ml_collections.ConfigDict, checkpoint: str, *, ema: bool = False, split: str = "") -> dict[str, float]:
-    """Evaluate the weights in ``checkpoint`` on ``config``'s dataset (``split`` defaults to its eval split)."""
+def evaluation_config(config: ml_collections.ConfigDict | None, checkpoint: str) -> ml_collections.ConfigDict:
+    """``config``, or (None) the training workdir's own config.json; a weights directory needs a config."""
+    from regnet_jax import weights
+
+    if config is not None:
+        return config
+    if weights.is_weights_dir(checkpoint):
+        raise ConfigError(f"{checkpoint} is a weights directory (weights, no dataset): give the dataset, resolution and batch with --config, e.g. --config=configs/regnety_400mf.py")
+    return ckpt_lib.read_workdir_config(checkpoint)
+
+
+def evaluate(config: ml_collections.ConfigDict | None, checkpoint: str, *, ema: bool = False, split: str = "") -> dict[str, float]:
+    """Evaluate the weights in ``checkpoint`` on ``config``'s dataset (None: a workdir's own config; ``split``
+    defaults to the config's eval split)."""
     from regnet_jax.models import create_model
 
     metrics.quiet_library_logs()
-    data.check_dataset(config)
+    config = copy.deepcopy(evaluation_config(config, checkpoint))
+    with config.unlocked():
+        config.dataset.eval_split = split or config.dataset.eval_split
+    data.open_source(config, config.dataset.eval_split, config.dataset.num_eval_examples)  # fail fast, before loading
     pre = ckpt_lib.load_pretrained(checkpoint, ema=ema)
     config = apply_input_conventions(config, pre.input)
     mesh = parallel.make_mesh()
@@ -71,7 +88,7 @@ def evaluate(config: ml_collections.ConfigDict, checkpoint: str, *, ema: bool = 
         logging.info("using the checkpoint's %d classes (config.model has %d)", pre.model["num_classes"], config.model.num_classes)
     with config.unlocked():
         config.model = ml_collections.ConfigDict(dict(pre.model))
-    eval_input = data.EvalInput(config, jax.process_index(), jax.process_count(), split or None)
+    eval_input = data.EvalInput(config, jax.process_index(), jax.process_count())
     _check_divisible(eval_input.local_batch * jax.process_count(), mesh)
     eval_step = parallel.make_eval_step(model, mesh, num_classes=pre.model["num_classes"])
     t = time.perf_counter()
@@ -87,7 +104,8 @@ def _check_divisible(batch: int, mesh: jax.sharding.Mesh) -> None:
 
 def _define_flags() -> flags.FlagValues:
     """The command-line flags (defined only when run as a program, so importing this module defines none)."""
-    define_config_flag("config", "Config file (dataset, resolution, batch), e.g. configs/regnety_400mf.py.")
+    define_config_flag("config", "Config file (dataset, resolution, batch), e.g. configs/regnety_400mf.py or a workdir's "
+                       "config.json; default: the --checkpoint workdir's own config.json.")
     flags.DEFINE_string("checkpoint", None, "A weights directory or a training workdir.")
     flags.DEFINE_bool("ema", False, "Evaluate the EMA weights of a training workdir.")
     flags.DEFINE_string("split", "", "Split to evaluate (default: config.dataset.eval_split).")
@@ -98,9 +116,12 @@ def _define_flags() -> flags.FlagValues:
 def main(argv: list[str]) -> None:
     del argv
     FLAGS = flags.FLAGS
-    if FLAGS.config is None or not FLAGS.checkpoint:
-        raise ConfigError("--config and --checkpoint are both required")
-    out = evaluate(FLAGS.config, FLAGS.checkpoint, ema=FLAGS.ema, split=FLAGS.split)
+    if not FLAGS.checkpoint:
+        raise ConfigError("--checkpoint is required: a training workdir or a weights directory (then also --config)")
+    config = FLAGS.config
+    if config is None and smoke.active():  # a --config is shrunk as it is loaded; the workdir's own config here
+        config = smoke.shrink_config(evaluation_config(None, FLAGS.checkpoint))
+    out = evaluate(config, FLAGS.checkpoint, ema=FLAGS.ema, split=FLAGS.split)
     if jax.process_index() == 0:
         if FLAGS.json:
             print(json.dumps(out))

@@ -10,8 +10,9 @@ checkpoint). Two files are written (neither may exist already):
   PyTorch state-dict keys of pycls, torchvision or timm (PyTorch shapes: load it with ``safetensors.torch.load_file``
   into a torchvision/timm model). ``FILE.msgpack`` (Flax layout only): ``flax.serialization.msgpack_serialize`` of
   ``{'params', 'batch_stats'}``.
-* ``FILE.json``: ``{"format", "layout", "model", "input", "source"}``: the ``config.model`` to build and the input
-  conventions (channel order, mean, std). A safetensors file also carries the same JSON in its metadata.
+* ``FILE.json`` beside it (e.g. ``regnety_400mf.safetensors.json``): ``{"format", "layout", "model", "input",
+  "source"}``: the ``config.model`` to build and the input conventions (channel order, mean, std, resolution, crop
+  fraction). A safetensors file also carries the same JSON in its metadata.
 """
 
 from __future__ import annotations
@@ -50,8 +51,15 @@ def _flax_tree(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
 
 
 def _sidecar(output: paths.PathLike) -> paths.Path:
+    """FILE.safetensors.json / FILE.msgpack.json: distinct for the two formats of one name."""
     output = paths.resolve(output)
-    return output.with_suffix(".json")
+    return output.parent / (output.name + ".json")
+
+
+def _existing_sidecar(path: paths.PathLike) -> paths.Path:
+    """The sidecar of an export; exports written before the current naming have NAME.json."""
+    legacy = paths.resolve(path).with_suffix(".json")
+    return legacy if not paths.isfile(_sidecar(path)) and paths.isfile(legacy) else _sidecar(path)
 
 
 def export_variables(
@@ -94,7 +102,7 @@ def export_variables(
 
 def read_export(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(weights, meta)`` of an export: Flax ``{'params', 'batch_stats'}`` for layout 'flax', else the state dict."""
-    sidecar = _sidecar(path)
+    sidecar = _existing_sidecar(path)
     if not paths.isfile(path) or not paths.isfile(sidecar):
         raise ExportError(f"an export is two files, {path} and {sidecar}; at least one is missing")
     meta = paths.read_json(sidecar)
@@ -134,7 +142,7 @@ if __name__ == "__main__":
     from regnet_jax.weights import WeightsError
 
     flags.DEFINE_string("checkpoint", None, "A weights directory or a training workdir.")
-    flags.DEFINE_string("output", None, "File to write: NAME.safetensors or NAME.msgpack (NAME.json is written beside it).")
+    flags.DEFINE_string("output", None, "File to write: NAME.safetensors or NAME.msgpack (its config, NAME.safetensors.json or NAME.msgpack.json, beside it).")
     flags.DEFINE_enum("layout", "flax", list(EXPORT_LAYOUTS), "Tensor names and shapes: Flax, or a PyTorch state dict of pycls/torchvision/timm.")
     flags.DEFINE_bool("ema", False, "Export the EMA weights of a training workdir.")
     run(main, user_errors=(ExportError, FormatError, WeightsError, ConversionError))

@@ -1,7 +1,8 @@
 """Optimisation as in the pycls recipe (reference.md §4.1): the lr schedule, SGD with weight decay, the loss.
 
-* ``epoch_lr(config, epoch)``: cosine decay to 0 with linear warmup from ``warmup_factor``; pycls evaluates it at the
-  integer epoch index (the lr is set once per epoch); ``optim.lr_per_step`` evaluates it at fractional epochs.
+* ``epoch_lr(config, epoch)``: cosine decay from ``regnet_jax.config.base_lr(config)`` (the linear scaling rule unless
+  pinned) to 0 with linear warmup from ``warmup_factor``; pycls evaluates it at the integer epoch index (the lr is
+  set once per epoch); ``optim.lr_per_step`` evaluates it at fractional epochs.
 * ``make_optimizer(config, steps_per_epoch, params)``: PyTorch-style SGD (L2 weight decay added to the gradient,
   v = mu * v + g, Nesterov update g + mu * v, p -= lr * update), optionally without decay on BN and bias parameters,
   optionally with everything but the head frozen (linear probe).
@@ -19,11 +20,13 @@ import ml_collections
 import optax
 from flax import traverse_util
 
+from regnet_jax.config import base_lr
+
 
 def epoch_lr(config: ml_collections.ConfigDict, epoch: float) -> float:
     """The learning rate at ``epoch`` (an integer epoch index for pycls's per-epoch schedule)."""
     o = config.optim
-    lr = o.base_lr * 0.5 * (1.0 + math.cos(math.pi * epoch / config.num_epochs))
+    lr = base_lr(config) * 0.5 * (1.0 + math.cos(math.pi * epoch / config.num_epochs))
     if epoch < o.warmup_epochs:
         alpha = epoch / o.warmup_epochs
         lr *= o.warmup_factor * (1.0 - alpha) + alpha
@@ -36,7 +39,7 @@ def lr_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> opta
     0.5 * (1 + cos(pi * e / E)) is evaluated as sin(pi/2 * (E - e) / E)^2 with E - e from exact integer step
     counts: the plain form loses ~1e-4 relative precision to cancellation in float32 near the end of training.
     """
-    o, epochs = config.optim, config.num_epochs
+    o, epochs, lr0 = config.optim, config.num_epochs, base_lr(config)
 
     def schedule(step: jax.Array) -> jax.Array:
         step = jnp.asarray(step, jnp.int32)
@@ -46,7 +49,7 @@ def lr_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> opta
         else:
             epoch = (step // steps_per_epoch).astype(jnp.float32)
             remaining = (epochs - step // steps_per_epoch).astype(jnp.float32)
-        lr = o.base_lr * jnp.square(jnp.sin(0.5 * jnp.pi * remaining / epochs))
+        lr = lr0 * jnp.square(jnp.sin(0.5 * jnp.pi * remaining / epochs))
         if o.warmup_epochs > 0:
             alpha = epoch / o.warmup_epochs
             lr = jnp.where(epoch < o.warmup_epochs, lr * (o.warmup_factor * (1.0 - alpha) + alpha), lr)

@@ -1,11 +1,12 @@
 """Classify images with converted or trained weights: the top-5 classes with names and probabilities.
 
-    python -m regnet_jax.predict --checkpoint=DIR IMAGE [IMAGE ...] [--top_k=5] [--resolution=224] [--json]
+    python -m regnet_jax.predict --checkpoint=DIR IMAGE [IMAGE ...] [--top_k=5] [--json]
 
 ``--checkpoint`` is a weights directory (``python -m regnet_jax.convert``) or a training workdir (its newest good
-checkpoint). Preprocessing is the evaluation transform (reference.md §4.2): resize the shorter side to
-``resolution / crop_fraction`` (256 for 224 px), centre-crop ``resolution``, then the channel order and mean/std
-the weights expect (pycls weights: BGR). Class names: the 1000 ImageNet classes shipped in
+checkpoint). Preprocessing is the evaluation transform: resize the shorter side to ``resolution / crop_fraction``,
+centre-crop ``resolution``, then the channel order and mean/std the weights expect (pycls weights: BGR). The
+resolution and crop fraction are the model's own (a workdir's config, a weights directory's meta.json; 224 and
+0.875 for weights that do not record them); ``--resolution`` / ``--crop_fraction`` override them. Class names: the 1000 ImageNet classes shipped in
 ``regnet_jax/assets/imagenet_classes.tsv``, or ``--labels=FILE`` (one name per line) for other heads.
 """
 
@@ -22,6 +23,7 @@ import numpy as np
 from regnet_jax import paths
 
 IMAGENET_CLASSES = "imagenet_classes.tsv"
+DEFAULT_RESOLUTION, DEFAULT_CROP_FRACTION = 224, 224 / 256  # for weights that do not record theirs (ImageNet's)
 
 
 class PredictError(ValueError):
@@ -89,13 +91,14 @@ def predict(
     images: list[str],
     *,
     k: int = 5,
-    resolution: int = 224,
-    crop_fraction: float = 224 / 256,
+    resolution: int = 0,
+    crop_fraction: float = 0.0,
     labels_file: str = "",
     ema: bool = False,
     batch_size: int = 32,
 ) -> list[dict[str, Any]]:
-    """``[{"image", "top": [{"label", "name", "prob"}, ...]}]`` for each image, in order."""
+    """``[{"image", "top": [{"label", "name", "prob"}, ...]}]`` for each image, in order; ``resolution`` and
+    ``crop_fraction`` 0 = the model's own (see the module docstring)."""
     import jax
 
     from regnet_jax.checkpoint import load_pretrained
@@ -103,12 +106,14 @@ def predict(
 
     if not images:
         raise PredictError("give one or more image files after the flags")
-    if k < 1 or resolution < 8 or not 0 < crop_fraction <= 1 or batch_size < 1:
-        raise PredictError("need --top_k >= 1, --resolution >= 8, 0 < --crop_fraction <= 1 and --batch_size >= 1")
+    if k < 1 or 0 < resolution < 8 or resolution < 0 or not 0 <= crop_fraction <= 1 or batch_size < 1:
+        raise PredictError("need --top_k >= 1, --resolution >= 8 (0: the model's), 0 < --crop_fraction <= 1 (0: the model's) and --batch_size >= 1")
     missing = [p for p in images if not paths.isfile(p)]
     if missing:  # before the (slow) loading of the weights
         raise PredictError(f"{len(missing)} of the images do not exist: {', '.join(missing[:3])}")
     pre = load_pretrained(checkpoint, ema=ema)
+    resolution = resolution or pre.input.get("resolution", DEFAULT_RESOLUTION)
+    crop_fraction = crop_fraction or pre.input.get("crop_fraction", DEFAULT_CROP_FRACTION)
     names = class_names(pre.model["num_classes"], labels_file)
     model = create_model(pre.model)
     apply = jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, x, train=False).astype("float32"), axis=-1))
@@ -149,8 +154,9 @@ if __name__ == "__main__":
 
     flags.DEFINE_string("checkpoint", None, "A weights directory (regnet_jax.convert) or a training workdir.")
     flags.DEFINE_integer("top_k", 5, "How many classes to print per image.")
-    flags.DEFINE_integer("resolution", 224, "Crop size fed to the network.")
-    flags.DEFINE_float("crop_fraction", 224 / 256, "Centre-crop fraction: the shorter side is resized to resolution / this.")
+    flags.DEFINE_integer("resolution", 0, "Crop size fed to the network (0: the model's own, 224 if it does not record one).")
+    flags.DEFINE_float("crop_fraction", 0.0, "Centre-crop fraction: the shorter side is resized to resolution / this "
+                       "(0: the model's own, 0.875 if it does not record one).")
     flags.DEFINE_string("labels", "", "File with one class name per line (default: ImageNet's for 1000-class heads).")
     flags.DEFINE_bool("ema", False, "Use the EMA weights of a training workdir.")
     flags.DEFINE_integer("batch_size", 32, "Images per forward pass.")

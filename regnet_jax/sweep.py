@@ -18,7 +18,7 @@ from typing import Any
 
 from absl import flags
 
-from regnet_jax import paths
+from regnet_jax import paths, smoke
 from regnet_jax.config import ConfigError
 
 COMMANDS = ("setup", "launch", "collect", "analyze", "spaces")
@@ -145,7 +145,11 @@ def main(argv: list[str]) -> None:
     if cmd == "setup":
         from regnet_jax.design_space.sweep_setup import setup_sweep
 
-        setup_sweep(setup_spec(F), _require_out(F))
+        spec = setup_spec(F)
+        if smoke.active() and spec.get("n", 0) > smoke.MAX_SWEEP_MODELS:
+            smoke.announce(f"sampling {smoke.MAX_SWEEP_MODELS} of the {spec['n']} models")
+            spec["n"] = smoke.MAX_SWEEP_MODELS
+        setup_sweep(spec, _require_out(F))
     elif cmd == "launch":
         from regnet_jax.design_space.launch import LaunchOptions, launch, write_slurm_script
 
@@ -169,7 +173,8 @@ def main(argv: list[str]) -> None:
 
         sweeps = F.sweeps or [_require_out(F)]
         report_dir = F.report_dir or str(paths.join(sweeps[0], "analysis"))
-        analyze(sweeps, report_dir, frac=F.bootstrap_frac, repeats=F.bootstrap, seed=F.seed)
+        repeats = min(F.bootstrap, smoke.BOOTSTRAP_REPEATS) if smoke.active() else F.bootstrap
+        analyze(sweeps, report_dir, frac=F.bootstrap_frac, repeats=repeats, seed=F.seed)
 
 
 if __name__ == "__main__":

@@ -2,12 +2,14 @@
 
     python -m regnet_jax.train --config=configs/regnety_4gf.py[:25ep|:10ep] --workdir=DIR [--config.batch_size=256 ...]
 
-Resumes from DIR's newest good checkpoint if there is one. Multi-host: every process runs the same command;
+Resumes from DIR's newest good checkpoint if there is one; a config that changes what the run trains is refused
+there unless ``--allow_config_change`` (``regnet_jax.config_diff``). Multi-host: every process runs the same command;
 ``jax.distributed.initialize`` is called on a detected cluster launch (SLURM, Open MPI, TPU pod) or with
 ``--distributed`` (plus ``--coordinator_address/--num_processes/--process_id`` where JAX cannot detect them).
 Exit status: 0 done, 1 failure (e.g. a NaN loss), 2 bad config/data/checkpoint, 3 preempted (checkpoint saved).
 
-Writes into DIR (local or gs://, through regnet_jax.paths): config.json, checkpoints/, eval_metrics.jsonl
+Writes into DIR (local or gs://, through regnet_jax.paths): config.json (+ config_history.jsonl after an allowed
+change), checkpoints/, eval_metrics.jsonl
 (+ eval_ema_metrics.jsonl), train_metrics.jsonl, TensorBoard events, curves.png and, when finished, summary.json (see
 docs/training.md); lock.json while it runs (one run per workdir: regnet_jax.workdir_lock).
 """
@@ -30,14 +32,15 @@ import numpy as np
 from absl import flags, logging
 
 from regnet_jax import checkpoint as ckpt_lib
-from regnet_jax import complexity, data, metrics, optim, parallel, paths, precise_bn, workdir_lock
+from regnet_jax import complexity, config_diff, data, metrics, optim, parallel, paths, precise_bn, workdir_lock
 from regnet_jax.cli import define_config_flag, run
-from regnet_jax.config import ConfigError, batch_layout, recipe_options, validate_config
+from regnet_jax.config import ConfigError, batch_layout, describe_lr, recipe_options, validate_config
 from regnet_jax.evaluate import apply_input_conventions, run_evaluation
 from regnet_jax.models import create_model
 from regnet_jax.weights import WeightsError
 
 EXIT_PREEMPTED = 3
+CONFIG_HISTORY = "config_history.jsonl"  # the configs a run was resumed away from, oldest first
 
 
 class NonFiniteLossError(RuntimeError):
@@ -97,8 +100,10 @@ def _finetune_config(config: ml_collections.ConfigDict) -> tuple[ml_collections.
 class _Trainer:
     """The state of one run; ``run()`` trains from wherever the workdir left off."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: paths.PathLike, lock: workdir_lock.WorkdirLock | None = None):
+    def __init__(self, config: ml_collections.ConfigDict, workdir: paths.PathLike, lock: workdir_lock.WorkdirLock | None = None,
+                 allow_config_change: bool = False):  # fmt: skip
         self.config, self.workdir, self.lock = config, paths.resolve(workdir), lock
+        self.allow_config_change = allow_config_change
         self.is_chief = jax.process_index() == 0
         self.mesh = parallel.make_mesh()
         self.recipe = recipe_options(config)
@@ -154,6 +159,22 @@ class _Trainer:
             logging.info("initialised from %s%s", pre.source, " (head re-initialised: different number of classes)" if reinit else "")
             self.state = parallel.replicate(parallel.state_from_variables(variables, self.tx, self.ema), self.mesh)
         return 0
+
+    def _record_config(self, step: int) -> None:
+        """Write config.json; on resume first compare it with the new config (``config_diff.check_resume``) and, if
+        it changed, append the old one to config_history.jsonl, so the config a run started with is never lost."""
+        new, path = json.loads(self.config.to_json_best_effort()), self.workdir / "config.json"
+        if step and paths.isfile(path):
+            saved = paths.read_json(path)
+            changes = config_diff.check_resume(str(self.workdir), saved, new, self.allow_config_change)
+            if not changes:
+                return
+            logging.warning("resumed with a changed config: %s", config_diff.describe(changes))
+            if self.is_chief:
+                record = {"replaced_at_step": step, "changes": [str(c) for c in changes], "config": saved}
+                paths.append_text(self.workdir / CONFIG_HISTORY, json.dumps(record) + "\n")
+        if self.is_chief:
+            paths.write_json(path, new)
 
     def save(self, step: int, metrics_: dict[str, float] | None = None) -> None:
         meta = {
@@ -221,20 +242,24 @@ class _Trainer:
         config = self.config
         self.t_start = time.perf_counter()
         step = self.start(pre)
+        self._record_config(step)  # before anything is written: a refused resume leaves the workdir as it was
         cx = complexity.count(config.model, config.resolution)
+        trained = self.state.params["head"] if config.freeze_trunk else self.state.params  # a linear probe trains the head
+        cx["trainable_params"] = sum(int(x.size) for x in jax.tree_util.tree_leaves(trained))
         # JSON lines and TensorBoard events (written by process 0), cut back to the step this run resumes from.
         self.out = metrics.RunWriter(self.workdir, step, write=self.is_chief)
-        self.out.hparams({"params": cx["params"], "flops": cx["flops"], "global_batch": config.batch_size, "num_epochs": config.num_epochs})
+        self.out.hparams({"params": cx["params"], "trainable_params": cx["trainable_params"], "flops": cx["flops"],
+                          "global_batch": config.batch_size, "num_epochs": config.num_epochs})  # fmt: skip
         lay = self.layout
         logging.info(
-            "model: %s params, %s flops (mult-adds at %d px); %d devices in %d processes; %d steps/epoch of %d images "
+            "model: %s params%s, %s flops (mult-adds at %d px); %d devices in %d processes; %d steps/epoch of %d images "
             "(%d micro-batch(es) of %d per device; BN statistics over %d groups of %d images); %d epochs; starting at step %d",
-            f"{cx['params']:,}", f"{cx['flops']:,}", config.resolution, self.mesh.size, jax.process_count(),
+            f"{cx['params']:,}", f" ({cx['trainable_params']:,} trained: the head, config.freeze_trunk)" if config.freeze_trunk else "",
+            f"{cx['flops']:,}", config.resolution, self.mesh.size, jax.process_count(),
             self.steps_per_epoch, config.batch_size, lay.micro_steps, lay.micro_batch, lay.num_groups, lay.group_size,
             config.num_epochs, step,
         )  # fmt: skip
-        if self.is_chief:
-            paths.write_json(self.workdir / "config.json", json.loads(config.to_json_best_effort()))
+        logging.info("learning rate: %s", describe_lr(config))
         sigterm = _SigtermFlag()
         try:
             self._loop(step, sigterm)
@@ -327,6 +352,7 @@ class _Trainer:
             "best_top1_err": min(r["top1_err"] for r in evals),
             "wall_time_s": self.prior_wall_time + time.perf_counter() - self.t_start,
             "params": cx["params"],
+            "trainable_params": cx["trainable_params"],
             "flops": cx["flops"],
             "skipped_images": {"total": sum(self.skipped_images.values()), "per_epoch": self.skipped_images},
         }
@@ -338,9 +364,11 @@ class _Trainer:
         return summary
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool = False) -> dict[str, Any]:
     """Train ``config`` in ``workdir`` (resuming from its checkpoints), evaluating as configured; returns summary.json's
-    content. Raises ConfigError (bad config, data not prepared, unusable checkpoint), NonFiniteLossError, Preempted."""
+    content. Resuming with a config that changes what is trained needs ``allow_config_change`` (regnet_jax.config_diff).
+    Raises ConfigError (bad config or config change, data not prepared, unusable checkpoint), NonFiniteLossError,
+    Preempted."""
     metrics.quiet_library_logs()
     config = copy.deepcopy(config)
     validate_config(config)
@@ -348,7 +376,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     config, pre = _finetune_config(config)
     paths.makedirs(workdir)
     with _one_run_per_workdir(workdir) as lock:
-        trainer = _Trainer(config, workdir, lock)
+        trainer = _Trainer(config, workdir, lock, allow_config_change)
         try:
             return trainer.run(pre)
         finally:
@@ -384,6 +412,8 @@ def _define_flags() -> flags.FlagValues:
     """The command-line flags (defined only when run as a program, so importing this module defines none)."""
     define_config_flag("config", "Training config file, e.g. configs/regnety_4gf.py or configs/regnety_4gf.py:25ep.")
     flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the resolved config (resumes from it).")
+    flags.DEFINE_bool("allow_config_change", False, "Resume a run with a config that changes what it trains (the old "
+                      "config is kept in WORKDIR/config_history.jsonl); without it such a resume is refused.")
     flags.DEFINE_bool("distributed", None, "Call jax.distributed.initialize (default: only on a detected cluster launch).")
     flags.DEFINE_string("coordinator_address", "", "host:port of process 0, where JAX cannot detect it.")
     flags.DEFINE_integer("num_processes", 0, "Number of processes, where JAX cannot detect it.")
@@ -425,7 +455,7 @@ def main(argv: list[str]) -> None:
         FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.heartbeat_timeout_s
     )
     try:
-        summary = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        summary = train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.allow_config_change)
     except Preempted as e:
         logging.warning("%s", e)
         sys.exit(EXIT_PREEMPTED)

@@ -2,7 +2,8 @@
 
 Layout of such a directory (what ``convert`` writes and ``train``/``evaluate``/``predict`` load)::
 
-    DIR/meta.json      {"format", "model": config.model, "input": {"channel_order", "mean", "std"}, "source"}
+    DIR/meta.json      {"format", "model": config.model, "input": {"channel_order", "mean", "std", "resolution",
+                       "crop_fraction"}, "source"}   (weights written before resolution/crop_fraction lack them)
     DIR/variables/     orbax checkpoint of {"params": ..., "batch_stats": ...}
 
 DIR may be local or ``gs://`` (``regnet_jax.paths``).
@@ -27,11 +28,15 @@ class WeightsError(ValueError):
     """A weights directory is missing, incomplete or not in this format."""
 
 
-def input_spec(channel_order: str = "rgb", mean=IMAGENET_MEAN, std=IMAGENET_STD) -> dict[str, Any]:
-    """Input conventions: channel order of the network's input and the RGB mean/std on [0, 1] pixels."""
+def input_spec(
+    channel_order: str = "rgb", mean=IMAGENET_MEAN, std=IMAGENET_STD, resolution: int = 224, crop_fraction: float = 224 / 256
+) -> dict[str, Any]:
+    """Input conventions: channel order of the network's input, the RGB mean/std on [0, 1] pixels, and the image
+    size the model was trained and evaluated at (evaluation: resize to resolution / crop_fraction, centre-crop)."""
     if channel_order not in ("rgb", "bgr"):
         raise WeightsError(f"channel_order must be 'rgb' or 'bgr', got {channel_order!r}")
-    return {"channel_order": channel_order, "mean": list(map(float, mean)), "std": list(map(float, std))}
+    return {"channel_order": channel_order, "mean": list(map(float, mean)), "std": list(map(float, std)),
+            "resolution": int(resolution), "crop_fraction": float(crop_fraction)}  # fmt: skip
 
 
 def save_weights(

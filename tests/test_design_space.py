@@ -185,6 +185,8 @@ def test_fork_declares_a_new_space_in_a_few_lines():
         assert s.model["activation"] == "silu" and s.model["num_classes"] == 10
         assert all(d <= 3 for d in s.model["depths"]) and max(s.model["widths"]) <= 64
         assert s.model["depths"] == sorted(s.model["depths"]) and s.model["widths"] == sorted(s.model["widths"])
+    assert space.name == "mini_e" and space.description.startswith("anynetx_e forked: depth=log_uniform:1:3:1")
+    assert get_space("anynetx_e").fork("e2", description="mine").description == "mine"
     with pytest.raises(ConfigError, match="needs distributions"):
         get_space("regnetx").fork("bad", dists={"width": "log_uniform:8:64:8"})
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from regnet_jax import data, evaluate, optim, parallel, weights
+from regnet_jax.config import ConfigError
 from regnet_jax.models import create_model
 from tests.helpers_train import TINY_MODEL, run_cli, tiny_config, write_config_file
 
@@ -60,6 +61,23 @@ def test_weights_input_conventions_are_applied(variables, tmp_path):
     assert rgb["loss"] == pytest.approx(_reference(config, variables)["loss"], rel=1e-5)
     assert bgr["loss"] == pytest.approx(_reference(evaluate.apply_input_conventions(config, bgr_spec), variables)["loss"], rel=1e-5)
     assert abs(bgr["loss"] - rgb["loss"]) > 0.05 * rgb["loss"]  # the conventions matter for these weights
+
+
+def test_split_reaches_folder_datasets_and_a_weights_dir_needs_a_config(variables, tmp_path):
+    from PIL import Image
+
+    for c in ("a", "b"):  # only val/: evaluation needs no training split
+        (tmp_path / "data" / "val" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (20, 20), (40 * i, 100, 200 if c == "a" else 0)).save(tmp_path / "data" / "val" / c / f"{i}.png")
+    config = tiny_config(**{"dataset.name": "folder", "dataset.data_dir": str(tmp_path / "data"), "dataset.eval_split": "test",
+                            "dataset.num_eval_examples": 0})  # fmt: skip
+    weights.save_weights(str(tmp_path / "w"), variables, TINY_MODEL)
+    with pytest.raises(data.DatasetNotReadyError, match="no split directory .*test"):
+        evaluate.evaluate(config, str(tmp_path / "w"))
+    assert evaluate.evaluate(config, str(tmp_path / "w"), split="val")["count"] == 6  # --split=val
+    with pytest.raises(ConfigError, match="is a weights directory .* give the dataset, resolution and batch with --config"):
+        evaluate.evaluate(None, str(tmp_path / "w"))
 
 
 @pytest.mark.timeout(120)

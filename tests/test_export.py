@@ -72,7 +72,7 @@ def test_safetensors_interoperates_with_the_reference_library(tmp_path, variable
 @pytest.mark.parametrize("name", ["w.safetensors", "w.msgpack"])
 def test_flax_export_round_trip(tmp_path, variables, name):
     out, sidecar = export.export_variables(variables, MODEL, CONVENTIONS, str(tmp_path / "sub" / name), source="unit test")
-    assert sidecar == str(tmp_path / "sub" / "w.json")
+    assert sidecar == str(tmp_path / "sub" / f"{name}.json")
     back, meta = export.read_export(out)
     _assert_same(back, variables)
     assert meta["model"] == MODEL and meta["input"] == CONVENTIONS and meta["layout"] == "flax"
@@ -89,6 +89,15 @@ def test_pytorch_layout_export(tmp_path, variables, layout):
     _assert_same(convert.from_layout(sd, meta["model"], layout), variables)
 
 
+def test_exports_of_one_name_in_both_formats_do_not_collide(tmp_path, variables):
+    st, st_json = export.export_variables(variables, MODEL, CONVENTIONS, str(tmp_path / "x.safetensors"))
+    mp, mp_json = export.export_variables(variables, MODEL, CONVENTIONS, str(tmp_path / "x.msgpack"))
+    assert st_json != mp_json and all(os.path.exists(p) for p in (st, st_json, mp, mp_json))
+    _assert_same(export.read_export(st)[0], export.read_export(mp)[0])
+    os.rename(st_json, tmp_path / "x.json")  # an export written before sidecars were named FILE.json
+    assert export.read_export(st)[1]["layout"] == "flax"
+
+
 def test_export_refuses_bad_requests(tmp_path, variables):
     path = str(tmp_path / "w.safetensors")
     export.export_variables(variables, MODEL, CONVENTIONS, path)
@@ -100,12 +109,12 @@ def test_export_refuses_bad_requests(tmp_path, variables):
         export.export_variables(variables, MODEL, CONVENTIONS, str(tmp_path / "x.msgpack"), layout="timm")
     with pytest.raises(export.ExportError, match=r"must end in \.safetensors or \.msgpack"):
         export.export_variables(variables, MODEL, CONVENTIONS, str(tmp_path / "x.pt"))
-    with pytest.raises(convert.ConversionError, match="simple_stem_in"):
+    with pytest.raises(convert.ConversionError, match="simple_stem_in.*export --layout=pycls or flax"):
         export.export_variables({}, zoo.get_config("resnet50").model, CONVENTIONS, str(tmp_path / "r.safetensors"), layout="torchvision")
     pathlib.Path(path).write_bytes(before[: len(before) // 2])
     with pytest.raises(formats.SafetensorsError, match="truncated"):
         export.read_export(path)
-    os.remove(str(tmp_path / "w.json"))
+    os.remove(path + ".json")
     with pytest.raises(export.ExportError, match="two files"):
         export.read_export(path)
 

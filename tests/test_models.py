@@ -188,6 +188,16 @@ def test_create_model_api():
     assert create_model(zoo.get_config("regnetx_400mf")).spec.widths[-1] == 384
 
 
+def test_anynet_bottleneck_fields_are_optional_for_basic_and_vanilla_blocks():
+    for block in ("res_basic_block", "vanilla_block"):
+        anynet = {k: v for k, v in _anynet(block_type=block).items() if k not in ("bot_muls", "group_ws")}
+        m = validate_model(anynet)
+        assert (m["bot_muls"], m["group_ws"]) == ([1.0, 1.0], [1, 1])
+        assert count(anynet, 32) == count({**anynet, "bot_muls": [0.5, 4], "group_ws": [8, 3]}, 32)  # unused: same model
+        variables = jax.eval_shape(lambda: create_model(anynet).init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False))
+        assert sum(x.size for x in jax.tree_util.tree_leaves(variables["params"])) == count(anynet, 32)["params"]
+
+
 # ---------------------------------------------------------------- bad configs
 
 
@@ -212,6 +222,7 @@ def test_create_model_api():
         (_anynet(group_ws=[8, 24]), "is not divisible by group_ws[1]=24"),
         (_anynet(block_type="res_basic_block", se_ratio=0.25), "needs block_type 'res_bottleneck_block'"),
         (_anynet(depths=[]), "config.model.depths=[] is invalid: must be a non-empty list"),
+        ({k: v for k, v in _anynet().items() if k != "group_ws"}, "config.model.group_ws is missing"),
     ],
 )
 def test_bad_configs_are_rejected_with_a_message(model, message):

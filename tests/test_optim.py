@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from regnet_jax import optim, zoo
-from regnet_jax.config import base_config
+from regnet_jax.config import base_config, base_lr, describe_lr
 from tests.helpers_train import TINY_MODEL, tiny_config
 
 
@@ -22,7 +22,7 @@ def reference_lr(base_lr, epoch, max_epoch, warmup_epochs, warmup_factor=0.1):
 
 
 @pytest.mark.parametrize(
-    "name, schedule, base_lr, epochs, warmup",
+    "name, schedule, lr, epochs, warmup",
     [
         ("regnety_4gf", "", 0.4, 100, 5),
         ("regnetx_200mf", "", 0.8, 100, 5),
@@ -32,14 +32,14 @@ def reference_lr(base_lr, epoch, max_epoch, warmup_epochs, warmup_factor=0.1):
         ("regnetx_400mf", "10ep", 0.05, 10, 0),
     ],
 )
-def test_lr_of_every_epoch(name, schedule, base_lr, epochs, warmup):
+def test_lr_of_every_epoch(name, schedule, lr, epochs, warmup):
     config = zoo.get_config(name, schedule)
-    assert (config.optim.base_lr, config.num_epochs, config.optim.warmup_epochs) == (base_lr, epochs, warmup)
+    assert (base_lr(config), config.num_epochs, config.optim.warmup_epochs) == (lr, epochs, warmup)
     steps_per_epoch = 7
     schedule_fn = jax.jit(optim.lr_schedule(config, steps_per_epoch))
     steps = jnp.arange(epochs * steps_per_epoch)
     got = np.asarray(schedule_fn(steps)).reshape(epochs, steps_per_epoch)
-    want = np.array([reference_lr(base_lr, e, epochs, warmup) for e in range(epochs)])
+    want = np.array([reference_lr(lr, e, epochs, warmup) for e in range(epochs)])
     np.testing.assert_allclose(got, np.repeat(want[:, None], steps_per_epoch, 1), rtol=1e-6)  # constant within an epoch
     for e in range(epochs):
         assert optim.epoch_lr(config, e) == pytest.approx(want[e], rel=1e-12)
@@ -59,9 +59,19 @@ def test_per_step_lr_option():
         assert float(fn(step)) == pytest.approx(reference_lr(0.4, step / 10, 100, 5), rel=1e-5)
 
 
-def test_default_lr_scales_with_batch():
-    assert base_config(TINY_MODEL, batch_size=256).optim.base_lr == pytest.approx(0.2)
-    assert base_config(TINY_MODEL, batch_size=4096).optim.base_lr == pytest.approx(3.2)
+def test_lr_follows_the_batch_unless_pinned():
+    assert base_lr(base_config(TINY_MODEL, batch_size=256)) == pytest.approx(0.2)
+    config = zoo.get_config("regnety_4gf")  # batch 512: lr 0.4
+    assert base_lr(config) == pytest.approx(0.4)
+    config.batch_size = 256  # e.g. --config.batch_size=256 on the command line, or a fork of the config file
+    assert base_lr(config) == pytest.approx(0.2) and optim.epoch_lr(config, 50) == pytest.approx(0.1)
+    config.batch_size = 4
+    assert base_lr(config) == pytest.approx(0.1 * 4 / 128)
+    ten = zoo.get_config("regnetx_400mf", "10ep")  # 0.05 per 128 images
+    ten.batch_size = 256
+    assert base_lr(ten) == pytest.approx(0.1)
+    config.optim.base_lr = 0.3  # pinned: whatever the batch
+    assert base_lr(config) == 0.3 and "pinned" in describe_lr(config) and "0.003125" in describe_lr(config)
 
 
 def test_sgd_matches_pytorch_nesterov_with_weight_decay():

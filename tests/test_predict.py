@@ -1,6 +1,8 @@
 """predict: shipped ImageNet class names, the evaluation transform with the weights' conventions, errors."""
 
+import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -76,6 +78,28 @@ def test_predict_uses_the_weights_conventions(weights_dir, tmp_path):
         np.testing.assert_allclose([t["prob"] for t in r["top"]], probs[order], rtol=1e-4, atol=1e-6)
     text = predict.format_results(results[:1])
     assert text.splitlines()[0] == images[0] and text.splitlines()[1].startswith("  1. ")
+
+
+def test_converted_weights_record_the_configs_resolution_and_predict_uses_it(weights_dir, tmp_path, monkeypatch):
+    from regnet_jax.config import base_config
+
+    _, variables = weights_dir
+    np.savez(tmp_path / "sd.npz", **convert.to_layout(variables, "pycls"))
+    config = base_config(MODEL)
+    config.resolution, config.dataset.eval_crop_fraction = 24, 1.0
+    convert.convert_file("pycls", str(tmp_path / "sd.npz"), config, str(tmp_path / "w"))
+    assert {"resolution": 24, "crop_fraction": 1.0}.items() <= weights.read_meta(str(tmp_path / "w"))["input"].items()
+    seen, real = [], predict.preprocess
+    monkeypatch.setattr(predict, "preprocess", lambda path, conv, res, crop: seen.append((res, crop)) or real(path, conv, res, crop))
+    image = _flat_png(tmp_path / "x.png", (1, 2, 3))
+    predict.predict(str(tmp_path / "w"), [image])
+    predict.predict(str(tmp_path / "w"), [image], resolution=32)  # the flags override the model's
+    shutil.copytree(tmp_path / "w", tmp_path / "old")  # weights written before the size was recorded
+    meta = json.loads((tmp_path / "old" / "meta.json").read_text())
+    del meta["input"]["resolution"], meta["input"]["crop_fraction"]
+    (tmp_path / "old" / "meta.json").write_text(json.dumps(meta))
+    predict.predict(str(tmp_path / "old"), [image])  # ImageNet's 224 px / 0.875
+    assert seen == [(24, 1.0), (32, 1.0), (224, 0.875)]
 
 
 def test_predict_errors(weights_dir, tmp_path):

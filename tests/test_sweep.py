@@ -15,7 +15,8 @@ import ml_collections
 import pytest
 
 from regnet_jax.complexity import count
-from regnet_jax.config import ConfigError, validate_config, validate_model
+from regnet_jax.config import ConfigError, base_lr, validate_config, validate_model
+from regnet_jax.design_space import get_space
 from regnet_jax.design_space.collect import collect
 from regnet_jax.design_space.launch import LaunchOptions, device_slots, launch, write_slurm_script
 from regnet_jax.design_space.layout import SweepDir, SweepError
@@ -95,7 +96,7 @@ def test_setup_writes_trainable_configs_and_summary(tmp_path):
         assert validate_model(cfg["model"]) == cfg["model"] == entry["model"]
         assert cfg["model"]["type"] == "anynet" and cfg["model"]["stem_w"] == 8 and cfg["model"]["num_classes"] == 10
         assert (cfg["dataset"]["name"], cfg["resolution"], cfg["num_epochs"], cfg["batch_size"]) == ("synthetic", 16, 1, 8)
-        assert cfg["optim"]["base_lr"] == pytest.approx(0.05 * 8 / 128)  # the 10ep recipe's lr, scaled to the batch
+        assert base_lr(ml_collections.ConfigDict(cfg)) == pytest.approx(0.05 * 8 / 128)  # the 10ep recipe's lr, scaled to the batch
         assert 30_000 <= count(cfg["model"], 16)["flops"] == entry["complexity"]["flops"] <= 60_000
 
 
@@ -158,6 +159,20 @@ def test_launch_retries_gives_up_and_skips_finished(tmp_path, fake_trainer, monk
     with open(SweepDir(out).results_csv) as f:
         table = list(csv.DictReader(f))
     assert len(table) == 4 and json.loads(table[0]["widths"]) == rows[0]["widths"]
+
+
+def test_a_fork_is_named_after_its_changes_and_its_fields_are_in_the_table(tmp_path):
+    out = str(tmp_path / "sweep")
+    setup_sweep({**TINY, "n": 2, "model": {**TINY["model"], "activation": "silu"}}, out, log=lambda s: None)
+    space = SweepDir(out).spec()["space"]
+    assert space["name"].startswith("anynetx_c+") and "activation=silu" in space["name"]
+    assert "anynetx_c forked: " in space["description"] and "activation=silu" in space["description"]
+    assert space["description"] != get_space("anynetx_c").description
+    assert f"design space {space['name']}" in open(SweepDir(out).config_py("000000")).read()
+    rows = collect(out, log=None)
+    assert [(r["activation"], r["stem_w"], r["resolution"]) for r in rows] == [("silu", 8, 16)] * 2
+    with open(SweepDir(out).results_csv) as f:
+        assert next(csv.DictReader(f))["activation"] == "silu"
 
 
 def test_collect_statuses_and_no_duplicate_rows(tmp_path, fake_trainer, monkeypatch):

@@ -9,12 +9,14 @@ import shutil
 import time
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from regnet_jax import checkpoint, weights
+from regnet_jax import checkpoint, evaluate, predict, weights
 from regnet_jax.config import ConfigError, validate_config
+from regnet_jax.config_file import load_config_file
 from regnet_jax.train import NonFiniteLossError, train_and_evaluate
 from tests.helpers_train import REPO, TINY_MODEL, free_port, run_cli, start_cli, stop, tiny_config, write_config_file
 
@@ -58,7 +60,8 @@ def test_run_writes_its_records_and_rerun_is_a_noop(trained):
     assert [r["step"] for r in evals] == [4, 8] and [r["epoch"] for r in evals] == [1, 2]
     assert all(set(r) == EVAL_KEYS for r in evals)
     assert all(0 <= r["top1_err"] <= 100 and 0 <= r["top5_err"] <= r["top1_err"] for r in evals)
-    assert set(summary) == {"status", "epochs", "steps", "final", "best_top1_err", "wall_time_s", "params", "flops", "skipped_images"}
+    assert set(summary) == {"status", "epochs", "steps", "final", "best_top1_err", "wall_time_s", "params", "trainable_params", "flops", "skipped_images"}
+    assert summary["trainable_params"] == summary["params"]
     assert summary["status"] == "done" and summary["epochs"] == 2 and summary["steps"] == 8
     assert summary["final"] == {k: evals[-1][k] for k in ("top1_err", "top5_err", "loss")}
     assert summary["best_top1_err"] == min(r["top1_err"] for r in evals)
@@ -82,6 +85,40 @@ def test_rerunning_a_finished_run_trains_nothing(trained, tmp_path):
     assert summary["steps"] == 8 and summary["final"] == trained[1]["final"]
     assert len(_read_jsonl(workdir / "eval_metrics.jsonl")) == 2  # no duplicate lines
     _assert_same_variables(_final_variables(workdir), before, rtol=0)
+
+
+def test_resuming_with_a_changed_config_is_refused_unless_allowed_and_keeps_the_history(trained, tmp_path):
+    workdir = _copy(trained, tmp_path)
+    original = json.loads((workdir / "config.json").read_text())
+    changed = _config()
+    changed.num_epochs, changed.optim.label_smoothing = 3, 0.1
+    with pytest.raises(ConfigError, match=r"another config: num_epochs: 2 -> 3; optim.label_smoothing: 0.0 -> 0.1\..*--allow_config_change"):
+        train_and_evaluate(changed, str(workdir))
+    assert json.loads((workdir / "config.json").read_text()) == original and not (workdir / "config_history.jsonl").exists()
+    assert train_and_evaluate(tiny_config(checkpoint_every_steps=1, log_every_steps=1), str(workdir))["steps"] == 8  # harmless
+    summary = train_and_evaluate(changed, str(workdir), allow_config_change=True)
+    assert (summary["epochs"], summary["steps"]) == (3, 12)
+    history = _read_jsonl(workdir / "config_history.jsonl")
+    assert history[0]["config"] == original and history[0]["changes"] == ["log_every_steps: 2 -> 1"]
+    assert history[1]["replaced_at_step"] == 8 and "num_epochs: 2 -> 3" in history[1]["changes"]
+    assert json.loads((workdir / "config.json").read_text())["num_epochs"] == 3
+
+
+def test_a_workdir_describes_itself_to_evaluate_and_predict(trained, tmp_path, monkeypatch):
+    workdir, final = str(trained[0]), trained[1]["final"]
+    own = evaluate.evaluate(None, workdir)  # python -m regnet_jax.evaluate --checkpoint=WORKDIR
+    assert own["top1_err"] == pytest.approx(final["top1_err"]) and own["loss"] == pytest.approx(final["loss"], rel=1e-5)
+    from_json = evaluate.evaluate(ml_collections.ConfigDict(load_config_file(f"{workdir}/config.json")), workdir)  # --config=WORKDIR/config.json
+    assert from_json["loss"] == pytest.approx(own["loss"], rel=1e-6)
+    other = evaluate.evaluate(None, workdir, split="train")  # --split: the training digits (first 50)
+    assert other["count"] == own["count"] == 50 and other["loss"] != own["loss"]
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 40, 3), np.uint8)).save(tmp_path / "x.png")
+    seen, real = [], predict.preprocess
+    monkeypatch.setattr(predict, "preprocess", lambda path, conv, res, crop: seen.append((res, crop)) or real(path, conv, res, crop))
+    predict.predict(workdir, [str(tmp_path / "x.png")])
+    assert seen == [(16, 224 / 256)]  # the run's resolution and eval crop, not 224 px
 
 
 @pytest.mark.timeout(300)
@@ -167,7 +204,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(trained, tmp_path):
     config.num_epochs = 4
     config.optim.base_lr = 1e30  # the next update is huge but finite; the loss after it is not
     with pytest.raises(NonFiniteLossError, match="NaN or inf") as e:
-        train_and_evaluate(config, str(workdir))
+        train_and_evaluate(config, str(workdir), allow_config_change=True)  # continue the finished run, 2 more epochs
     bad_step, last_good = map(int, re.search(r"by step (\d+).*checkpoint is step (\d+)", str(e.value)).groups())
     assert 8 < bad_step and last_good == bad_step - 1
     ckpt = checkpoint.Checkpointer(str(workdir), read_only=True)
@@ -217,7 +254,8 @@ def test_imagenet2012_mock_data_end_to_end(tmp_path):
 
 def test_finetune_from_a_workdir_with_new_classes_and_frozen_trunk(trained, tmp_path):
     config = tiny_config(num_epochs=1, init_from=str(trained[0]), freeze_trunk=True, **{"model.num_classes": 12})
-    train_and_evaluate(config, str(tmp_path / "probe"))
+    summary = train_and_evaluate(config, str(tmp_path / "probe"))
+    assert summary["trainable_params"] == 16 * 12 + 12 < summary["params"]  # the head only
     pre, tuned = _final_variables(trained[0]), _final_variables(tmp_path / "probe")
     assert tuned["params"]["head"]["fc"]["kernel"].shape == (16, 12)
     del pre["params"]["head"], tuned["params"]["head"]
@@ -239,7 +277,7 @@ def test_finetune_from_weights_applies_their_input_conventions(trained, tmp_path
 
 def test_quickstart_config_clearly_learns(tmp_path):
     config = _load_config("configs/quickstart.py")
-    config.num_epochs = 3  # the full 30 epochs reach ~98.5 % (docs/training.md); 3 already learn
+    config.num_epochs = 3  # the full 30 epochs: docs/training.md (benchmarks/docs_figures.py); 3 already learn
     summary = train_and_evaluate(config, str(tmp_path / "qs"))
     assert summary["final"]["top1_err"] < 25.0  # chance is 90 %
     evals = _read_jsonl(tmp_path / "qs" / "eval_metrics.jsonl")

@@ -71,6 +71,11 @@ def measure(data_dir: str, threads: int, resolution: int, batch: int, batches: i
 
 def main(argv: list[str]) -> None:
     del argv
+    from regnet_jax import smoke
+
+    if smoke.active():
+        FLAGS.batch, FLAGS.batches, FLAGS.resolution = 4, 2, smoke.RESOLUTION
+        smoke.announce(f"input-pipeline benchmark: {FLAGS.batches} batches of {FLAGS.batch} at {FLAGS.resolution} px")
     data_dir = FLAGS.data_dir
     if not data_dir:
         data_dir = tempfile.mkdtemp(prefix="jpeg_bench_")

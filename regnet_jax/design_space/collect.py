@@ -20,16 +20,19 @@ from typing import Any, Callable
 from regnet_jax import paths
 
 from regnet_jax.complexity import count
+from regnet_jax.config import validate_model
 from regnet_jax.design_space.launch import is_done, is_running
 from regnet_jax.design_space.layout import SweepDir, read_json
 from regnet_jax.metrics import EVAL_EMA_FILE, EVAL_FILE, read_jsonl
 from regnet_jax.models.spec import model_spec
 
+# The other config.model fields (a fork of a space may fix any of them, e.g. --model=activation=silu).
+MODEL_COLUMNS = ("stem_type", "stem_w", "block_type", "activation", "zero_init_last_bn", "dtype", "num_classes")
 COLUMNS = (
     "id", "sweep", "status", "attempts", "type",
     "depth", "w0", "wa", "wm", "group_w", "bot_mul", "depths", "widths", "bot_muls", "group_ws",
     "d", "w4", "g", "b", "num_stages", "stage_depths", "stage_widths", "stage_group_ws", "se_ratio",
-    "flops", "params", "acts", "epochs", "num_epochs", "steps",
+    *MODEL_COLUMNS, "resolution", "flops", "params", "acts", "epochs", "num_epochs", "steps",
     "final_top1_err", "final_top5_err", "best_top1_err", "error", "error_source", "wall_time_s",
 )  # fmt: skip
 
@@ -42,8 +45,8 @@ def _evals(path: str) -> list[dict[str, Any]]:
 
 def model_fields(model: dict[str, Any], resolution: int) -> dict[str, Any]:
     """The table's model columns for one ``config.model``: its own fields, the derived d/w4/g/b and its complexity."""
-    spec = model_spec(model)
-    row: dict[str, Any] = {"type": model["type"], "se_ratio": model["se_ratio"]}
+    spec, model = model_spec(model), validate_model(model)
+    row: dict[str, Any] = {k: model[k] for k in ("type", "se_ratio", *MODEL_COLUMNS)}
     keys = ("depth", "w0", "wa", "wm", "group_w", "bot_mul") if model["type"] == "regnet" else ("depths", "widths", "bot_muls", "group_ws")
     row.update({k: model[k] for k in keys})
     row.update(
@@ -56,7 +59,7 @@ def model_fields(model: dict[str, Any], resolution: int) -> dict[str, Any]:
         stage_widths=list(spec.widths),
         stage_group_ws=list(spec.group_ws),
     )
-    row.update(count(spec, resolution))
+    row.update(count(spec, resolution), resolution=resolution)
     return row
 
 

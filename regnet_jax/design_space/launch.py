@@ -34,7 +34,7 @@ import time
 import traceback
 from typing import Any, Callable
 
-from regnet_jax import paths, workdir_lock
+from regnet_jax import paths, smoke, workdir_lock
 from regnet_jax.config import ConfigError
 from regnet_jax.design_space.layout import SweepDir, SweepError, model_id, read_json, write_json
 from regnet_jax.metrics import TRAIN_FILE, format_eta, read_jsonl
@@ -357,7 +357,10 @@ class Launcher:
         absl_handler.setLevel(logging.WARNING)  # the console shows the sweep's progress, not every model's steps
         absl_logging.set_verbosity(absl_logging.INFO)
         try:
-            train_lib.train_and_evaluate(ml_collections.ConfigDict(self.sd.config(job.mid)), self.sd.run_dir(job.mid))
+            config = ml_collections.ConfigDict(self.sd.config(job.mid))
+            if smoke.active():  # as the trainer's --config flag does in a subprocess
+                smoke.shrink_config(config)
+            train_lib.train_and_evaluate(config, self.sd.run_dir(job.mid))
             return 0
         except ConfigError as e:
             logging.getLogger("absl").error("error: %s", e)

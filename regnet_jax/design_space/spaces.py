@@ -95,7 +95,11 @@ class DesignSpace:
 
     def fork(self, name: str, *, dists: Mapping[str, Any] | None = None, model: Mapping[str, Any] | None = None,
              constraints: Sequence[Constraint] = (), **changes: Any) -> "DesignSpace":  # fmt: skip
-        """A new space: this one with some distributions, fixed model fields or fields replaced; ``constraints`` are added."""
+        """A new space: this one with some distributions, fixed model fields or fields replaced; ``constraints`` are
+        added. Its description says what changed, unless ``description`` is given."""
+        if "description" not in changes:
+            what = [f"{k}={v}" for k, v in {**(dists or {}), **(model or {})}.items()] + [c.name for c in constraints]
+            changes["description"] = f"{self.name} forked: {', '.join(what) or 'unchanged'}"
         return dataclasses.replace(
             self,
             name=name,

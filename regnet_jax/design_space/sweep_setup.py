@@ -9,8 +9,8 @@ the defaults in ``SPEC_DEFAULTS``:
     flops, params, acts   [lo, hi] complexity regime at the training resolution (0 = unbounded; flops = mult-adds)
     schedule    '10ep' / '25ep' / '100ep' preset of regnet_jax.config.base_config (used when ``base`` is '')
     base        a training config file to start from, e.g. 'configs/quickstart.py' ('' = base_config(schedule))
-    dataset, num_epochs, resolution, batch_size   overrides of the training config (0/'' = keep); a batch-size
-                override scales optim.base_lr linearly (0.1 per 128 images is the paper's rule), and a batch smaller
+    dataset, num_epochs, resolution, batch_size   overrides of the training config (0/'' = keep); the lr follows
+                a batch-size override (the linear rule, optim.lr_per_128; a pinned optim.base_lr is scaled too); a batch smaller
                 than one BatchNorm statistics group (bn_group_size) makes it one group
     dists       {param: 'kind:low:high:q'} distributions replacing the space's (a fork)
     model       {field: value} fixed config.model fields replacing the space's (e.g. {'se_ratio': 0.25})
@@ -30,7 +30,7 @@ import numpy as np
 
 from regnet_jax import paths, zoo
 from regnet_jax.config import SCHEDULES, ConfigError, base_config, validate_config
-from regnet_jax.config_file import load_config_file, set_field
+from regnet_jax.config_file import flat_fields, load_config_file, set_field
 from regnet_jax.design_space.layout import SweepDir, SweepError, model_id, write_json
 from regnet_jax.design_space.spaces import CX_METRICS, DesignSpace, SampleResult, get_space, sample_space
 
@@ -90,20 +90,9 @@ def normalize_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
         if v[0] and v[1] and v[0] > v[1]:
             raise ConfigError(f"{m}={v!r}: the low end is above the high end")
         out[m] = [float(x) for x in v]
-    out["train"] = _flatten(out["train"])
+    out["train"] = flat_fields(out["train"])  # ConfigDicts cannot hold dotted keys
     if not out["base"] and out["schedule"] not in SCHEDULES:
         raise ConfigError(f"schedule {out['schedule']!r} is unknown: use one of {sorted(SCHEDULES)}")
-    return out
-
-
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'optim': {'base_lr': 0.1}} -> {'optim.base_lr': 0.1} (ConfigDicts cannot hold dotted keys)."""
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
     return out
 
 
@@ -114,10 +103,13 @@ def _plain(spec: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def space_for(spec: Mapping[str, Any]) -> DesignSpace:
-    """The spec's design space, forked with its ``dists`` / ``model`` overrides if any."""
+    """The spec's design space, forked with its ``dists`` / ``model`` overrides if any (named after them, e.g.
+    ``anynetx_e+activation=silu``)."""
     space = get_space(spec["space"])
-    if spec["dists"] or spec["model"]:
-        space = space.fork(space.name, dists=spec["dists"], model={k: v for k, v in spec["model"].items() if k != "num_classes"})
+    model = {k: v for k, v in spec["model"].items() if k != "num_classes"}
+    if spec["dists"] or model:
+        changes = [f"{k}={v}" for k, v in {**spec["dists"], **model}.items()]
+        space = space.fork(f"{space.name}+{'+'.join(changes)}", dists=spec["dists"], model=model)
     return space
 
 
@@ -138,7 +130,8 @@ def training_template(spec: Mapping[str, Any]) -> ml_collections.ConfigDict:
     if spec["resolution"]:
         config.resolution = int(spec["resolution"])
     if spec["batch_size"]:
-        config.optim.base_lr = config.optim.base_lr * spec["batch_size"] / config.batch_size
+        if config.optim.base_lr:  # pinned by the base config: keep it the same per image (the lr rule does the rest)
+            config.optim.base_lr = config.optim.base_lr * spec["batch_size"] / config.batch_size
         config.batch_size = int(spec["batch_size"])
         if config.get("bn_group_size", 0) > config.batch_size:  # a batch below one BN statistics group: one group
             config.bn_group_size = config.batch_size

@@ -1,0 +1,171 @@
+"""Measure the figures the docs quote, and write them into the docs: one command regenerates them all.
+
+    python benchmarks/docs_figures.py                 # measure everything, update the docs (run on an idle machine)
+    python benchmarks/docs_figures.py --only=quickstart_5ep --dry_run     # one figure, print it, change nothing
+
+A figure in README.md or docs/*.md is written ``<!-- figure:NAME -->TEXT<!-- /figure -->``; this script measures
+each NAME (``FIGURES`` below), replaces TEXT with the new value, and records in docs/figures.json and
+docs/figures.md the command that measured it, the date, the machine and its load average before and after.
+tests/test_docs.py checks that the docs carry exactly what docs/figures.json holds.
+
+Speed figures of the benchmarks (ratios to PyTorch, images/s, compile times of the zoo models) are measured by the
+performance-figures script of docs/performance.md, which this script runs last (``PERF_FIGURES``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+FIGURES_JSON = REPO / "docs" / "figures.json"
+FIGURES_MD = REPO / "docs" / "figures.md"
+SPAN = re.compile(r"<!-- figure:(\w+) -->(.*?)<!-- /figure -->", re.S)
+# LEAD: the perf helper's script regenerating performance.md's CPU figures (benchmark ratios, compile times) is
+# not on main yet; when it lands, put its command here (it is run as is, after the figures below).
+PERF_FIGURES: list[str] = []
+
+
+def _machine() -> str:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    model = platform.processor() or platform.machine()
+    if os.path.exists("/proc/cpuinfo"):
+        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
+        model = names[0] if names else model
+    import jax  # the runs measured see the same environment, so the same devices (results depend on their number)
+
+    return f"{cpus} CPU cores ({model}), {platform.system()}, {jax.device_count()} JAX {jax.default_backend().upper()} device(s)"
+
+
+def _train(*overrides: str) -> tuple[dict, float, list[str]]:
+    """(summary.json, process wall seconds, command) of one quickstart run in a fresh workdir."""
+    with tempfile.TemporaryDirectory() as workdir:
+        cmd = ["python", "-m", "regnet_jax.train", "--config=configs/quickstart.py", f"--workdir={workdir}", *overrides]
+        t = time.perf_counter()
+        subprocess.run([sys.executable, *cmd[1:]], cwd=REPO, check=True, capture_output=True, text=True)
+        wall = time.perf_counter() - t
+        summary = json.loads((pathlib.Path(workdir) / "summary.json").read_text())
+    return summary, wall, [c if not c.startswith("--workdir") else "--workdir=/tmp/quickstart" for c in cmd]
+
+
+def quickstart(overrides: tuple[str, ...] = ()) -> dict[str, dict]:
+    summary, wall, cmd = _train(*overrides)
+    suffix = "_" + overrides[0].split("=")[1] + "ep" if overrides else ""
+    accuracy = 100 - summary["final"]["top1_err"]
+    command = " ".join(cmd)
+    return {
+        f"quickstart{suffix}_accuracy": {"text": f"{accuracy:.2f} %", "value": accuracy, "command": command},
+        f"quickstart{suffix}_time": {
+            "text": f"{wall:.0f} s", "value": wall, "command": command,
+            "note": f"the whole process; the training loop and evaluations took {summary['wall_time_s']:.0f} s",
+        },
+    }  # fmt: skip
+
+
+def quickstart_model() -> dict[str, dict]:
+    """The quickstart model's size (analytic, so machine-independent)."""
+    from regnet_jax.complexity import count
+    from regnet_jax.config_file import load_config_file
+
+    config = load_config_file(str(REPO / "configs" / "quickstart.py"))
+    cx = count(config.model, config.resolution)
+    command = "python -m regnet_jax.complexity --config=configs/quickstart.py"
+    return {
+        "quickstart_params": {"text": f"{cx['params'] / 1e3:.0f}k", "value": cx["params"], "command": command},
+        "quickstart_flops": {"text": f"{cx['flops'] / 1e6:.2f} M", "value": cx["flops"], "command": command},
+    }
+
+
+FIGURES: dict[str, Callable[[], dict[str, dict]]] = {
+    "quickstart_model": quickstart_model,
+    "quickstart": quickstart,
+    "quickstart_5ep": lambda: quickstart(("--config.num_epochs=5",)),
+}
+
+
+def documents() -> list[pathlib.Path]:
+    return [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "experiments" / "README.md"]
+
+
+def spans() -> dict[str, list[tuple[pathlib.Path, str]]]:
+    """figure name -> [(document, text there)] of every figure span in the docs."""
+    out: dict[str, list[tuple[pathlib.Path, str]]] = {}
+    for doc in documents():
+        for name, text in SPAN.findall(doc.read_text(encoding="utf-8")):
+            out.setdefault(name, []).append((doc, text))
+    return out
+
+
+def write_docs(figures: dict[str, dict]) -> list[str]:
+    """Put each figure's text into its spans; returns the documents changed."""
+    changed = []
+    for doc in documents():
+        text = doc.read_text(encoding="utf-8")
+        new = SPAN.sub(lambda m: f"<!-- figure:{m[1]} -->{figures[m[1]]['text'] if m[1] in figures else m[2]}<!-- /figure -->", text)
+        if new != text:
+            doc.write_text(new, encoding="utf-8")
+            changed.append(str(doc.relative_to(REPO)))
+    return changed
+
+
+def figures_page(figures: dict[str, dict]) -> str:
+    rows = [
+        f"| `{name}` | {f['text']} | `{f['command']}` | {f['date']} | {f['machine']} | {f['load']} | {f.get('note', '')} |"
+        for name, f in sorted(figures.items())
+    ]
+    return "\n".join([
+        "# Measured figures quoted in the docs",
+        "",
+        "Written by `python benchmarks/docs_figures.py` (do not edit): each figure the docs quote, the command that",
+        "measured it, when, on what, and the machine's 1-minute load average before and after. Times are only",
+        "comparable at a similar load; regenerate them on an idle machine.",
+        "",
+        "| figure | value | command | date | machine | load | note |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ])  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--only", default="", help="comma-separated groups of FIGURES (default: all)")
+    p.add_argument("--dry_run", action="store_true", help="print the figures; change no file")
+    args = p.parse_args()
+    os.environ.pop("REGNET_JAX_SMOKE", None)  # real runs, whatever the caller's environment
+    groups = [g for g in args.only.split(",") if g] or list(FIGURES)
+    unknown = sorted(set(groups) - set(FIGURES))
+    if unknown:
+        sys.exit(f"error: unknown figure group(s) {unknown}: use {sorted(FIGURES)}")
+    figures = json.loads(FIGURES_JSON.read_text()) if FIGURES_JSON.exists() else {}
+    for group in groups:
+        before = os.getloadavg()[0]
+        measured = FIGURES[group]()
+        load = f"{before:.1f} -> {os.getloadavg()[0]:.1f}"
+        for name, f in measured.items():
+            figures[name] = {**f, "date": datetime.date.today().isoformat(), "machine": _machine(), "load": load}
+            print(f"{name}: {f['text']}  ({f['command']}; load {load})", flush=True)
+    if args.dry_run:
+        return
+    missing = sorted(set(spans()) - set(figures))
+    if missing:
+        sys.exit(f"error: the docs quote figures no group measures: {missing}")
+    FIGURES_JSON.write_text(json.dumps(figures, indent=1, sort_keys=True) + "\n")
+    FIGURES_MD.write_text(figures_page(figures))
+    print("updated:", ", ".join(write_docs(figures) + ["docs/figures.json", "docs/figures.md"]))
+    if PERF_FIGURES and not args.only:
+        subprocess.run(PERF_FIGURES, cwd=REPO, check=True)
+
+
+if __name__ == "__main__":
+    main()
