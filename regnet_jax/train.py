@@ -28,7 +28,7 @@ from clu import metric_writers
 from ml_collections import config_flags
 
 from regnet_jax import checkpoint as ckpt_lib
-from regnet_jax import complexity, data, metrics, optim, parallel
+from regnet_jax import complexity, data, metrics, optim, parallel, profiling
 from regnet_jax.cli import run
 from regnet_jax.config import ConfigError, validate_config
 from regnet_jax.evaluate import apply_input_conventions, run_evaluation
@@ -118,6 +118,7 @@ class _Trainer:
         )  # fmt: skip
         self.eval_step = parallel.make_eval_step(self.model, self.mesh, num_classes=config.model.num_classes)
         self.ckpt = ckpt_lib.Checkpointer(workdir, config.keep_checkpoints)
+        self.profiler = profiling.StepProfiler(config.get("profile_steps", ()), workdir, self.total_steps)
         self.prior_wall_time = 0.0
 
     def _path(self, name: str) -> str:
@@ -207,6 +208,7 @@ class _Trainer:
         try:
             self._loop(step, writer, sigterm)
         finally:
+            self.profiler.close()
             sigterm.restore()
             self.ckpt.wait()
             writer.close()
@@ -220,7 +222,7 @@ class _Trainer:
             epoch, offset = divmod(step, self.steps_per_epoch)
             batches = data.device_prefetch(self.train_input.epoch(epoch, offset), self.mesh, config.dataset.prefetch)
             for batch in batches:
-                self.state, m = self.train_step(self.state, batch)
+                self.state, m = self.profiler.run(step, self.train_step, self.state, batch)
                 pending.append(m)
                 step += 1
                 if step % config.log_every_steps == 0 or step % self.steps_per_epoch == 0:
