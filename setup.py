@@ -2,29 +2,35 @@
 
 from setuptools import find_packages, setup
 
-# Versions seen importing and running together (CPU, Python 3.11).
+# Ranges: from the oldest tested version to below the next release that may break the API (JAX and Flax break
+# between minor releases while below 1.0). The exact tested sets are in constraints/ (README, "Install").
 INSTALL_REQUIRES = [
-    "jax==0.10.2",
-    "jaxlib==0.10.2",
-    "flax==0.12.8",
-    "optax==0.2.8",
-    "orbax-checkpoint==0.12.8",
-    "clu==0.0.12",
-    "ml_collections==1.1.0",
-    "tensorflow-cpu==2.21.0",
-    "tensorboard==2.21.0",  # clu.metric_writers needs it; tensorflow-cpu 2.21 no longer pulls it in
-    "tensorflow-datasets==4.9.10",
-    "absl-py>=2.1",
-    "numpy>=1.26",
-    "matplotlib>=3.8",
-    "scikit-learn>=1.4",  # ships the offline quickstart dataset (8x8 digits)
-    "pillow>=10",
+    "jax>=0.10.2,<0.13",
+    "jaxlib>=0.10.2,<0.13",
+    "flax>=0.12.8,<0.13",
+    "optax>=0.2.8,<0.3",
+    "orbax-checkpoint>=0.12.8,<0.13",
+    "ml_collections>=1.1.0,<2",
+    "tensorflow-cpu>=2.21,<2.22",
+    "tensorboard>=2.21,<2.22",  # event protos for metrics.py's TensorBoard writer; tensorflow-cpu 2.21 no longer pulls it in
+    "tensorflow-datasets>=4.9.10,<5",
+    "absl-py>=2.1,<3",
+    "numpy>=2.4,<3",
+    "matplotlib>=3.11,<4",
+    "scikit-learn>=1.9,<2",  # ships the offline quickstart dataset (8x8 digits)
+    "pillow>=13,<14",
 ]
 
 EXTRAS = {
-    "test": ["pytest>=8", "pytest-timeout>=2.3"],
+    "test": [
+        "pytest>=9,<10",
+        "pytest-timeout>=2.4,<3",
+        "gcsfs>=2026.9",  # tests/test_gcs_emulator.py: gs:// through the Cloud Storage emulator
+        "gcp-storage-emulator>=2026.7",
+    ],
+    "gcs": ["gcsfs>=2026.9"],  # gs:// workdirs, weights, sweeps and data (regnet_jax/paths.py)
     # Only for reading .pth/.pyth files and for the PyTorch side of the benchmarks.
-    "torch": ["torch==2.13.0"],
+    "torch": ["torch>=2.13,<3"],
 }
 
 setup(
@@ -33,7 +39,7 @@ setup(
     description="RegNet and AnyNet (Designing Network Design Spaces) in JAX/Flax: models, training, design-space sweeps",
     packages=find_packages(include=["regnet_jax", "regnet_jax.*"]),
     package_data={"regnet_jax": ["assets/*.tsv", "assets/*.md"]},
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     license="MIT",

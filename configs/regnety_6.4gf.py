@@ -1,8 +1,11 @@
 """RegNetY-6.4GF: the pycls dds_baselines recipe (RegNet), reference.md §1.
 
-Train (100 epochs, global batch 512, lr 0.4, cosine, 5-epoch linear warmup from 0.1x, Nesterov SGD, wd 5e-5):
+Train (100 epochs, global batch 512, lr 0.4, cosine, 5-epoch linear warmup from 0.1x, Nesterov SGD, wd 5e-5;
+BatchNorm statistics per 64 images, as on pycls's 8 GPUs):
 
     python -m regnet_jax.train --config=configs/regnety_6.4gf.py --workdir=DIR
+
+The same math on one GPU: add ``--config.grad_accum_steps=8`` (docs/training.md, "Reproducing pycls").
 
 Design-space schedules of the paper: ``--config=configs/regnety_6.4gf.py:25ep`` (batch 128, lr 0.1) and ``:10ep``
 (batch 128, lr 0.05), both without warmup.

@@ -15,7 +15,11 @@ Names:
       SE (RegNetY), Swish, and other resolutions at the same flops (Fig. 14).
   sec5_regnetx_{200mf,...,32gf}, sec5_regnety_{...}
       the best-of-25 selection of §5: 25 models with 12 <= d <= 28 per regime, trained with the full 100-epoch recipe
-      (batch 1024, lr 0.8, 5 warmup epochs); retrain the best 5 times (README).
+      (batch 1024, lr 0.8, 5 warmup epochs); retrain the best 5 times (README). pycls ran these on 8 GPUs (128 images
+      and one BatchNorm group per GPU); the launcher gives each model one device, so the specs set
+      ``grad_accum_steps=8`` and ``bn_group_size=128``: the same math on one device, at one GPU's memory (SEC5_RECIPE).
+
+The 10/25-epoch studies train at batch 128 with BatchNorm over all 128 images, as pycls's one-GPU sweeps did.
 """
 
 import ml_collections
@@ -36,6 +40,11 @@ def _wider(flops: float) -> dict:
         return {"dists": {"group_w": WIDE_GROUPS}, "max_draws": 3_000_000}
     g = "power2_or_log_uniform:16:128:8" if flops <= 16e9 else "power2_or_log_uniform:16:256:8"
     return {"dists": {"group_w": g, "w0": "log_uniform:8:512:8", "wa": "log_uniform:8.0:512.0:0.1"}, "max_draws": 3_000_000}
+
+
+# §5's 8-GPU recipe on one device per model: 8 micro-batches of 128 images, each its own BatchNorm group. With D
+# devices per model, set grad_accum_steps = 8 / D instead (setup --set=grad_accum_steps=..., experiments/README.md).
+SEC5_RECIPE = {"grad_accum_steps": 8, "bn_group_size": 128}
 
 
 def _spec(space: str, n: int, flops: float, schedule: str, **extra) -> dict:
@@ -60,7 +69,7 @@ def _table() -> dict[str, dict]:
     for res in (192, 256, 288):
         t[f"fig14_res{res}"] = {**base, "resolution": res}
     for r in ("200mf", "400mf", "600mf", "800mf", "1.6gf", "3.2gf", "4gf", "6.4gf", "8gf", "12gf", "16gf", "32gf"):
-        t[f"sec5_regnetx_{r}"] = _spec("regnetx_constrained_d12_28", 25, REGIMES[r], "100ep", **_wider(REGIMES[r]))
+        t[f"sec5_regnetx_{r}"] = _spec("regnetx_constrained_d12_28", 25, REGIMES[r], "100ep", train=SEC5_RECIPE, **_wider(REGIMES[r]))
         t[f"sec5_regnety_{r}"] = {**t[f"sec5_regnetx_{r}"], "model": {"se_ratio": 0.25}}
     return t
 

@@ -165,7 +165,9 @@ def _parallel_train_step(config: ml_collections.ConfigDict, dtype: str, mesh, da
     params = jax.eval_shape(lambda: parallel.init_variables(model, jax.random.PRNGKey(0), shape))["params"]
     tx = optim.make_optimizer(config, 1000, params)
     state = parallel.create_train_state(model, tx, jax.random.PRNGKey(0), shape, mesh)
-    step = parallel.make_train_step(model, tx, mesh, num_classes=config.model.num_classes)
+    accum, group = config.get("grad_accum_steps", 1), config.get("bn_group_size", 0)
+    group = min(group, data["image"].shape[0] // accum)  # a --batch below one statistics group: one group
+    step = parallel.make_train_step(model, tx, mesh, num_classes=config.model.num_classes, bn_group_size=group, grad_accum_steps=accum)
     return step, (state, data)
 
 
@@ -480,11 +482,9 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     from absl import flags
-    from ml_collections import config_flags
+    from regnet_jax.cli import config_path, define_config_flag, run
 
-    from regnet_jax.cli import config_path, run
-
-    config_flags.DEFINE_config_file("config", None, "A config file, e.g. configs/regnety_400mf.py.", lock_config=False)
+    define_config_flag("config", "A config file, e.g. configs/regnety_400mf.py.", lock=False)
     flags.DEFINE_enum("mode", "train", list(MODES), "Time a training step or an inference forward pass.")
     flags.DEFINE_integer("batch", 32, "Global batch, split over the devices.")
     flags.DEFINE_enum("dtype", "float32", list(DTYPES), "Compute dtype (parameters stay float32).")

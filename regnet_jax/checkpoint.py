@@ -6,6 +6,9 @@
 * Kept: the last ``keep`` checkpoints plus the best one by evaluation top-1 error.
 * ``restore_latest`` tries the newest checkpoint first; one that cannot be read is reported, moved aside to
   ``<step>.corrupt-<time>`` (never deleted) and the previous one is used.
+* The workdir may be local or ``gs://`` (``regnet_jax.paths``). Every process takes part in saves and restores
+  (orbax writes each array once); a full disk or an unwritable location stops the run with a ``StorageError`` naming
+  the directory and the space needed, before the save when the free space is known to be short (local disks).
 
 Starting points for fine-tuning and evaluation: ``load_pretrained(path)`` reads a weights directory
 (``regnet_jax.weights``) or a training workdir into a ``Pretrained`` (variables, model config, input conventions);
@@ -14,12 +17,12 @@ Starting points for fine-tuning and evaluation: ``load_pretrained(path)`` reads 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
-import json
 import logging
-import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -27,6 +30,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from regnet_jax import paths
 from regnet_jax.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -36,15 +40,22 @@ class CheckpointError(ConfigError):
     """No readable checkpoint where one was expected; the message says what was found and what to do."""
 
 
-def checkpoint_dir(workdir: str) -> str:
-    return os.path.join(os.path.abspath(workdir), "checkpoints")
+def checkpoint_dir(workdir: paths.PathLike) -> paths.Path:
+    return paths.join(workdir, "checkpoints")
+
+
+# What a checkpoint needs beyond the size of its arrays (or of the previous checkpoint): orbax's metadata files and
+# the JSON meta item, and some slack (checkpoints of one run differ a little in size).
+_METADATA_BYTES = 256 << 10
+_SLACK = 1.1
 
 
 class Checkpointer:
     """Save and restore the train state of a workdir (see the module docstring)."""
 
-    def __init__(self, workdir: str, keep: int = 3, *, read_only: bool = False):
+    def __init__(self, workdir: paths.PathLike, keep: int = 3, *, read_only: bool = False):
         self.directory = checkpoint_dir(workdir)
+        self._bytes_per_save = 0
         policy = ocp.checkpoint_managers.AnyPreservationPolicy(
             [
                 ocp.checkpoint_managers.LatestN(n=keep),
@@ -62,11 +73,52 @@ class Checkpointer:
         return sorted(self.manager.all_steps())
 
     def save(self, step: int, state: Any, meta: dict[str, Any], metrics: dict[str, float] | None = None) -> None:
-        """Start saving ``state`` at ``step`` (returns once the arrays are copied off the devices)."""
+        """Start saving ``state`` at ``step`` (returns once the arrays are copied off the devices).
+
+        Raises StorageError, before writing anything, when the local directory is not writable or has less free space
+        than a checkpoint takes, and when this save or the previous (asynchronous) one failed for lack of space or
+        permission.
+        """
         if step in self.manager.all_steps():
             return
+        needed = self._bytes_needed(state)
+        try:  # before orbax starts: its background threads outlive a failed save by minutes
+            paths.check_writable(self.directory, needed)
+        except paths.StorageError as e:
+            raise paths.StorageError(f"cannot save the checkpoint of step {step}: {e}{self._kept()}") from None
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-        self.manager.save(step, args=args, metrics=metrics)
+        with self._storage_errors(needed):
+            self.manager.save(step, args=args, metrics=metrics)
+
+    def _bytes_needed(self, state: Any) -> int:
+        """What one checkpoint takes: a saved one's size on a local disk (measured once), else the arrays' size."""
+        if not self._bytes_per_save:
+            steps = self.steps()
+            on_disk = paths.tree_bytes(self.directory / str(steps[-1])) if steps else 0
+            if on_disk:
+                self._bytes_per_save = int(_SLACK * on_disk)
+                return self._bytes_per_save
+            return int(_SLACK * (sum(int(getattr(x, "nbytes", 0)) for x in jax.tree_util.tree_leaves(state)) + _METADATA_BYTES))
+        return self._bytes_per_save
+
+    def _kept(self) -> str:
+        with contextlib.suppress(Exception):  # reporting an error: never replace it by another one
+            self.manager.wait_until_finished()  # the saves before the failed one complete
+        with contextlib.suppress(Exception):
+            self.manager.reload()  # only the checkpoints complete on disk, not the one that failed
+        steps = self.steps()
+        return f" (the checkpoints up to step {steps[-1]} are intact: it resumes from there)" if steps else ""
+
+    @contextlib.contextmanager
+    def _storage_errors(self, needed: int = 0) -> Iterator[None]:
+        """A save that failed for lack of space or permission: StorageError naming the directory and what is kept."""
+        try:
+            yield
+        except Exception as e:
+            err = paths.storage_error(self.directory, e, needed)
+            if err is None:
+                raise
+            raise paths.StorageError(f"{err}{self._kept()}") from e
 
     def _restore(self, step: int, target: Any) -> tuple[Any, dict[str, Any]]:
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
@@ -99,7 +151,7 @@ class Checkpointer:
             try:
                 return self._restore(step, target)
             except Exception as e:  # orbax raises many types for truncated, missing or garbled files
-                path = os.path.join(self.directory, str(step))
+                path = self.directory / str(step)
                 moved = f"{path}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}" if move_corrupt else path
                 log.error(
                     "checkpoint %s cannot be read (%s: %s); %s; %s",
@@ -108,7 +160,7 @@ class Checkpointer:
                 )  # fmt: skip
                 if move_corrupt:
                     if jax.process_index() == 0:
-                        os.rename(path, moved)
+                        paths.rename(path, moved)
                     _sync(f"moved_corrupt_{step}")
                     self.manager.reload()
         if steps:
@@ -122,10 +174,13 @@ class Checkpointer:
         return self.manager.metrics(step)
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Wait for the running save; raises StorageError if it failed for lack of space or permission."""
+        with self._storage_errors():
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.close()
+        with self._storage_errors():
+            self.manager.close()
 
 
 def _sync(name: str) -> None:
@@ -157,12 +212,12 @@ class Pretrained:
     source: str
 
 
-def read_workdir_config(workdir: str) -> ml_collections.ConfigDict:
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{workdir} is not a training workdir (no config.json) nor a weights directory (no meta.json)")
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+def read_workdir_config(workdir: paths.PathLike) -> ml_collections.ConfigDict:
+    path = paths.join(workdir, "config.json")
+    try:
+        return ml_collections.ConfigDict(paths.read_json(path))
+    except FileNotFoundError:
+        raise CheckpointError(f"{workdir} is not a training workdir (no config.json) nor a weights directory (no meta.json)") from None
 
 
 def abstract_train_state(config: ml_collections.ConfigDict, mesh: Any) -> Any:
@@ -182,11 +237,12 @@ def abstract_train_state(config: ml_collections.ConfigDict, mesh: Any) -> Any:
     return jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), state)
 
 
-def load_pretrained(path: str, *, ema: bool = False) -> Pretrained:
-    """Variables from a weights directory (``regnet_jax.weights``) or from the newest good checkpoint of a workdir."""
+def load_pretrained(path: paths.PathLike, *, ema: bool = False) -> Pretrained:
+    """Variables from a weights directory (``regnet_jax.weights``) or from the newest good checkpoint of a workdir
+    (local or ``gs://``)."""
     from regnet_jax import parallel, weights
 
-    path = os.path.abspath(path)
+    path = paths.resolve(path)
     if weights.is_weights_dir(path):
         if ema:
             raise CheckpointError(f"{path} is a weights directory (one set of weights, no EMA copy): drop --ema")

@@ -138,11 +138,9 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     from absl import flags
-    from ml_collections import config_flags
+    from regnet_jax.cli import define_config_flag, run
 
-    from regnet_jax.cli import run
-
-    config_flags.DEFINE_config_file("config", None, "A config file, e.g. configs/regnetx_400mf.py[:25ep].", lock_config=True)
+    define_config_flag("config", "A config file, e.g. configs/regnetx_400mf.py[:25ep].")
     flags.DEFINE_bool("json", False, "Print one JSON object {flops, params, acts} and nothing else.")
     flags.DEFINE_bool("all", False, "Print the table of the zoo models.")
     flags.DEFINE_integer("resolution", 0, "Count at this input size instead of config.resolution.")

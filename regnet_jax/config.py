@@ -7,6 +7,7 @@ bad value into a ``ConfigError`` that names the field, the value and what is all
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -130,12 +131,29 @@ def model_config(**fields: Any) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(validate_model(fields))
 
 
-# The paper's design-space schedules (reference.md §4.4) and the zoo recipe (§1.1, §4.1).
+# The paper's design-space schedules (reference.md §4.4) and the zoo recipe (§1.1, §4.1). The design-space runs
+# trained on one GPU at batch 128, so their BatchNorm statistics groups hold 128 images; the zoo's 100-epoch runs
+# used 8 GPUs, so zoo.get_config sets its groups to batch / 8 (here 0: one group, the whole batch).
 SCHEDULES: dict[str, dict[str, Any]] = {
-    "100ep": dict(num_epochs=100, batch_size=None, base_lr=None, warmup_epochs=5),
-    "25ep": dict(num_epochs=25, batch_size=128, base_lr=0.1, warmup_epochs=0),
-    "10ep": dict(num_epochs=10, batch_size=128, base_lr=0.05, warmup_epochs=0),
+    "100ep": dict(num_epochs=100, batch_size=None, base_lr=None, warmup_epochs=5, bn_group_size=0),
+    "25ep": dict(num_epochs=25, batch_size=128, base_lr=0.1, warmup_epochs=0, bn_group_size=128),
+    "10ep": dict(num_epochs=10, batch_size=128, base_lr=0.05, warmup_epochs=0, bn_group_size=128),
 }
+
+
+# Recipe fields added after the first configs were written (sweep configs and workdirs' config.json may lack them:
+# absent = these defaults, the behaviour those configs were trained with).
+RECIPE_DEFAULTS: dict[str, Any] = dict(
+    grad_accum_steps=1,  # micro-batches per optimizer step (k of them = the math of k times as many devices)
+    bn_group_size=0,  # images per BatchNorm statistics group; 0 = the whole global batch
+    precise_bn=False,  # recompute the BN running statistics on training images after every epoch (pycls option)
+    precise_bn_images=8192,  # images used by precise BN (pycls's BN.NUM_SAMPLES_PRECISE)
+)
+
+
+def recipe_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """``config``'s RECIPE_DEFAULTS fields, the defaults where it lacks them."""
+    return {k: config.get(k, v) for k, v in RECIPE_DEFAULTS.items()}
 
 
 def default_lr(batch_size: int) -> float:
@@ -145,6 +163,7 @@ def default_lr(batch_size: int) -> float:
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, on [0, 1] pixels (reference.md §4.2)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+MAX_BAD_IMAGE_FRACTION = 0.01  # of an epoch's training images that may be undecodable (skipped) before the run stops
 DATASET_KINDS = ("imagenet2012", "folder", "synthetic", "quickstart", "<any TFDS image-classification name>")
 
 
@@ -163,7 +182,9 @@ def base_config(model: Mapping[str, Any], batch_size: int = 1024, schedule: str 
     c.resolution = 224
     c.schedule = schedule
     c.num_epochs = preset["num_epochs"]
-    c.batch_size = bs  # global, over all devices of all processes
+    c.batch_size = bs  # global, over all devices of all processes, per optimizer step
+    c.update(RECIPE_DEFAULTS)  # grad_accum_steps, precise_bn, precise_bn_images (documented at RECIPE_DEFAULTS)
+    c.bn_group_size = preset["bn_group_size"]
     c.eval_batch_size = 0  # 0 = same as batch_size
     c.seed = 0
     c.dataset = ml_collections.ConfigDict(
@@ -186,6 +207,7 @@ def base_config(model: Mapping[str, Any], batch_size: int = 1024, schedule: str 
             cache=False,
             output_dtype="float32",  # or 'bfloat16'
             prefetch=2,  # batches on device ahead of the step
+            max_bad_image_fraction=MAX_BAD_IMAGE_FRACTION,  # undecodable training images are skipped; more per epoch stop the run
         )
     )
     c.optim = ml_collections.ConfigDict(
@@ -225,10 +247,16 @@ def _is_step_window(steps: Any) -> bool:
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Check a full training config (model and training fields); raise ConfigError naming the field and the fix."""
     validate_model(config.model)
+    bad_fraction = config.dataset.get("max_bad_image_fraction", MAX_BAD_IMAGE_FRACTION)  # configs written before it existed
+    r = recipe_options(config)
     checks = [
         ("resolution", _is_int(config.resolution) and config.resolution >= 8, "an integer >= 8 (pixels)"),
         ("num_epochs", _is_int(config.num_epochs) and config.num_epochs >= 1, "a positive integer"),
         ("batch_size", _is_int(config.batch_size) and config.batch_size >= 1, "a positive integer (global batch)"),
+        ("grad_accum_steps", _is_int(r["grad_accum_steps"]) and r["grad_accum_steps"] >= 1, "a positive integer (1 = no accumulation)"),
+        ("bn_group_size", _is_int(r["bn_group_size"]) and r["bn_group_size"] >= 0, "0 (the whole global batch) or a positive integer (images)"),
+        ("precise_bn", isinstance(r["precise_bn"], bool), "True or False"),
+        ("precise_bn_images", _is_int(r["precise_bn_images"]) and r["precise_bn_images"] >= 1, "a positive integer (images)"),
         ("eval_batch_size", _is_int(config.eval_batch_size) and config.eval_batch_size >= 0, "0 (= batch_size) or a positive integer"),
         ("seed", _is_int(config.seed), "an integer"),
         ("dataset.name", isinstance(config.dataset.name, str) and config.dataset.name, f"a dataset name: {', '.join(DATASET_KINDS)}"),
@@ -241,6 +269,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         ("dataset.pca_std", config.dataset.pca_std >= 0, ">= 0"),
         ("dataset.output_dtype", config.dataset.output_dtype in ("float32", "bfloat16"), "'float32' or 'bfloat16'"),
         ("dataset.num_train_examples", _is_int(config.dataset.num_train_examples) and config.dataset.num_train_examples >= 0, "0 (all) or a positive integer"),
+        ("dataset.max_bad_image_fraction", _is_num(bad_fraction) and 0 <= bad_fraction <= 1, "in [0, 1] (0 = stop at the first undecodable training image)"),
         ("dataset.num_eval_examples", _is_int(config.dataset.num_eval_examples) and config.dataset.num_eval_examples >= 0, "0 (all) or a positive integer"),
         ("optim.base_lr", _is_num(config.optim.base_lr) and config.optim.base_lr > 0, "a positive number"),
         ("optim.momentum", 0 <= config.optim.momentum < 1, "in [0, 1)"),
@@ -261,5 +290,72 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             for part in field.split("."):
                 value = value[part]
             raise _field_error(field, value, allowed)
+    batch_layout(config.batch_size, 1, r["grad_accum_steps"], r["bn_group_size"])  # the device-independent part
     if config.freeze_trunk and not config.init_from:
         raise ConfigError("config.freeze_trunk=True needs config.init_from (a weights directory or a training workdir): a linear probe of a random trunk is meaningless")
+    if config.freeze_trunk and r["precise_bn"]:
+        raise ConfigError("config.precise_bn=True with config.freeze_trunk=True: a linear probe keeps the trunk's BN statistics fixed; set precise_bn=False")
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchLayout:
+    """How one optimizer step's global batch is split over devices, micro-batches and BatchNorm groups.
+
+    Every device runs ``micro_steps`` micro-batches of ``micro_batch`` images one after another; BatchNorm computes
+    statistics over groups of ``group_size`` images: ``groups_per_device`` slices of each device's micro-batch, or
+    (``devices_per_group`` > 1) the micro-batches of that many devices together.
+    """
+
+    global_batch: int
+    num_devices: int
+    micro_steps: int
+    group_size: int
+
+    @property
+    def micro_batch(self) -> int:
+        return self.global_batch // (self.num_devices * self.micro_steps)
+
+    @property
+    def groups_per_device(self) -> int:
+        return max(1, self.micro_batch // self.group_size)
+
+    @property
+    def devices_per_group(self) -> int:
+        return max(1, self.group_size // self.micro_batch)
+
+    @property
+    def num_groups(self) -> int:
+        """Statistics groups per optimizer step (over all devices and micro-batches)."""
+        return self.global_batch // self.group_size
+
+
+def batch_layout(global_batch: int, num_devices: int, grad_accum_steps: int = 1, bn_group_size: int = 0) -> BatchLayout:
+    """The ``BatchLayout`` of ``config.batch_size`` / ``grad_accum_steps`` / ``bn_group_size`` on ``num_devices``
+    devices, or a ConfigError naming the field and the values that would work."""
+    b, d, k, g = global_batch, num_devices, grad_accum_steps, bn_group_size
+    if b % (d * k):
+        across = f"the {d} devices" + (f" x config.grad_accum_steps={k} micro-batches" if k > 1 else "")
+        raise ConfigError(f"config.batch_size={b} is not divisible by {across}: use a multiple of {d * k}")
+    micro = b // k  # images per micro-step over all devices
+    if not g:
+        if k > 1:
+            raise ConfigError(
+                f"config.bn_group_size=0 (BatchNorm over the whole global batch) cannot be combined with "
+                f"config.grad_accum_steps={k}: micro-batches run one after another. Set config.bn_group_size to the "
+                f"images per statistics group, at most {micro} (e.g. {micro}, or 128 as pycls's 8-GPU recipe)"
+            )
+        g = b
+    if micro % g:
+        raise ConfigError(
+            f"config.bn_group_size={g} does not divide the {micro} images of a micro-batch (config.batch_size={b} / "
+            f"config.grad_accum_steps={k}): use a divisor of {micro}, or 0 for the whole batch"
+        )
+    per_device = micro // d
+    if per_device % g and g % per_device:
+        fits = [n for n in range(1, micro + 1) if micro % n == 0 and (per_device % n == 0 or n % per_device == 0)]
+        raise ConfigError(
+            f"config.bn_group_size={g} cannot be formed from the {d} devices' micro-batches of {per_device} images: a "
+            f"group must be a slice of one device's micro-batch or several whole ones. Possible sizes here: {fits}; "
+            "or change config.batch_size / config.grad_accum_steps / the device count"
+        )
+    return BatchLayout(b, d, k, g)

@@ -15,7 +15,6 @@ files does (``pip install 'regnet_jax[torch]'``).
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import sys
 import time
@@ -27,7 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from regnet_jax import paths
 from regnet_jax.config import ConfigError
+from regnet_jax.formats import FormatError, read_state_dict
 
 LAYOUTS = ("pycls", "torchvision", "timm")
 # pycls trains on BGR input (reference.md §4.3); timm flipped the stem of the pycls weights it ships to RGB.
@@ -347,76 +348,6 @@ def resolve_model(state_dict: Mapping[str, Any], config: Any | None, layout: str
 # ---------------------------------------------------------------- files
 
 
-def _as_numpy(value: Any) -> np.ndarray:
-    if hasattr(value, "detach"):  # a torch tensor; numpy has no bfloat16, so widen those
-        t = value.detach().cpu()
-        return (t.float() if str(t.dtype) == "torch.bfloat16" else t).numpy()
-    return np.asarray(value)
-
-
-def _unwrap(obj: Any, path: str) -> Mapping[str, Any]:
-    """The state dict inside a checkpoint: pycls ``model_state``, ``state_dict``, ``model`` (DeiT), or the dict itself."""
-    if not isinstance(obj, Mapping):
-        raise ConversionError(f"{path} holds a {type(obj).__name__}, not a state dict or a checkpoint dict")
-    for key in ("model_state", "state_dict", "model"):
-        if isinstance(obj.get(key), Mapping):
-            return obj[key]
-    if not obj or not all(isinstance(k, str) and hasattr(v, "shape") for k, v in obj.items()):
-        raise ConversionError(f"{path} has no state dict: expected a 'model_state' (pycls), 'state_dict' or 'model' entry, or a dict of tensors; found keys {list(obj)[:8]}")
-    return obj
-
-
-def _strip_module_prefix(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """State dicts saved from DistributedDataParallel prefix every key with 'module.'."""
-    if sd and all(k.startswith("module.") for k in sd):
-        return {k[len("module."):]: v for k, v in sd.items()}
-    return sd
-
-
-def _torch_load(path: str, unsafe_pickle: bool) -> Any:
-    try:
-        import torch
-    except ImportError as e:
-        raise ConversionError(
-            f"reading {path} needs PyTorch (pip install 'regnet_jax[torch]'); without it, save the state dict as .npz "
-            "(numpy.savez) or .safetensors and convert that"
-        ) from e
-    try:
-        return torch.load(path, map_location="cpu", weights_only=not unsafe_pickle)
-    except Exception as e:  # torch raises many types for truncated, foreign or pickle-unsafe files
-        msg = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
-        hint = ""
-        if not unsafe_pickle and "weights_only" in str(e):
-            hint = " The file pickles Python objects besides tensors; if you trust its origin, add --unsafe_pickle."
-        raise ConversionError(f"could not read {path} as a PyTorch checkpoint ({type(e).__name__}: {msg}).{hint}") from e
-
-
-def read_state_dict(path: str, unsafe_pickle: bool = False) -> dict[str, np.ndarray]:
-    """The state dict in a ``.pth``/``.pyth``/``.pt`` (torch), ``.safetensors`` or ``.npz`` file, as numpy arrays.
-
-    torch checkpoints are loaded with ``weights_only=True`` unless ``unsafe_pickle`` (only for files you trust).
-    """
-    if not os.path.isfile(path):
-        raise ConversionError(f"checkpoint file {path} does not exist")
-    if path.endswith(".npz"):
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                obj = {k: f[k] for k in f.files}
-        except Exception as e:
-            raise ConversionError(f"could not read {path} as a numpy .npz archive ({type(e).__name__}: {e})") from e
-    elif path.endswith(".safetensors"):
-        from regnet_jax.export import SafetensorsError, read_safetensors
-
-        try:
-            obj, _ = read_safetensors(path)
-        except SafetensorsError as e:
-            raise ConversionError(str(e)) from e
-    else:
-        obj = _torch_load(path, unsafe_pickle)
-    sd = _unwrap(obj, path)
-    return _strip_module_prefix({k: _as_numpy(v) for k, v in sd.items()})
-
-
 def convert_file(
     layout: str,
     checkpoint: str,
@@ -430,18 +361,18 @@ def convert_file(
     from regnet_jax import weights
 
     _check_layout(layout)
-    output = os.path.abspath(output)
-    if os.path.exists(output):  # checked first: a long conversion should not end in this error
+    output = paths.resolve(output)
+    if output.exists():  # checked first: a long conversion should not end in this error
         raise weights.WeightsError(f"{output} already exists: choose a new --output directory (nothing is overwritten)")
     sd = read_state_dict(checkpoint, unsafe_pickle)
     model, note = resolve_model(sd, config, layout)
     variables = from_layout(sd, model, layout)
     conventions = weights.input_spec(channel_order or CHANNEL_ORDER[layout])
-    source = f"{layout} {os.path.abspath(checkpoint)}" + (f" ({note})" if note else "")
+    source = f"{layout} {paths.resolve(checkpoint)}" + (f" ({note})" if note else "")
     weights.save_weights(output, variables, model, conventions, source)
     n_params = sum(int(np.prod(np.shape(x))) for x in jax.tree_util.tree_leaves(variables["params"]))
     n_tensors = len(jax.tree_util.tree_leaves(variables))
-    return {"output": output, "model": model, "input": conventions, "note": note, "params": n_params, "tensors": n_tensors}
+    return {"output": str(output), "model": model, "input": conventions, "note": note, "params": n_params, "tensors": n_tensors}
 
 
 def main(argv: list[str]) -> None:
@@ -468,13 +399,14 @@ def main(argv: list[str]) -> None:
 
 def _define_flags() -> None:
     from absl import flags
-    from ml_collections import config_flags
+
+    from regnet_jax.cli import define_config_flag
 
     flags.DEFINE_enum("from", None, list(LAYOUTS), "Layout of the checkpoint: pycls (.pyth), torchvision or timm.")
     flags.DEFINE_string("checkpoint", None, "A .pyth/.pth/.pt (needs torch), .safetensors or .npz file.")
-    config_flags.DEFINE_config_file(
-        "config", None, "Config whose model the weights are for, e.g. configs/regnety_400mf.py. Required for pycls; "
-        "for torchvision/timm, omit it to read the architecture from the weights.", lock_config=False,
+    define_config_flag(
+        "config", "Config whose model the weights are for, e.g. configs/regnety_400mf.py. Required for pycls; "
+        "for torchvision/timm, omit it to read the architecture from the weights.", lock=False,
     )  # fmt: skip
     flags.DEFINE_string("output", None, "Weights directory to create (must not exist).")
     flags.DEFINE_enum("channel_order", "", ["", "rgb", "bgr"], "Override the input channel order (default: bgr for pycls, rgb otherwise).")
@@ -487,4 +419,4 @@ if __name__ == "__main__":
     from regnet_jax.weights import WeightsError
 
     _define_flags()
-    run(main, user_errors=(ConversionError, WeightsError))
+    run(main, user_errors=(ConversionError, FormatError, WeightsError))

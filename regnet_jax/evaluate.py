@@ -19,11 +19,10 @@ from typing import Any
 import jax
 import ml_collections
 from absl import flags, logging
-from ml_collections import config_flags
 
 from regnet_jax import checkpoint as ckpt_lib
 from regnet_jax import data, metrics, parallel
-from regnet_jax.cli import run
+from regnet_jax.cli import define_config_flag, run
 from regnet_jax.config import ConfigError
 from regnet_jax.weights import WeightsError
 
@@ -88,7 +87,7 @@ def _check_divisible(batch: int, mesh: jax.sharding.Mesh) -> None:
 
 def _define_flags() -> flags.FlagValues:
     """The command-line flags (defined only when run as a program, so importing this module defines none)."""
-    config_flags.DEFINE_config_file("config", None, "Config file (dataset, resolution, batch), e.g. configs/regnety_400mf.py.", lock_config=True)
+    define_config_flag("config", "Config file (dataset, resolution, batch), e.g. configs/regnety_400mf.py.")
     flags.DEFINE_string("checkpoint", None, "A weights directory or a training workdir.")
     flags.DEFINE_bool("ema", False, "Evaluate the EMA weights of a training workdir.")
     flags.DEFINE_string("split", "", "Split to evaluate (default: config.dataset.eval_split).")

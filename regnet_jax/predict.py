@@ -12,13 +12,14 @@ the weights expect (pycls weights: BGR). Class names: the 1000 ImageNet classes 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from importlib import resources
 from typing import Any
 
 import numpy as np
+
+from regnet_jax import paths
 
 IMAGENET_CLASSES = "imagenet_classes.tsv"
 
@@ -38,10 +39,9 @@ def class_names(num_classes: int, labels_file: str = "") -> list[str]:
     """Names for a head of ``num_classes``: from ``labels_file``, else ImageNet's when there are 1000, else 'class i'."""
     if labels_file:
         try:
-            with open(labels_file, encoding="utf-8") as f:
-                names = [line.strip() for line in f if line.strip()]
+            names = [line.strip() for line in paths.read_text(labels_file).splitlines() if line.strip()]
         except OSError as e:
-            raise PredictError(f"cannot read --labels file {labels_file} ({e.strerror})") from e
+            raise PredictError(f"cannot read --labels file {labels_file} ({e.strerror or e})") from e
         if len(names) != num_classes:
             raise PredictError(f"--labels file {labels_file} has {len(names)} names but the model has {num_classes} classes")
         return names
@@ -57,14 +57,14 @@ def preprocess(path: str, conventions: dict[str, Any], resolution: int, crop_fra
 
     from regnet_jax.data import augment
 
-    if not os.path.isfile(path):
+    if not paths.isfile(path):
         raise PredictError(f"image {path} does not exist")
     cfg = ml_collections.ConfigDict(
         dict(eval_crop_fraction=crop_fraction, mean=tuple(conventions["mean"]), std=tuple(conventions["std"]),
              channel_order=conventions["channel_order"], output_dtype="float32")
     )  # fmt: skip
     try:
-        return augment.eval_preprocess(tf.io.read_file(path), cfg, resolution).numpy()
+        return augment.eval_preprocess(tf.constant(paths.read_bytes(path)), cfg, resolution).numpy()
     except tf.errors.OpError as e:
         raise PredictError(f"cannot decode {path} as an image (JPEG, PNG, GIF or BMP): {e.message.splitlines()[0]}") from e
 
@@ -105,7 +105,7 @@ def predict(
         raise PredictError("give one or more image files after the flags")
     if k < 1 or resolution < 8 or not 0 < crop_fraction <= 1 or batch_size < 1:
         raise PredictError("need --top_k >= 1, --resolution >= 8, 0 < --crop_fraction <= 1 and --batch_size >= 1")
-    missing = [p for p in images if not os.path.isfile(p)]
+    missing = [p for p in images if not paths.isfile(p)]
     if missing:  # before the (slow) loading of the weights
         raise PredictError(f"{len(missing)} of the images do not exist: {', '.join(missing[:3])}")
     pre = load_pretrained(checkpoint, ema=ema)

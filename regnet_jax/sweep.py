@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import sys
 from typing import Any
 
 from absl import flags
 
+from regnet_jax import paths
 from regnet_jax.config import ConfigError
 
 COMMANDS = ("setup", "launch", "collect", "analyze", "spaces")
@@ -168,7 +168,7 @@ def main(argv: list[str]) -> None:
         from regnet_jax.design_space.report import analyze
 
         sweeps = F.sweeps or [_require_out(F)]
-        report_dir = F.report_dir or os.path.join(sweeps[0], "analysis")
+        report_dir = F.report_dir or str(paths.join(sweeps[0], "analysis"))
         analyze(sweeps, report_dir, frac=F.bootstrap_frac, repeats=F.bootstrap, seed=F.seed)
 
 

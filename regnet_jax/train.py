@@ -7,30 +7,32 @@ Resumes from DIR's newest good checkpoint if there is one. Multi-host: every pro
 ``--distributed`` (plus ``--coordinator_address/--num_processes/--process_id`` where JAX cannot detect them).
 Exit status: 0 done, 1 failure (e.g. a NaN loss), 2 bad config/data/checkpoint, 3 preempted (checkpoint saved).
 
-Writes into DIR: config.json, checkpoints/, eval_metrics.jsonl (+ eval_ema_metrics.jsonl), train_metrics.jsonl,
-TensorBoard events, curves.png and, when finished, summary.json (see docs/training.md).
+Writes into DIR (local or gs://, through regnet_jax.paths): config.json, checkpoints/, eval_metrics.jsonl
+(+ eval_ema_metrics.jsonl), train_metrics.jsonl, TensorBoard events, curves.png and, when finished, summary.json (see
+docs/training.md); lock.json while it runs (one run per workdir: regnet_jax.workdir_lock).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
 import signal
 import sys
 import time
-from typing import Any
+import traceback
+from typing import Any, NoReturn
 
 import jax
 import ml_collections
+import numpy as np
 from absl import flags, logging
-from clu import metric_writers
-from ml_collections import config_flags
 
 from regnet_jax import checkpoint as ckpt_lib
-from regnet_jax import complexity, data, metrics, optim, parallel, profiling
-from regnet_jax.cli import run
-from regnet_jax.config import ConfigError, validate_config
+from regnet_jax import complexity, data, metrics, optim, parallel, paths, precise_bn, profiling, workdir_lock
+from regnet_jax.cli import define_config_flag, run
+from regnet_jax.config import ConfigError, batch_layout, recipe_options, validate_config
 from regnet_jax.evaluate import apply_input_conventions, run_evaluation
 from regnet_jax.models import create_model
 from regnet_jax.weights import WeightsError
@@ -72,11 +74,13 @@ class _SigtermFlag:
         return self.raised
 
 
-def _write_json(path: str, obj: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
+def _process_sum(n: int) -> int:
+    """The sum of ``n`` over all processes (every process must call it)."""
+    if jax.process_count() == 1:
+        return n
+    from jax.experimental import multihost_utils
+
+    return int(multihost_utils.process_allgather(np.int64(n)).sum())
 
 
 def _finetune_config(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, ckpt_lib.Pretrained | None]:
@@ -93,16 +97,22 @@ def _finetune_config(config: ml_collections.ConfigDict) -> tuple[ml_collections.
 class _Trainer:
     """The state of one run; ``run()`` trains from wherever the workdir left off."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
-        self.config, self.workdir = config, workdir
+    def __init__(self, config: ml_collections.ConfigDict, workdir: paths.PathLike, lock: workdir_lock.WorkdirLock | None = None):
+        self.config, self.workdir, self.lock = config, paths.resolve(workdir), lock
         self.is_chief = jax.process_index() == 0
         self.mesh = parallel.make_mesh()
-        for what, batch in (("config.batch_size", config.batch_size), ("eval batch", config.eval_batch_size or config.batch_size)):
-            if batch % self.mesh.size:
-                raise ConfigError(f"{what}={batch} is not divisible by the {self.mesh.size} devices: use a multiple of {self.mesh.size}")
+        self.recipe = recipe_options(config)
+        self.layout = batch_layout(config.batch_size, self.mesh.size, self.recipe["grad_accum_steps"], self.recipe["bn_group_size"])
+        eval_batch = config.eval_batch_size or config.batch_size
+        if eval_batch % self.mesh.size:
+            raise ConfigError(f"eval batch={eval_batch} is not divisible by the {self.mesh.size} devices: use a multiple of {self.mesh.size}")
         pidx, pcount = jax.process_index(), jax.process_count()
         self.train_input = data.TrainInput(config, pidx, pcount)
         self.eval_input = data.EvalInput(config, pidx, pcount)
+        bad = self.eval_input.undecodable_images()  # before training: evaluation must count every image
+        if total := _process_sum(len(bad)):
+            raise data.bad_eval_images_error(bad, total)
+        self.skipped_images: dict[str, int] = {}  # epoch -> training images skipped as undecodable
         self.steps_per_epoch = self.train_input.steps_per_epoch
         self.total_steps = self.steps_per_epoch * config.num_epochs
         self.model = create_model(config, bn_axis_name=parallel.AXIS)
@@ -112,17 +122,17 @@ class _Trainer:
         self.ema = config.optim.ema_decay > 0
         self.state = parallel.create_train_state(self.model, self.tx, jax.random.key(config.seed), image_shape, self.mesh, self.ema)
         self.signature = ckpt_lib.state_signature(self.state)
+        groups = dict(bn_group_size=self.layout.group_size, grad_accum_steps=self.layout.micro_steps)
         self.train_step = parallel.make_train_step(
             self.model, self.tx, self.mesh, num_classes=config.model.num_classes,
             label_smoothing=config.optim.label_smoothing, ema_decay=config.optim.ema_decay, bn_train=not config.freeze_trunk,
+            **groups,
         )  # fmt: skip
+        self.bn_stats_step = parallel.make_bn_stats_step(self.model, self.mesh, **groups) if self.recipe["precise_bn"] else None
         self.eval_step = parallel.make_eval_step(self.model, self.mesh, num_classes=config.model.num_classes)
-        self.ckpt = ckpt_lib.Checkpointer(workdir, config.keep_checkpoints)
-        self.profiler = profiling.StepProfiler(config.get("profile_steps", ()), workdir, self.total_steps)
+        self.ckpt = ckpt_lib.Checkpointer(self.workdir, config.keep_checkpoints)
+        self.profiler = profiling.StepProfiler(config.get("profile_steps", ()), str(self.workdir), self.total_steps)
         self.prior_wall_time = 0.0
-
-    def _path(self, name: str) -> str:
-        return os.path.join(self.workdir, name)
 
     def start(self, pre: ckpt_lib.Pretrained | None) -> int:
         """Restore the newest good checkpoint, else initialise (from ``pre`` when fine-tuning); returns the step."""
@@ -130,6 +140,7 @@ class _Trainer:
         if restored is not None:
             self.state, meta = restored
             self.prior_wall_time = float(meta.get("wall_time_s", 0.0))
+            self.skipped_images = dict(meta.get("skipped_images", {}))
             step = int(ckpt_lib.host(self.state.step))
             if meta.get("steps_per_epoch") != self.steps_per_epoch:
                 logging.warning(
@@ -153,13 +164,32 @@ class _Trainer:
             "global_batch": self.config.batch_size,
             "wall_time_s": self.prior_wall_time + time.perf_counter() - self.t_start,
             "signature": self.signature,
+            "skipped_images": self._skipped_counts(step),
         }
+        if self.lock is not None:
+            self.lock.check()
         self.ckpt.save(step, self.state, meta, metrics_)
+        self.out.flush()  # on object storage the records up to this checkpoint go out with it
 
-    def evaluate(self, step: int, writer) -> dict[str, float]:
+    def _skipped_counts(self, step: int) -> dict[str, int]:
+        """Training images skipped as undecodable per epoch (all processes), the current epoch's so far included."""
+        counts = dict(self.skipped_images)
+        if n := _process_sum(len(self.train_input.skipped)):
+            epoch = str((step - 1) // self.steps_per_epoch)
+            counts[epoch] = counts.get(epoch, 0) + n
+        return counts
+
+    def _end_epoch_skips(self, step: int) -> None:
+        self.skipped_images = self._skipped_counts(step)
+        self.train_input.skipped = []
+        epoch = (step - 1) // self.steps_per_epoch
+        if n := self.skipped_images.get(str(epoch), 0):
+            logging.warning("epoch %d: skipped %d training images that cannot be read or decoded (each file is logged above)", epoch, n)
+
+    def evaluate(self, step: int) -> dict[str, float]:
         """Evaluate (and the EMA weights, if any), append the JSON lines, write the scalars."""
         epoch = step // self.steps_per_epoch
-        logged = {r["step"] for r in metrics.read_jsonl(self._path(metrics.EVAL_FILE))}
+        logged = {r["step"] for r in self.out.records(metrics.EVAL_FILE)}
         result = {}
         for ema, fname in ((False, metrics.EVAL_FILE), (True, metrics.EVAL_EMA_FILE)):
             if ema and not self.ema:
@@ -172,9 +202,9 @@ class _Trainer:
                 "%s epoch %d step %d: top-1 err %.2f%%, top-5 err %.2f%%, loss %.4f (%d images, %.1fs)",
                 prefix, epoch, step, out["top1_err"], out["top5_err"], out["loss"], out["count"], time.perf_counter() - t,
             )  # fmt: skip
-            writer.write_scalars(step, {f"{prefix}/{k}": v for k, v in record.items() if k not in ("step", "epoch")})
-            if self.is_chief and step not in logged:  # a resumed run re-evaluates a step it already logged
-                metrics.append_jsonl(self._path(fname), record)
+            self.out.scalars(step, {f"{prefix}/{k}": v for k, v in record.items() if k not in ("step", "epoch")})
+            if step not in logged:  # a resumed run re-evaluates a step it already logged
+                self.out.append(fname, record)
             if not ema:
                 result = record
         return result
@@ -193,31 +223,37 @@ class _Trainer:
         self.t_start = time.perf_counter()
         step = self.start(pre)
         cx = complexity.count(config.model, config.resolution)
-        # TensorBoard events from process 0; the readable log lines are written by _log_train / evaluate.
-        writer = metric_writers.SummaryWriter(self.workdir) if self.is_chief else metric_writers.MultiWriter([])
-        writer.write_hparams({"params": cx["params"], "flops": cx["flops"], "global_batch": config.batch_size, "num_epochs": config.num_epochs})
+        # JSON lines and TensorBoard events (written by process 0), cut back to the step this run resumes from.
+        self.out = metrics.RunWriter(self.workdir, step, write=self.is_chief)
+        self.out.hparams({"params": cx["params"], "flops": cx["flops"], "global_batch": config.batch_size, "num_epochs": config.num_epochs})
+        lay = self.layout
         logging.info(
-            "model: %s params, %s flops (mult-adds at %d px); %d devices in %d processes; %d steps/epoch of %d images; "
-            "%d epochs; starting at step %d",
+            "model: %s params, %s flops (mult-adds at %d px); %d devices in %d processes; %d steps/epoch of %d images "
+            "(%d micro-batch(es) of %d per device; BN statistics over %d groups of %d images); %d epochs; starting at step %d",
             f"{cx['params']:,}", f"{cx['flops']:,}", config.resolution, self.mesh.size, jax.process_count(),
-            self.steps_per_epoch, config.batch_size, config.num_epochs, step,
+            self.steps_per_epoch, config.batch_size, lay.micro_steps, lay.micro_batch, lay.num_groups, lay.group_size,
+            config.num_epochs, step,
         )  # fmt: skip
         if self.is_chief:
-            _write_json(self._path("config.json"), json.loads(config.to_json_best_effort()))
+            paths.write_json(self.workdir / "config.json", json.loads(config.to_json_best_effort()))
         sigterm = _SigtermFlag()
         try:
-            self._loop(step, writer, sigterm)
+            self._loop(step, sigterm)
         finally:
             self.profiler.close()
             sigterm.restore()
             self.ckpt.wait()
-            writer.close()
+            self.out.flush()
         return self._finish(cx)
 
-    def _loop(self, step: int, writer, sigterm: _SigtermFlag) -> None:
+    def _loop(self, step: int, sigterm: _SigtermFlag) -> None:
         config = self.config
         progress = metrics.Progress(self.total_steps, step, config.batch_size)
         pending: list[dict[str, jax.Array]] = []
+        if step and step % self.steps_per_epoch == 0:
+            # A checkpoint taken at an epoch's end may predate that epoch's precise BN (preemption); redoing it is
+            # harmless: the statistics depend only on the weights and the (seeded) images.
+            self._precise_bn(step // self.steps_per_epoch - 1)
         while step < self.total_steps:
             epoch, offset = divmod(step, self.steps_per_epoch)
             batches = data.device_prefetch(self.train_input.epoch(epoch, offset), self.mesh, config.dataset.prefetch)
@@ -227,7 +263,7 @@ class _Trainer:
                 step += 1
                 if step % config.log_every_steps == 0 or step % self.steps_per_epoch == 0:
                     self._check_finite(pending, step)
-                    self._log_train(step, pending, progress.report(step), writer)
+                    self._log_train(step, pending, progress.report(step))
                     pending = []
                 if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 and step % self.steps_per_epoch:
                     self._check_finite(pending, step)
@@ -237,18 +273,35 @@ class _Trainer:
                     self.save(step)
                     self.ckpt.wait()
                     raise Preempted(f"preempted at step {step}; checkpoint saved in {self.ckpt.directory}: rerun the same command to resume")
+            self._end_epoch_skips(step)
+            self._precise_bn(epoch)
             epoch += 1
             last = step == self.total_steps
             record = None
             if last or (config.eval_every_epochs and epoch % config.eval_every_epochs == 0):
-                record = self.evaluate(step, writer)
+                record = self.evaluate(step)
             self.save(step, {"top1_err": record["top1_err"]} if record else None)
             progress.restart(step)
-        evals = metrics.read_jsonl(self._path(metrics.EVAL_FILE))
+        evals = self.out.records(metrics.EVAL_FILE)
         if not evals or evals[-1]["step"] != step:
-            self.evaluate(step, writer)  # the final evaluation's line is missing (e.g. eval_metrics.jsonl was removed)
+            self.evaluate(step)  # the final evaluation's line is missing (e.g. eval_metrics.jsonl was removed)
 
-    def _log_train(self, step: int, pending: list[dict[str, jax.Array]], speed: dict[str, float], writer) -> None:
+    def _precise_bn(self, epoch: int) -> None:
+        """With config.precise_bn: recompute the BN running statistics on the first images of ``epoch``."""
+        if self.bn_stats_step is None:
+            return
+        t = time.perf_counter()
+        count = precise_bn.num_batches(self.recipe["precise_bn_images"], self.config.batch_size, self.steps_per_epoch)
+
+        def batches():
+            return data.device_prefetch(self.train_input.epoch(epoch), self.mesh, self.config.dataset.prefetch)
+
+        skipped = self.train_input.skipped  # re-reading images must not count their undecodable ones twice
+        self.state = precise_bn.apply_precise_bn(self.state, self.bn_stats_step, batches, count)
+        self.train_input.skipped = skipped
+        logging.info("precise BN: running statistics recomputed on %d images (%.1fs)", count * self.config.batch_size, time.perf_counter() - t)
+
+    def _log_train(self, step: int, pending: list[dict[str, jax.Array]], speed: dict[str, float]) -> None:
         fetched = [{k: float(ckpt_lib.host(v)) for k, v in m.items()} for m in pending]
         count = sum(m["count"] for m in fetched)
         loss = sum(m["loss"] * m["count"] for m in fetched) / count
@@ -262,12 +315,11 @@ class _Trainer:
             step, self.total_steps, epoch, self.config.num_epochs, loss, top1_err, lr, speed["images_per_s"],
             speed["steps_per_s"], metrics.format_eta(speed["eta_s"]),
         )  # fmt: skip
-        writer.write_scalars(step, {f"train/{k}": v for k, v in record.items() if k != "step"} | {"train/eta_s": speed["eta_s"]})
-        if self.is_chief:
-            metrics.append_jsonl(self._path(metrics.TRAIN_FILE), record)
+        self.out.scalars(step, {f"train/{k}": v for k, v in record.items() if k != "step"} | {"train/eta_s": speed["eta_s"]})
+        self.out.append(metrics.TRAIN_FILE, record)
 
     def _finish(self, cx: dict[str, int]) -> dict[str, Any]:
-        evals = metrics.read_jsonl(self._path(metrics.EVAL_FILE))
+        evals = self.out.records(metrics.EVAL_FILE)
         final = evals[-1]
         summary = {
             "status": "done",
@@ -278,9 +330,10 @@ class _Trainer:
             "wall_time_s": self.prior_wall_time + time.perf_counter() - self.t_start,
             "params": cx["params"],
             "flops": cx["flops"],
+            "skipped_images": {"total": sum(self.skipped_images.values()), "per_epoch": self.skipped_images},
         }
         if self.is_chief:
-            _write_json(self._path("summary.json"), summary)
+            paths.write_json(self.workdir / "summary.json", summary)
             plot = metrics.plot_curves(self.workdir)
             logging.info("done: final top-1 err %.2f%% (best %.2f%%), %.0fs; curves in %s",
                          final["top1_err"], summary["best_top1_err"], summary["wall_time_s"], plot)  # fmt: skip
@@ -295,23 +348,74 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     validate_config(config)
     data.check_dataset(config)  # before anything else: fail fast with the preparation instructions
     config, pre = _finetune_config(config)
-    os.makedirs(workdir, exist_ok=True)
-    trainer = _Trainer(config, workdir)
+    paths.makedirs(workdir)
+    with _one_run_per_workdir(workdir) as lock:
+        trainer = _Trainer(config, workdir, lock)
+        try:
+            return trainer.run(pre)
+        finally:
+            trainer.ckpt.close()
+
+
+@contextlib.contextmanager
+def _one_run_per_workdir(workdir: paths.PathLike):
+    """Process 0 holds the workdir's lock while the run lasts; every process stops if another live run holds it."""
+    lock = workdir_lock.WorkdirLock(workdir) if jax.process_index() == 0 else None
+    error = None
+    if lock is not None:
+        try:
+            lock.acquire()
+        except ConfigError as e:  # busy, or the workdir cannot be written (StorageError)
+            error = e
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        if multihost_utils.broadcast_one_to_all(np.int32(error is not None)) and error is None:
+            holder = workdir_lock.WorkdirLock(workdir).read()
+            error = ConfigError(f"process 0 could not take {workdir}" + (f": it is in use by {workdir_lock.describe(holder)}" if holder else "; see its error"))
+    if error is not None:
+        raise error
     try:
-        return trainer.run(pre)
+        yield lock
     finally:
-        trainer.ckpt.close()
+        if lock is not None:
+            lock.release()
 
 
 def _define_flags() -> flags.FlagValues:
     """The command-line flags (defined only when run as a program, so importing this module defines none)."""
-    config_flags.DEFINE_config_file("config", None, "Training config file, e.g. configs/regnety_4gf.py or configs/regnety_4gf.py:25ep.", lock_config=True)
+    define_config_flag("config", "Training config file, e.g. configs/regnety_4gf.py or configs/regnety_4gf.py:25ep.")
     flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the resolved config (resumes from it).")
     flags.DEFINE_bool("distributed", None, "Call jax.distributed.initialize (default: only on a detected cluster launch).")
     flags.DEFINE_string("coordinator_address", "", "host:port of process 0, where JAX cannot detect it.")
     flags.DEFINE_integer("num_processes", 0, "Number of processes, where JAX cannot detect it.")
     flags.DEFINE_integer("process_id", -1, "This process's index, where JAX cannot detect it.")
+    flags.DEFINE_integer("heartbeat_timeout_s", parallel.HEARTBEAT_TIMEOUT_S, "Multi-process: a process silent this long is "
+                         "taken for dead and JAX ends the others (jax.distributed's heartbeat timeout).")
     return flags.FLAGS
+
+
+def _exit_multiprocess_error(e: Exception) -> NoReturn:
+    """End this process of a multi-process run at once, with one line saying why (traceback first if unexpected).
+
+    Exiting normally would hang: JAX's exit-time shutdown waits for every other process (for a dead one, until the
+    heartbeat timeout). Exiting at once closes this process's connections, so the others stop at their next step."""
+    where = f"process {jax.process_index()} of {jax.process_count()}"
+    if isinstance(e, jax.errors.JaxRuntimeError):
+        code, message = 1, (
+            f"{where}: a step shared by all processes failed ({str(e).strip().splitlines()[0]}); another process has "
+            "probably died (see its log). Rerun the same command on every host to resume from the last checkpoint"
+        )
+    elif isinstance(e, (ConfigError, WeightsError)):
+        code, message = 2, f"{where}: {e}"
+    else:
+        traceback.print_exc()
+        code, message = 1, f"{where}: {type(e).__name__}: {e}"
+    print(f"error: {message}", file=sys.stderr)
+    logging.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def main(argv: list[str]) -> None:
@@ -319,7 +423,9 @@ def main(argv: list[str]) -> None:
     FLAGS = flags.FLAGS
     if FLAGS.config is None or not FLAGS.workdir:
         raise ConfigError("--config and --workdir are both required, e.g. --config=configs/quickstart.py --workdir=/tmp/quickstart")
-    parallel.maybe_initialize_distributed(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    parallel.maybe_initialize_distributed(
+        FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.heartbeat_timeout_s
+    )
     try:
         summary = train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except Preempted as e:
@@ -328,6 +434,10 @@ def main(argv: list[str]) -> None:
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except Exception as e:
+        if jax.process_count() == 1:
+            raise
+        _exit_multiprocess_error(e)
     if jax.process_index() == 0:
         f = summary["final"]
         print(f"final: top-1 error {f['top1_err']:.2f}% (accuracy {100 - f['top1_err']:.2f}%), top-5 error {f['top5_err']:.2f}%, "

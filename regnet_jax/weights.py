@@ -4,17 +4,19 @@ Layout of such a directory (what ``convert`` writes and ``train``/``evaluate``/`
 
     DIR/meta.json      {"format", "model": config.model, "input": {"channel_order", "mean", "std"}, "source"}
     DIR/variables/     orbax checkpoint of {"params": ..., "batch_stats": ...}
+
+DIR may be local or ``gs://`` (``regnet_jax.paths``).
 """
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import numpy as np
+
+from regnet_jax import paths
 
 FORMAT = "regnet_jax.weights/1"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, on [0, 1] pixels
@@ -33,7 +35,7 @@ def input_spec(channel_order: str = "rgb", mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
 
 def save_weights(
-    directory: str,
+    directory: paths.PathLike,
     variables: Mapping[str, Any],
     model: Mapping[str, Any],
     input_conventions: Mapping[str, Any] | None = None,
@@ -42,39 +44,37 @@ def save_weights(
     """Write ``{'params', 'batch_stats'}`` with the model config and input conventions to ``directory`` (must not exist)."""
     import orbax.checkpoint as ocp
 
-    directory = os.path.abspath(directory)
-    if os.path.exists(directory):
+    directory = paths.resolve(directory)
+    if directory.exists():
         raise WeightsError(f"{directory} already exists: choose a new output directory (nothing is overwritten)")
     tree = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
     tree = jax.tree_util.tree_map(np.asarray, dict(tree))
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(os.path.join(directory, "variables"), tree)
+    with paths.writing(directory), ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(directory / "variables", tree)
     meta = {
         "format": FORMAT,
         "model": dict(model),
         "input": dict(input_conventions or input_spec()),
         "source": source,
     }
-    with open(os.path.join(directory, "meta.json"), "w") as f:
-        json.dump(meta, f, indent=1)
+    paths.write_json(directory / "meta.json", meta)  # last: a directory without it is not a weights directory
 
 
-def is_weights_dir(directory: str) -> bool:
+def is_weights_dir(directory: paths.PathLike) -> bool:
     """Whether ``directory`` looks like a weights directory (meta.json and variables/), not a training workdir."""
-    return os.path.isfile(os.path.join(directory, "meta.json")) and os.path.isdir(os.path.join(directory, "variables"))
+    return paths.isfile(paths.join(directory, "meta.json")) and paths.isdir(paths.join(directory, "variables"))
 
 
-def read_meta(directory: str) -> dict[str, Any]:
+def read_meta(directory: paths.PathLike) -> dict[str, Any]:
     """The ``meta.json`` of a weights directory: ``{"format", "model", "input", "source"}``.
 
     ``read_meta(dir)["model"]`` is the ``config.model`` to fine-tune these weights with.
     """
-    directory = os.path.abspath(directory)
+    directory = paths.resolve(directory)
     if not is_weights_dir(directory):
         raise WeightsError(f"{directory} is not a regnet_jax weights directory (expected meta.json and variables/ in it)")
     try:
-        with open(os.path.join(directory, "meta.json")) as f:
-            meta = json.load(f)
+        meta = paths.read_json(directory / "meta.json")
     except (OSError, ValueError) as e:
         raise WeightsError(f"{directory}/meta.json cannot be read ({type(e).__name__}: {e})") from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
@@ -85,15 +85,15 @@ def read_meta(directory: str) -> dict[str, Any]:
     return meta
 
 
-def load_weights(directory: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def load_weights(directory: paths.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(variables, meta)`` from a directory written by ``save_weights``."""
     import orbax.checkpoint as ocp
 
-    directory = os.path.abspath(directory)
+    directory = paths.resolve(directory)
     meta = read_meta(directory)
     try:
         with ocp.StandardCheckpointer() as ckptr:
-            tree = ckptr.restore(os.path.join(directory, "variables"))
+            tree = ckptr.restore(directory / "variables")
     except Exception as e:  # orbax raises many types for truncated or corrupt files
         raise WeightsError(f"could not read {directory}/variables ({type(e).__name__}: {e}); the checkpoint is incomplete or corrupt") from e
     return jax.tree_util.tree_map(np.asarray, tree), meta

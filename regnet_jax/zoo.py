@@ -14,11 +14,14 @@ import ml_collections
 from regnet_jax.config import base_config
 
 
+RECIPE_GPUS = 8  # the zoo's 100-epoch runs: 8 GPUs, BatchNorm per GPU
+
+
 @dataclasses.dataclass(frozen=True)
 class ZooEntry:
     title: str
     model: dict[str, Any]
-    batch_size: int  # the 100-epoch recipe's global batch; lr = 0.1 * batch / 128
+    batch_size: int  # the 100-epoch recipe's global batch on 8 GPUs; lr = 0.1 * batch / 128
     paper_err: str  # top-1 error, paper Fig. 15/16 (mean +- std of 5 runs)
     ckpt_err: tuple[float, float]  # released pycls checkpoint, top-1 / top-5 error
     warmup_epochs: int = 5
@@ -84,4 +87,7 @@ def get_config(name: str, schedule: str = "") -> ml_collections.ConfigDict:
     config = base_config(entry.model, batch_size=entry.batch_size, schedule=schedule or "100ep")
     if not schedule or schedule == "100ep":
         config.optim.warmup_epochs = entry.warmup_epochs
+        # pycls trained the zoo on 8 GPUs with per-GPU BatchNorm: statistics over batch / 8 images, kept whatever
+        # hardware runs it here (docs/training.md, "Reproducing pycls").
+        config.bn_group_size = entry.batch_size // RECIPE_GPUS
     return config

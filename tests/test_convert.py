@@ -8,11 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from regnet_jax import convert, zoo
+from regnet_jax import convert, formats, zoo
 from regnet_jax.complexity import count
 from regnet_jax.config import validate_model
 from regnet_jax.convert import ConversionError
 from regnet_jax.models import create_model, model_spec
+from tests import golden
 
 
 def _random_variables(model, seed=0):
@@ -128,26 +129,20 @@ def test_round_trip_resnet50_pycls():
     _equal(convert.from_pycls(convert.to_pycls(v), model), v)
 
 
-# ---------------------------------------------------------------- the golden pycls model in three layouts
+# ---------------------------------------------------------------- golden pycls models in three layouts
 
 
-@pytest.fixture(scope="module")
-def golden(reference_dir):
-    ref = np.load(reference_dir / "regnety_200mf.npz")
-    meta = json.loads((reference_dir / "regnety_200mf.json").read_text())
-    sd = {k[3:]: ref[k] for k in ref.files if k.startswith("sd/")}
-    return ref, meta, sd
-
-
-def test_reference_logits_through_every_layout(golden):
-    ref, meta, sd = golden
+def test_reference_logits_through_every_layout():
+    """pycls's eval logits of the golden RegNetY case (tests/data), from its weights in each layout."""
+    meta, arrays = golden.load("regnety")
+    sd = golden.state_dict(meta, arrays)
     model = create_model(meta["model"])
     apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
-    x = jnp.asarray(ref["x_eval_nchw"].transpose(0, 2, 3, 1))
-    want = ref["logits_eval"]
+    x = jnp.asarray(golden.train_inputs(meta)[0].transpose(0, 2, 3, 1))
+    want = arrays["logits_eval"]
 
     logits = np.asarray(apply(convert.from_pycls(sd, meta["model"]), x))
-    assert np.abs(logits - want).max() / np.abs(want).max() < 1e-4
+    assert np.abs(logits - want).max() / np.abs(want).max() < 1e-5
 
     bn_counters = {k.replace("running_mean", "num_batches_tracked"): np.array(7) for k in sd if k.endswith("running_mean")}
     tv = {_pycls_to_torchvision(k): v for k, v in {**sd, **bn_counters}.items()}
@@ -156,15 +151,21 @@ def test_reference_logits_through_every_layout(golden):
         np.testing.assert_array_equal(np.asarray(apply(convert.from_layout(layout_sd, meta["model"], layout), x)), logits)
 
 
-def test_architecture_read_from_the_weights(golden):
-    _, meta, sd = golden
-    p = meta["pycls_params"]
-    tv = {_pycls_to_torchvision(k): v for k, v in sd.items()}
+@pytest.fixture(scope="module")
+def y200mf():
+    """RegNetY-200MF as pycls built it (tests/data/regnety_200mf.json) and torchvision-named weights of its shapes."""
+    meta = json.loads((golden.DATA / "regnety_200mf.json").read_text())
+    return meta, {_pycls_to_torchvision(k): np.zeros(s, np.float32) for k, s in meta["state_dict"].items()}
+
+
+def test_architecture_read_from_the_weights(y200mf):
+    meta, tv = y200mf
+    p = meta["pycls_args"]
     model, note = convert.resolve_model(tv, None, "torchvision")
     assert "from the weights" in note
-    assert (model["depths"], model["widths"], model["group_ws"]) == (p["depths"], p["widths"], p["group_ws"])
+    assert (model["depths"], model["widths"], model["group_ws"]) == (p["ds"], p["ws"], p["gws"])
     assert (model["stem_w"], model["se_ratio"], model["num_classes"]) == (32, 0.25, 1000)
-    assert count(model) == meta["complexity_224"]
+    assert count(model) == meta["complexity"]
     # With the matching config the config itself is used, unchanged.
     assert convert.resolve_model(tv, meta["model"], "torchvision") == (meta["model"], "")
 
@@ -193,9 +194,8 @@ def test_torchvision_width_rounding_builds_the_variant(name, tv_widths, tv_param
     convert.from_layout(sd, model, layout)
 
 
-def test_other_differences_are_not_turned_into_variants(golden):
-    _, _, sd = golden
-    tv = {_pycls_to_torchvision(k): v for k, v in sd.items()}
+def test_other_differences_are_not_turned_into_variants(y200mf):
+    _, tv = y200mf
     other = zoo.get_config("regnety_400mf")  # different depths: the config is kept and the conversion fails
     assert convert.resolve_model(tv, other, "torchvision") == (other.model.to_dict(), "")
     with pytest.raises(ConversionError, match=r"keys missing \('trunk_output\.block2\.block2-1\."):
@@ -258,43 +258,41 @@ def test_layouts_without_the_architecture():
 
 
 def test_read_npz_and_safetensors(tmp_path, tiny_sd):
-    from regnet_jax.export import write_safetensors
-
     np.savez(tmp_path / "w.npz", **tiny_sd)
-    write_safetensors(str(tmp_path / "w.safetensors"), {f"module.{k}": v for k, v in tiny_sd.items()})
+    formats.write_safetensors(str(tmp_path / "w.safetensors"), {f"module.{k}": v for k, v in tiny_sd.items()})
     for name in ("w.npz", "w.safetensors"):
-        sd = convert.read_state_dict(str(tmp_path / name))
+        sd = formats.read_state_dict(str(tmp_path / name))
         assert sd.keys() == tiny_sd.keys()  # DistributedDataParallel's 'module.' prefix is stripped
         for k in sd:
             np.testing.assert_array_equal(sd[k], tiny_sd[k])
 
 
 def test_bad_files(tmp_path):
-    with pytest.raises(ConversionError, match="does not exist"):
-        convert.read_state_dict(str(tmp_path / "nope.pth"))
+    with pytest.raises(formats.FormatError, match="does not exist"):
+        formats.read_state_dict(str(tmp_path / "nope.pth"))
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
-    with pytest.raises(ConversionError, match="numpy .npz"):
-        convert.read_state_dict(str(tmp_path / "bad.npz"))
+    with pytest.raises(formats.FormatError, match="numpy .npz"):
+        formats.read_state_dict(str(tmp_path / "bad.npz"))
     (tmp_path / "bad.safetensors").write_bytes(b"\xff" * 64)
-    with pytest.raises(ConversionError, match="not a safetensors file or is truncated"):
-        convert.read_state_dict(str(tmp_path / "bad.safetensors"))
+    with pytest.raises(formats.FormatError, match="not a safetensors file or is truncated"):
+        formats.read_state_dict(str(tmp_path / "bad.safetensors"))
     np.savez(tmp_path / "empty.npz")
-    with pytest.raises(ConversionError, match="has no state dict"):
-        convert.read_state_dict(str(tmp_path / "empty.npz"))
+    with pytest.raises(formats.FormatError, match="has no state dict"):
+        formats.read_state_dict(str(tmp_path / "empty.npz"))
 
 
 def test_bad_torch_files(tmp_path, tiny_sd):
     torch = pytest.importorskip("torch", reason="PyTorch is not installed: reading .pth/.pyth files is not tested")
     (tmp_path / "garbage.pyth").write_bytes(b"\x00garbage" * 10)
-    with pytest.raises(ConversionError, match="could not read .*garbage.pyth as a PyTorch checkpoint"):
-        convert.read_state_dict(str(tmp_path / "garbage.pyth"))
+    with pytest.raises(formats.FormatError, match="could not read .*garbage.pyth as a PyTorch checkpoint"):
+        formats.read_state_dict(str(tmp_path / "garbage.pyth"))
     torch.save({"epoch": 3, "cfg": "MODEL: {}"}, tmp_path / "no_model.pyth")
-    with pytest.raises(ConversionError, match="no state dict: expected a 'model_state' \\(pycls\\)"):
-        convert.read_state_dict(str(tmp_path / "no_model.pyth"))
+    with pytest.raises(formats.FormatError, match="no state dict: expected a 'model_state' \\(pycls\\)"):
+        formats.read_state_dict(str(tmp_path / "no_model.pyth"))
     torch.save({"model": {k: torch.from_numpy(v) for k, v in tiny_sd.items()}, "args": re.compile("x")}, tmp_path / "pickled.pth")
-    with pytest.raises(ConversionError, match="--unsafe_pickle"):
-        convert.read_state_dict(str(tmp_path / "pickled.pth"))
-    sd = convert.read_state_dict(str(tmp_path / "pickled.pth"), unsafe_pickle=True)  # DeiT-style {'model': ...}
+    with pytest.raises(formats.FormatError, match="--unsafe_pickle"):
+        formats.read_state_dict(str(tmp_path / "pickled.pth"))
+    sd = formats.read_state_dict(str(tmp_path / "pickled.pth"), unsafe_pickle=True)  # DeiT-style {'model': ...}
     assert sd.keys() == tiny_sd.keys()
     torch.save({"model_state": {"a.weight": torch.zeros(2, dtype=torch.bfloat16)}}, tmp_path / "bf16.pyth")
-    assert convert.read_state_dict(str(tmp_path / "bf16.pyth"))["a.weight"].dtype == np.float32
+    assert formats.read_state_dict(str(tmp_path / "bf16.pyth"))["a.weight"].dtype == np.float32

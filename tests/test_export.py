@@ -12,7 +12,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from regnet_jax import convert, export, weights, zoo
+from regnet_jax import convert, export, formats, weights, zoo
 from regnet_jax.config import validate_model
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -103,7 +103,7 @@ def test_export_refuses_bad_requests(tmp_path, variables):
     with pytest.raises(convert.ConversionError, match="simple_stem_in"):
         export.export_variables({}, zoo.get_config("resnet50").model, CONVENTIONS, str(tmp_path / "r.safetensors"), layout="torchvision")
     pathlib.Path(path).write_bytes(before[: len(before) // 2])
-    with pytest.raises(export.SafetensorsError, match="truncated"):
+    with pytest.raises(formats.SafetensorsError, match="truncated"):
         export.read_export(path)
     os.remove(str(tmp_path / "w.json"))
     with pytest.raises(export.ExportError, match="two files"):

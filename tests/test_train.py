@@ -58,7 +58,7 @@ def test_run_writes_its_records_and_rerun_is_a_noop(trained):
     assert [r["step"] for r in evals] == [4, 8] and [r["epoch"] for r in evals] == [1, 2]
     assert all(set(r) == EVAL_KEYS for r in evals)
     assert all(0 <= r["top1_err"] <= 100 and 0 <= r["top5_err"] <= r["top1_err"] for r in evals)
-    assert set(summary) == {"status", "epochs", "steps", "final", "best_top1_err", "wall_time_s", "params", "flops"}
+    assert set(summary) == {"status", "epochs", "steps", "final", "best_top1_err", "wall_time_s", "params", "flops", "skipped_images"}
     assert summary["status"] == "done" and summary["epochs"] == 2 and summary["steps"] == 8
     assert summary["final"] == {k: evals[-1][k] for k in ("top1_err", "top5_err", "loss")}
     assert summary["best_top1_err"] == min(r["top1_err"] for r in evals)

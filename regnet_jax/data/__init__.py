@@ -7,6 +7,12 @@
     for batch in ev.batches():                         # adds 'mask' (0 on padding); every example exactly once
     device_prefetch(iterator, mesh, size)              # -> global jax.Arrays sharded over the mesh, `size` ahead
 
+Bad images: a training image that cannot be read or decoded (corrupt, truncated where the crop needs it, not an image) is
+skipped, its file logged once, and the batch filled up with the next image (a second pass over the process's rows
+of the epoch supplies them); more than ``config.dataset.max_bad_image_fraction`` of an epoch's images stops the run
+with ``BadImagesError``. Evaluation promises every example once, so an undecodable evaluation image is an error
+naming it (``EvalInput.undecodable_images`` checks a split up front).
+
 Order: for in-memory, folder and synthetic data the epoch's order is ``permutation(seed, epoch)``; global batch t is
 rows [t*B, (t+1)*B) of it and process p reads rows [t*B + p*L, t*B + (p+1)*L), so the global batches are the same
 whatever the number of processes, and resuming at step s reads nothing before it. TFDS streams are split between
@@ -27,12 +33,19 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only feeds data
 import jax
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
-from regnet_jax.config import ConfigError
+from regnet_jax.config import MAX_BAD_IMAGE_FRACTION, ConfigError
 from regnet_jax.data import augment
 from regnet_jax.data.sources import DatasetNotReadyError, IndexedSource, TfdsSource, open_source, quickstart_arrays
 
-__all__ = ["DatasetNotReadyError", "EvalInput", "TrainInput", "check_dataset", "device_prefetch", "quickstart_arrays"]
+__all__ = ["BadImagesError", "DatasetNotReadyError", "EvalInput", "TrainInput", "check_dataset", "device_prefetch", "quickstart_arrays"]
+
+_INDEX = "stream_index"  # position in the epoch's stream of examples, to find the skipped ones
+
+
+class BadImagesError(ConfigError):
+    """Images cannot be read or decoded: more training images than allowed, or any evaluation image."""
 
 # Keep TensorFlow off accelerators: JAX owns them, tf.data only runs on the host.
 tf.config.set_visible_devices([], "GPU")
@@ -93,19 +106,25 @@ class TrainInput:
                 f"(config.batch_size={config.batch_size}): lower the batch size"
             )
         self.num_examples = self.source.num_examples
+        self.skipped: list[str] = []  # this epoch's undecodable images (this process)
+        self._logged: set[str] = set()
+        self._stream_rows: np.ndarray | None = None
 
-    def _augment(self, ds: tf.data.Dataset, epoch: int) -> tf.data.Dataset:
+    def _augment(self, ds: tf.data.Dataset, epoch: int, needed: int) -> tf.data.Dataset:
+        """Decode and augment a stream of (position, example), dropping what fails to decode, to ``needed`` examples."""
         cfg, res = self.config.dataset, self.config.resolution
         base = tf.constant([self.config.seed, epoch], tf.int64)
 
-        def preprocess(position, ex):
+        def preprocess(index, element):
+            position, ex = element
             if self.source.presized:
                 image = augment.plain_preprocess(ex["image"], cfg, res)
             else:
                 image = augment.train_preprocess(ex["image"], tf.random.experimental.stateless_fold_in(base, position), cfg, res)
-            return {"image": image, "label": ex["label"]}
+            return {"image": image, "label": ex["label"], _INDEX: index}
 
-        ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.enumerate().map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.ignore_errors().take(needed)
         return _options(ds.batch(self.local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
 
     def _indexed_rows(self, epoch: int, start_step: int) -> tuple[np.ndarray, np.ndarray]:
@@ -115,13 +134,18 @@ class TrainInput:
         return perm[positions], positions
 
     def dataset(self, epoch: int, start_step: int = 0) -> tf.data.Dataset:
-        """The tf.data pipeline of ``epoch`` from step ``start_step`` (batches of ``local_batch``)."""
+        """The tf.data pipeline of ``epoch`` from step ``start_step`` (batches of ``local_batch``, with the examples'
+        stream indices; a second pass over the same examples, with other augmentations, replaces skipped ones)."""
         if not 0 <= start_step <= self.steps_per_epoch:
             raise ValueError(f"start_step={start_step} outside [0, {self.steps_per_epoch}]")
+        needed = (self.steps_per_epoch - start_step) * self.local_batch
         if isinstance(self.source, IndexedSource):
             rows, positions = self._indexed_rows(epoch, start_step)
-            ds = tf.data.Dataset.zip(tf.data.Dataset.from_tensor_slices(positions), self.source.records(rows))
-            return self._augment(ds, epoch)
+            self._stream_rows = np.concatenate([rows, rows])
+            positions = np.concatenate([positions, positions + self.steps_per_epoch * self.global_batch])
+            ds = tf.data.Dataset.zip(tf.data.Dataset.from_tensor_slices(positions), self.source.records(self._stream_rows))
+            return self._augment(ds, epoch, needed)
+        self._stream_rows = None
         seed = _epoch_seed(self.config.seed, epoch)
         if self.config.dataset.cache:
             if self._cached is None:
@@ -130,13 +154,49 @@ class TrainInput:
         else:
             ds = self.source.read(self._subsplit, seed)
         ds = ds.shuffle(self.config.dataset.shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
-        ds = ds.take(self.steps_per_epoch * self.local_batch).enumerate().skip(start_step * self.local_batch)
-        offset = self.process_index * self.steps_per_epoch * self.local_batch  # distinct augmentation seeds per process
-        return self._augment(ds.map(lambda i, ex: (i + offset, ex)), epoch)
+        per_pass = self.steps_per_epoch * self.local_batch
+        ds = ds.take(per_pass).repeat(2).enumerate().skip(start_step * self.local_batch)
+        offset = self.process_index * 2 * per_pass  # distinct augmentation seeds per process
+        return self._augment(ds.map(lambda i, ex: (i + offset, ex)), epoch, needed)
+
+    def _describe(self, index: int, epoch: int, start_step: int) -> str:
+        if self._stream_rows is not None:
+            return self.source.describe(int(self._stream_rows[index]))
+        position = start_step * self.local_batch + index
+        return f"a record of TFDS split {self.source.split!r} (process {self.process_index}, epoch {epoch}, position {position})"
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
-        """Numpy batches of ``epoch`` from ``start_step`` to the end of the epoch."""
-        return self.dataset(epoch, start_step).as_numpy_iterator()
+        """Numpy batches of ``epoch`` from ``start_step`` to the end of the epoch. Images that fail to decode are
+        skipped (``self.skipped`` lists this epoch's, on this process) and logged once per run; too many raise
+        BadImagesError."""
+        needed = (self.steps_per_epoch - start_step) * self.local_batch
+        fraction = self.config.dataset.get("max_bad_image_fraction", MAX_BAD_IMAGE_FRACTION)  # older configs lack it
+        self.skipped = []
+        expected, produced = 0, 0
+        for batch in self.dataset(epoch, start_step).as_numpy_iterator():
+            indices = batch.pop(_INDEX)
+            for index in np.setdiff1d(np.arange(expected, indices[-1] + 1), indices):  # the stream's gaps
+                self._skip(self._describe(int(index), epoch, start_step))
+            expected = int(indices[-1]) + 1
+            if len(self.skipped) > fraction * needed:
+                raise BadImagesError(
+                    f"{len(self.skipped)} of the {needed} training images this process reads in epoch {epoch} cannot be "
+                    f"read or decoded (e.g. {self.skipped[0]}), more than config.dataset.max_bad_image_fraction={fraction:g}: "
+                    "repair or remove them (the log names each), or raise the limit"
+                )
+            produced += 1
+            yield batch
+        if produced < self.steps_per_epoch - start_step:  # only if most images fail, with a limit near 1
+            raise BadImagesError(
+                f"epoch {epoch}: {len(self.skipped)} training images cannot be read or decoded (e.g. {self.skipped[0]}), too "
+                f"many to fill {self.steps_per_epoch} steps: repair or remove them"
+            )
+
+    def _skip(self, name: str) -> None:
+        self.skipped.append(name)
+        if name not in self._logged:
+            self._logged.add(name)
+            logging.warning("skipped an image that cannot be read or decoded: %s", name)
 
 
 class EvalInput:
@@ -164,22 +224,42 @@ class EvalInput:
         self.local_examples = sizes[process_index]
         self.num_batches = max(1, math.ceil(max(sizes) / self.local_batch))
 
+    def _records(self) -> tf.data.Dataset:
+        if isinstance(self.source, IndexedSource):
+            return self.source.records(self._rows)
+        return self.source.read(self._subsplit, None)
+
     def dataset(self) -> tf.data.Dataset:
         cfg, res = self.config.dataset, self.config.resolution
-        if isinstance(self.source, IndexedSource):
-            ds = self.source.records(self._rows)
-        else:
-            ds = self.source.read(self._subsplit, None)
         fn = augment.plain_preprocess if self.source.presized else augment.eval_preprocess
-        ds = ds.map(lambda ex: {"image": fn(ex["image"], cfg, res), "label": ex["label"]}, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = self._records().map(lambda ex: {"image": fn(ex["image"], cfg, res), "label": ex["label"]}, num_parallel_calls=tf.data.AUTOTUNE)
         return _options(ds.batch(self.local_batch).prefetch(tf.data.AUTOTUNE))
+
+    def undecodable_images(self) -> list[str]:
+        """This process's evaluation images that cannot be read or decoded (each is decoded once, nothing else is done)."""
+        if not self.source.encoded:
+            return []
+        ds = self._records().enumerate().map(lambda i, ex: (i, tf.shape(augment.decode(ex["image"]))), num_parallel_calls=tf.data.AUTOTUNE)
+        decoded = {int(i) for i, _ in _options(ds.ignore_errors()).as_numpy_iterator()}
+        return [self._describe(i) for i in range(self.local_examples) if i not in decoded]
+
+    def _describe(self, index: int) -> str:
+        if isinstance(self.source, IndexedSource):
+            return self.source.describe(int(self._rows[index]))
+        return f"record {index} of TFDS split {self._subsplit!r}"
 
     def batches(self) -> Iterator[dict[str, np.ndarray]]:
         """``num_batches`` batches of ``local_batch`` rows with 'mask' = 1 on real examples, 0 on padding."""
         produced = 0
-        for batch in self.dataset().as_numpy_iterator():
-            yield _pad(batch, self.local_batch)
-            produced += 1
+        try:
+            for batch in self.dataset().as_numpy_iterator():
+                yield _pad(batch, self.local_batch)
+                produced += 1
+        except tf.errors.InvalidArgumentError:
+            bad = self.undecodable_images()
+            if not bad:
+                raise
+            raise bad_eval_images_error(bad, len(bad)) from None
         if produced < self.num_batches:
             res = self.config.resolution
             empty = {
@@ -189,6 +269,15 @@ class EvalInput:
             }
             for _ in range(self.num_batches - produced):
                 yield empty
+
+
+def bad_eval_images_error(bad: list[str], total: int) -> BadImagesError:
+    """The error for ``total`` undecodable evaluation images, of which this process found ``bad``."""
+    named = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "") if bad else "named by the other processes"
+    return BadImagesError(
+        f"{total} evaluation image(s) cannot be read or decoded: {named}. Evaluation counts every example exactly once: "
+        "repair, re-encode or remove them and rerun"
+    )
 
 
 def _pad(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:

@@ -46,6 +46,11 @@ def decode_crop(image: tf.Tensor, window: tf.Tensor) -> tf.Tensor:
     )
 
 
+def decode(image: tf.Tensor) -> tf.Tensor:
+    """The whole image as uint8 HxWx3 (what evaluation decodes)."""
+    return decode_crop(image, tf.concat([[0, 0], image_shape(image)], 0))
+
+
 def inception_crop_window(
     hw: tf.Tensor, seed: tf.Tensor, min_area: float, aspect_ratio: Sequence[float]
 ) -> tf.Tensor:
@@ -113,8 +118,8 @@ def eval_size(resolution: int, crop_fraction: float) -> int:
 
 def eval_preprocess(image: tf.Tensor, cfg, resolution: int) -> tf.Tensor:
     """pycls test transform: resize the shorter side to ``eval_size`` (long side floor(long/short*size)), centre-crop."""
-    hw = image_shape(image)
-    full = decode_crop(image, tf.concat([[0, 0], hw], 0))
+    full = decode(image)
+    hw = tf.shape(full)[:2]
     size = eval_size(resolution, cfg.eval_crop_fraction)
     h, w = tf.cast(hw[0], tf.float64), tf.cast(hw[1], tf.float64)
     new_h = tf.where(h <= w, tf.constant(size, tf.float64), tf.floor(h / w * size))

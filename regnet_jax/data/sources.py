@@ -22,6 +22,7 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
+from regnet_jax import paths
 from regnet_jax.config import ConfigError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
@@ -42,9 +43,15 @@ class IndexedSource:
     num_classes: int
     make_records: Callable[[np.ndarray], tf.data.Dataset]
     presized: bool = False  # images are already at the training resolution (synthetic): no crop/resize
+    encoded: bool = False  # images are encoded files, which may fail to decode
+    paths: np.ndarray | None = None  # where each example's image comes from (named when it fails to decode)
 
     def records(self, indices: np.ndarray) -> tf.data.Dataset:
         return self.make_records(np.asarray(indices, np.int64))
+
+    def describe(self, index: int) -> str:
+        """The example's file (or its index), for messages."""
+        return str(self.paths[index]) if self.paths is not None else f"example {index}"
 
 
 @dataclasses.dataclass
@@ -57,10 +64,14 @@ class TfdsSource:
     num_classes: int
     presized: bool = False
 
+    @property
+    def encoded(self) -> bool:
+        return _image_is_encoded(self.builder)
+
     def read(self, subsplit: str, shuffle_seed: int | None) -> tf.data.Dataset:
         import tensorflow_datasets as tfds
 
-        decoders = {"image": tfds.decode.SkipDecoding()} if _image_is_encoded(self.builder) else None
+        decoders = {"image": tfds.decode.SkipDecoding()} if self.encoded else None
         ds = self.builder.as_dataset(
             split=subsplit,
             shuffle_files=shuffle_seed is not None,
@@ -139,33 +150,43 @@ def synthetic_source(split: str, limit: int, resolution: int, num_classes: int, 
     return IndexedSource(n, num_classes, make, presized=True)
 
 
-def _folder_split_dir(root: str, split: str) -> str:
+def _folder_split_dir(root: str, split: str) -> paths.Path:
     candidates = [split] + (["val"] if split == "validation" else [])
     for name in candidates:
-        if os.path.isdir(os.path.join(root, name)):
-            return os.path.join(root, name)
+        if paths.isdir(paths.join(root, name)):
+            return paths.join(root, name)
     raise DatasetNotReadyError(
-        f"folder dataset: no split directory {' or '.join(os.path.join(root, c) for c in candidates)}. "
+        f"folder dataset: no split directory {' or '.join(str(paths.join(root, c)) for c in candidates)}. "
         "Lay the images out as DATA_DIR/train/<class>/<image> and DATA_DIR/val/<class>/<image> "
         "(same class folder names in both) and set --config.dataset.data_dir=DATA_DIR"
     )
 
 
 def list_folder(root: str, split: str) -> tuple[list[str], np.ndarray, list[str]]:
-    """(paths, labels, class names) of ROOT/SPLIT/<class>/<image>, classes sorted by name, files sorted."""
+    """(paths, labels, class names) of ROOT/SPLIT/<class>/<image>, classes sorted by name, files sorted.
+
+    ROOT may be local or ``gs://`` (listed through ``regnet_jax.paths``: one listing per class folder)."""
     split_dir = _folder_split_dir(root, split)
-    classes = sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d)))
-    paths, labels = [], []
+    classes = [d for d in paths.listdir(split_dir) if paths.isdir(split_dir / d)]
+    files, labels = [], []
     for label, name in enumerate(classes):
-        files = sorted(f for f in os.listdir(os.path.join(split_dir, name)) if f.lower().endswith(IMAGE_EXTENSIONS))
-        paths += [os.path.join(split_dir, name, f) for f in files]
-        labels += [label] * len(files)
-    if not paths:
+        names = [f for f in paths.listdir(split_dir / name) if f.lower().endswith(IMAGE_EXTENSIONS)]
+        files += [str(split_dir / name / f) for f in names]
+        labels += [label] * len(names)
+    if not files:
         raise DatasetNotReadyError(
             f"folder dataset: found no images ({', '.join(IMAGE_EXTENSIONS)}) in class sub-folders of {split_dir}; "
             "expected DATA_DIR/<split>/<class>/<image>"
         )
-    return paths, np.asarray(labels, np.int32), classes
+    return files, np.asarray(labels, np.int32), classes
+
+
+def _byte_reader(root: str) -> Callable[[tf.Tensor], tf.Tensor]:
+    """The tf.data op reading an image file's bytes: TensorFlow's own reader for local files (no GIL), the path layer
+    for URLs (so that gs:// goes through the same client as everything else, not TensorFlow's)."""
+    if not paths.is_url(root):
+        return tf.io.read_file
+    return lambda path: tf.py_function(lambda p: paths.read_bytes(p.numpy().decode()), [path], tf.string)
 
 
 def folder_source(root: str, split: str, limit: int) -> IndexedSource:
@@ -174,17 +195,18 @@ def folder_source(root: str, split: str, limit: int) -> IndexedSource:
     paths, labels, classes = list_folder(root, split)
     n = _limit(len(paths), limit)
     paths_arr = np.asarray(paths[:n])
+    read = _byte_reader(root)
 
     def make(indices: np.ndarray) -> tf.data.Dataset:
         ds = tf.data.Dataset.from_tensor_slices({"path": paths_arr[indices], "label": labels[indices]})
-        return ds.map(lambda ex: {"image": tf.io.read_file(ex["path"]), "label": ex["label"]})
+        return ds.map(lambda ex: {"image": read(ex["path"]), "label": ex["label"]}, num_parallel_calls=tf.data.AUTOTUNE)
 
-    return IndexedSource(n, len(classes), make)
+    return IndexedSource(n, len(classes), make, encoded=True, paths=paths_arr)
 
 
 def _tfds_help(name: str, data_dir: str) -> str:
     if name.startswith("imagenet2012"):
-        manual = os.path.join(data_dir, "downloads", "manual")
+        manual = paths.join(data_dir, "downloads", "manual")
         return (
             "ImageNet cannot be downloaded automatically. Put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar "
             f"(from image-net.org) in {manual}, then run:\n"
@@ -200,7 +222,7 @@ def _tfds_help(name: str, data_dir: str) -> str:
 def tfds_source(name: str, data_dir: str, split: str, limit: int) -> TfdsSource:
     import tensorflow_datasets as tfds
 
-    data_dir = os.path.expanduser(data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets"))
+    data_dir = str(paths.resolve(data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")))  # gs:// too
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:

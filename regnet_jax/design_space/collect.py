@@ -13,12 +13,14 @@ weights when the run evaluated them (pycls's ``min_top1_err`` of ``test_ema_epoc
 from __future__ import annotations
 
 import csv
+import io
 import json
-import os
 from typing import Any, Callable
 
+from regnet_jax import paths
+
 from regnet_jax.complexity import count
-from regnet_jax.design_space.launch import is_done, is_locked
+from regnet_jax.design_space.launch import is_done, is_running
 from regnet_jax.design_space.layout import SweepDir, read_json
 from regnet_jax.metrics import EVAL_EMA_FILE, EVAL_FILE, read_jsonl
 from regnet_jax.models.spec import model_spec
@@ -61,23 +63,22 @@ def model_fields(model: dict[str, Any], resolution: int) -> dict[str, Any]:
 def _status(sd: SweepDir, mid: str, evals: list[dict[str, Any]], attempts: list[dict[str, Any]]) -> str:
     if is_done(sd, mid):
         return "done"
-    if is_locked(sd, mid):
+    if is_running(sd, mid):
         return "running"
     if attempts and attempts[-1]["result"] != "preempted" and attempts[-1]["result"] != "done":
         return "failed"
-    return "incomplete" if evals or os.path.exists(os.path.join(sd.run_dir(mid), "checkpoints")) else "pending"
+    return "incomplete" if evals or paths.exists(paths.join(sd.run_dir(mid), "checkpoints")) else "pending"
 
 
 def model_row(sd: SweepDir, mid: str, name: str) -> dict[str, Any]:
     """The table row of one model."""
     config = sd.config(mid)
     run = sd.run_dir(mid)
-    evals = _evals(os.path.join(run, EVAL_FILE))
-    ema = _evals(os.path.join(run, EVAL_EMA_FILE))
-    launch_path = os.path.join(run, "launch.json")
-    attempts = read_json(launch_path)["attempts"] if os.path.exists(launch_path) else []
-    summary_path = os.path.join(run, "summary.json")
-    summary = read_json(summary_path) if is_done(sd, mid) else {}
+    evals = _evals(paths.join(run, EVAL_FILE))
+    ema = _evals(paths.join(run, EVAL_EMA_FILE))
+    launch_path = paths.join(run, "launch.json")
+    attempts = read_json(launch_path)["attempts"] if launch_path.exists() else []
+    summary = read_json(paths.join(run, "summary.json")) if is_done(sd, mid) else {}
     row: dict[str, Any] = {"id": mid, "sweep": name, "status": _status(sd, mid, evals, attempts), "attempts": len(attempts)}
     row.update(model_fields(config["model"], config["resolution"]))
     last = evals[-1] if evals else {}
@@ -116,18 +117,13 @@ def collect(sweep_dir: str, log: Callable[[str], None] | None = print) -> list[d
 
 
 def _write_table(sd: SweepDir, rows: list[dict[str, Any]]) -> None:
-    tmp = f"{sd.results_jsonl}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    os.replace(tmp, sd.results_jsonl)
-    tmp = f"{sd.results_csv}.tmp{os.getpid()}"
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: json.dumps(v, separators=(",", ":")) if isinstance(v, list) else ("" if v is None else v) for k, v in r.items()})
-    os.replace(tmp, sd.results_csv)
+    paths.write_text(sd.results_jsonl, "".join(json.dumps(r) + "\n" for r in rows))
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: json.dumps(v, separators=(",", ":")) if isinstance(v, list) else ("" if v is None else v) for k, v in r.items()})
+    paths.write_text(sd.results_csv, buf.getvalue())
 
 
 def read_results(sweep_dir: str) -> list[dict[str, Any]]:
@@ -135,7 +131,7 @@ def read_results(sweep_dir: str) -> list[dict[str, Any]]:
     sd = SweepDir(sweep_dir)
     if sd.exists():
         return collect(sweep_dir, log=None)
-    if os.path.exists(sd.results_jsonl):
+    if paths.exists(sd.results_jsonl):
         return read_jsonl(sd.results_jsonl)
     sd.require()
     return []

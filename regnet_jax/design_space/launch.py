@@ -4,11 +4,14 @@ Each model trains in its own process (``python -m regnet_jax.train --config=DIR/
 or, with ``in_process``, inside the launcher (saves the ~20 s of imports per model that dominate tiny CPU sweeps).
 
 * Resumable: a model whose ``runs/ID/summary.json`` says ``done`` is skipped; an interrupted one resumes from its
-  checkpoints (the trainer does that). A per-model lock (``runs/ID/.lock``, flock) keeps two launchers, e.g. on
-  several machines sharing the directory, from training the same model at once.
+  checkpoints (the trainer does that). A per-model lock (``runs/ID/launcher.lock.json``, a
+  ``regnet_jax.workdir_lock``) keeps two launchers, e.g. on several machines sharing the directory or a bucket, from
+  training the same model at once.
 * Failures are retried up to ``max_retry`` times per launch; exit status 2 (bad config or data) is not retried,
   because it would fail the same way. Every attempt is recorded in ``runs/ID/launch.json``, its output in
   ``runs/ID/train.log``.
+* The sweep directory may be on ``gs://`` (``regnet_jax.paths``): the trainers then read a local copy of their config
+  and their output is collected in a local file, appended to ``runs/ID/train.log`` when the attempt ends.
 * Devices: ``auto`` runs one model per GPU (``CUDA_VISIBLE_DEVICES``) when ``nvidia-smi`` lists GPUs, else one
   model at a time; ``gpu:0,1,2,3`` / ``tpu:0,1,2,3`` name them; ``none`` leaves the environment alone.
 * If the launcher dies (even by SIGKILL) its trainers get SIGTERM (Linux ``PR_SET_PDEATHSIG``), checkpoint and stop.
@@ -19,24 +22,27 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import fcntl
 import logging
 import os
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from typing import Any, Callable
 
+from regnet_jax import paths, workdir_lock
 from regnet_jax.config import ConfigError
-from regnet_jax.design_space.layout import SweepDir, model_id, read_json, write_json
-from regnet_jax.metrics import format_eta, read_jsonl
+from regnet_jax.design_space.layout import SweepDir, SweepError, model_id, read_json, write_json
+from regnet_jax.metrics import TRAIN_FILE, format_eta, read_jsonl
 
 EXIT_BAD_INPUT = 2  # the trainer's status for a bad config, missing data or an unusable checkpoint
 EXIT_PREEMPTED = 3
 TPU_BASE_PORT = 8476
+LAUNCH_LOCK = "launcher.lock.json"
 
 
 @dataclasses.dataclass
@@ -56,9 +62,8 @@ class LaunchOptions:
 
 def is_done(sd: SweepDir, mid: str) -> bool:
     """Whether the model's run finished (its summary.json says done)."""
-    path = os.path.join(sd.run_dir(mid), "summary.json")
     try:
-        return read_json(path).get("status") == "done"
+        return read_json(paths.join(sd.run_dir(mid), "summary.json")).get("status") == "done"
     except (OSError, ValueError):
         return False
 
@@ -121,43 +126,31 @@ def device_slots(devices: str, parallel: int) -> tuple[list[dict[str, str]], str
 
 
 class ModelLock:
-    """An exclusive, non-blocking flock on runs/ID/.lock; the OS releases it when the holder dies."""
+    """A launcher's claim on one model: the lock ``runs/ID/launcher.lock.json`` (dead holders are taken over)."""
 
     def __init__(self, sd: SweepDir, mid: str):
-        os.makedirs(sd.run_dir(mid), exist_ok=True)
-        self.path = os.path.join(sd.run_dir(mid), ".lock")
-        self.fd: int | None = None
+        self.lock = workdir_lock.WorkdirLock(sd.run_dir(mid), LAUNCH_LOCK)
 
     def acquire(self) -> bool:
-        """True if this process now holds the lock, False if another one does."""
-        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        """True if this process now holds the lock, False if another live one does."""
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+            self.lock.acquire()
+        except workdir_lock.WorkdirBusyError:
             return False
-        self.fd = fd
         return True
 
     def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # closing releases the lock
-            self.fd = None
+        self.lock.release()
 
 
-def is_locked(sd: SweepDir, mid: str) -> bool:
-    """Whether some launcher is training this model right now."""
-    if not os.path.exists(os.path.join(sd.run_dir(mid), ".lock")):
-        return False
-    lock = ModelLock(sd, mid)
-    got = lock.acquire()
-    lock.release()
-    return not got
+def is_running(sd: SweepDir, mid: str) -> bool:
+    """Whether a live launcher or trainer holds this model's run directory right now."""
+    return any(workdir_lock.WorkdirLock(sd.run_dir(mid), name).holder() for name in (LAUNCH_LOCK, workdir_lock.LOCK_FILE))
 
 
 def _record_attempt(sd: SweepDir, mid: str, attempt: dict[str, Any]) -> None:
-    path = os.path.join(sd.run_dir(mid), "launch.json")
-    rec = read_json(path) if os.path.exists(path) else {"attempts": []}
+    path = paths.join(sd.run_dir(mid), "launch.json")
+    rec = read_json(path) if path.exists() else {"attempts": []}
     rec["attempts"].append(attempt)
     write_json(path, rec)
 
@@ -178,7 +171,7 @@ def _with_parent_death_signal(cmd: list[str]) -> list[str]:
 
 
 def _progress_of(sd: SweepDir, mid: str, num_epochs: int) -> str:
-    recs = read_jsonl(os.path.join(sd.run_dir(mid), "train_metrics.jsonl"))
+    recs = read_jsonl(paths.join(sd.run_dir(mid), TRAIN_FILE))
     return f"{mid} epoch {recs[-1]['epoch']:.1f}/{num_epochs}" if recs else f"{mid} starting"
 
 
@@ -190,6 +183,7 @@ class _Job:
     start: float
     proc: Any = None
     lock: Any = None
+    log: str = ""  # the local file the attempt's output goes to
 
 
 class Launcher:
@@ -205,10 +199,32 @@ class Launcher:
         self.busy_elsewhere: list[str] = []
         self.times: list[float] = []
         self.attempts: collections.Counter[str] = collections.Counter()
+        self.remote = paths.is_url(self.sd.path)
+        self._local = tempfile.mkdtemp(prefix="regnet_jax_sweep_") if self.remote else ""
 
     def _trainer_cmd(self, mid: str) -> list[str]:
         base = shlex.split(self.opts.trainer) if self.opts.trainer else [sys.executable, "-m", "regnet_jax.train", "--nodistributed"]
-        return [*base, f"--config={self.sd.config_py(mid)}", f"--workdir={self.sd.run_dir(mid)}"]
+        return [*base, f"--config={self._config_file(mid)}", f"--workdir={self.sd.run_dir(mid)}"]
+
+    def _config_file(self, mid: str) -> str:
+        """The model's config file; for a sweep on object storage a local copy (config files are imported)."""
+        if not self.remote:
+            return str(self.sd.config_py(mid))
+        for src in (self.sd.config_json(mid), self.sd.config_py(mid)):
+            paths.write_bytes(os.path.join(self._local, os.path.basename(src)), paths.read_bytes(src))
+        return os.path.join(self._local, os.path.basename(self.sd.config_py(mid)))
+
+    def _log_file(self, mid: str, header: str) -> str:
+        """The local file an attempt's output goes to (starting with ``header``): runs/ID/train.log itself, or for a
+        sweep on object storage a local file that ``_keep_log`` appends to it."""
+        path = os.path.join(self._local, f"{mid}.log") if self.remote else os.path.join(self.sd.run_dir(mid), "train.log")
+        paths.append_text(path, header)
+        return path
+
+    def _keep_log(self, job: _Job) -> None:
+        if self.remote and job.log:
+            paths.append_bytes(paths.join(self.sd.run_dir(job.mid), "train.log"), paths.read_bytes(job.log))
+            os.remove(job.log)
 
     def _eta(self, remaining: int, slots: int) -> str:
         if not self.times:
@@ -221,11 +237,12 @@ class Launcher:
         result = "done" if ok else {EXIT_BAD_INPUT: "bad config or data", EXIT_PREEMPTED: "preempted"}.get(rc, "failed")
         _record_attempt(self.sd, job.mid, {"start": job.start, "seconds": round(seconds, 1), "rc": rc, "result": result,
                                            "host": socket.gethostname(), "attempt": job.attempt})  # fmt: skip
-        log_path = os.path.join(self.sd.run_dir(job.mid), "train.log")
+        self._keep_log(job)
+        log_path = paths.join(self.sd.run_dir(job.mid), "train.log")
         if ok:
             self.done.append(job.mid)
             self.times.append(seconds)
-            err = read_json(os.path.join(self.sd.run_dir(job.mid), "summary.json")).get("best_top1_err")
+            err = read_json(paths.join(self.sd.run_dir(job.mid), "summary.json")).get("best_top1_err")
             what = f"done in {seconds:.0f}s, best top-1 err {err:.2f}%"
         elif rc != EXIT_BAD_INPUT and job.attempt <= self.opts.max_retry:
             todo.appendleft(job.mid)
@@ -244,10 +261,14 @@ class Launcher:
         self.log(f"launch: {len(self.ids)} models in {self.sd.root}: {len(self.done)} done already (skipped), {len(todo)} to train; "
                  f"{'in this process' if self.opts.in_process else desc}; up to {self.opts.max_retry} retries each")  # fmt: skip
         skipped = len(self.done)
-        if self.opts.in_process:
-            self._run_in_process(todo)
-        else:
-            self._run_subprocesses(todo, slots)
+        try:
+            if self.opts.in_process:
+                self._run_in_process(todo)
+            else:
+                self._run_subprocesses(todo, slots)
+        finally:
+            if self._local:
+                shutil.rmtree(self._local, ignore_errors=True)
         summary = {"done": len(self.done), "failed": self.failed, "skipped": skipped, "busy_elsewhere": self.busy_elsewhere, "total": len(self.ids)}
         self.log(f"launch: {len(self.done)}/{len(self.ids)} done, {len(self.failed)} failed"
                  + (f", {len(self.busy_elsewhere)} being trained by another launcher" if self.busy_elsewhere else "")
@@ -272,12 +293,10 @@ class Launcher:
         job = self._claim(mid, slot)
         if job is None:
             return None
-        log = open(os.path.join(self.sd.run_dir(mid), "train.log"), "a")
-        log.write(f"\n=== attempt {job.attempt} on {socket.gethostname()} at {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n")
-        log.flush()
+        job.log = self._log_file(mid, f"\n=== attempt {job.attempt} on {socket.gethostname()} at {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n")
         cmd = _with_parent_death_signal(self._trainer_cmd(mid))
-        job.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env, "PYTHONUNBUFFERED": "1"})
-        log.close()
+        with open(job.log, "a") as log:
+            job.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env, "PYTHONUNBUFFERED": "1"})
         return job
 
     def _run_subprocesses(self, todo: collections.deque, slots: list[dict[str, str]]) -> None:
@@ -308,6 +327,7 @@ class Launcher:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     job.proc.wait(timeout=120)
                 job.lock.release()
+                self._keep_log(job)
 
     def _run_in_process(self, todo: collections.deque) -> None:
         while todo:
@@ -328,8 +348,8 @@ class Launcher:
 
         from regnet_jax import train as train_lib
 
-        log_path = os.path.join(self.sd.run_dir(job.mid), "train.log")
-        handler = logging.FileHandler(log_path)
+        job.log = self._log_file(job.mid, f"\n=== attempt {job.attempt} (in process) at {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n")
+        handler = logging.FileHandler(job.log)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         absl_logger, absl_handler = logging.getLogger("absl"), absl_logging.get_absl_handler()
         console_level = absl_handler.level
@@ -337,8 +357,6 @@ class Launcher:
         absl_handler.setLevel(logging.WARNING)  # the console shows the sweep's progress, not every model's steps
         absl_logging.set_verbosity(absl_logging.INFO)
         try:
-            with open(log_path, "a") as f:
-                f.write(f"\n=== attempt {job.attempt} (in process) at {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n")
             train_lib.train_and_evaluate(ml_collections.ConfigDict(self.sd.config(job.mid)), self.sd.run_dir(job.mid))
             return 0
         except ConfigError as e:
@@ -380,8 +398,10 @@ def write_slurm_script(sweep_dir: str, *, partition: str = "", gpus: int = 1, cp
                        max_jobs: int = 128, max_retry: int = 3) -> str:  # fmt: skip
     """Write DIR/slurm_array.sh (one array task per model) and return its path; submitting it is left to the user."""
     sd = SweepDir(sweep_dir).require()
+    if paths.is_url(sd.path):
+        raise SweepError(f"--slurm needs the sweep directory on a file system the cluster's nodes share, not {sd.root}")
     n = len(sd.model_ids())
-    root = os.path.abspath(sd.root)
+    root = str(sd.path)
     path = os.path.join(root, "slurm_array.sh")
     os.makedirs(os.path.join(root, "slurm"), exist_ok=True)
     text = SLURM_TEMPLATE.format(root=root, path=path, name=sd.spec()["spec"]["name"], last=n - 1, max_jobs=max_jobs, gpus=gpus,

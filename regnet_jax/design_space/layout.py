@@ -7,15 +7,16 @@
     DIR/runs/NNNNNN/             the model's training workdir (the trainer's files) plus launch.json and train.log
     DIR/results.csv, results.jsonl    the table written by ``collect``
     DIR/analysis/                the report written by ``analyze`` (analysis.html, analysis.json, *.png)
+
+DIR may be local or ``gs://`` (``regnet_jax.paths``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Any
 
+from regnet_jax import paths
 from regnet_jax.config import ConfigError
 
 
@@ -27,18 +28,8 @@ def model_id(index: int) -> str:
     return f"{index:06d}"
 
 
-def write_json(path: str, obj: Any) -> None:
-    """Write atomically (a reader never sees half a file; a killed writer leaves the old file)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=False)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def read_json(path: str) -> Any:
-    with open(path) as f:
-        return json.load(f)
+write_json = paths.write_json  # atomic: a reader never sees half a file; a killed writer leaves the old file
+read_json = paths.read_json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,36 +39,43 @@ class SweepDir:
     root: str
 
     @property
+    def path(self) -> paths.Path:
+        return paths.resolve(self.root)
+
+    def _file(self, *parts: str) -> str:
+        return str(self.path.joinpath(*parts))
+
+    @property
     def spec_path(self) -> str:
-        return os.path.join(self.root, "sweep.json")
+        return self._file("sweep.json")
 
     @property
     def configs_dir(self) -> str:
-        return os.path.join(self.root, "configs")
+        return self._file("configs")
 
     @property
     def summary_path(self) -> str:
-        return os.path.join(self.root, "configs_summary.json")
+        return self._file("configs_summary.json")
 
     @property
     def results_csv(self) -> str:
-        return os.path.join(self.root, "results.csv")
+        return self._file("results.csv")
 
     @property
     def results_jsonl(self) -> str:
-        return os.path.join(self.root, "results.jsonl")
+        return self._file("results.jsonl")
 
     def config_json(self, mid: str) -> str:
-        return os.path.join(self.configs_dir, f"{mid}.json")
+        return self._file("configs", f"{mid}.json")
 
     def config_py(self, mid: str) -> str:
-        return os.path.join(self.configs_dir, f"{mid}.py")
+        return self._file("configs", f"{mid}.py")
 
     def run_dir(self, mid: str) -> str:
-        return os.path.join(self.root, "runs", mid)
+        return self._file("runs", mid)
 
     def exists(self) -> bool:
-        return os.path.exists(self.spec_path)
+        return paths.exists(self.spec_path)
 
     def require(self) -> "SweepDir":
         """Self, or a SweepError saying how to create the sweep."""
@@ -91,7 +89,7 @@ class SweepDir:
     def model_ids(self) -> list[str]:
         """The ids of the models set up, in order."""
         self.require()
-        return sorted(f[:-5] for f in os.listdir(self.configs_dir) if f.endswith(".json") and f[:-5].isdigit())
+        return [f[:-5] for f in paths.listdir(self.configs_dir) if f.endswith(".json") and f[:-5].isdigit()]
 
     def config(self, mid: str) -> dict[str, Any]:
         return read_json(self.config_json(mid))

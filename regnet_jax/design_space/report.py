@@ -17,18 +17,18 @@ import base64
 import html
 import json
 import math
-import os
 import re
 import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from regnet_jax import paths
 from regnet_jax.design_space import analysis as an
 from regnet_jax.design_space.collect import read_results
 from regnet_jax.design_space.efit import block_widths_of
 from regnet_jax.design_space.layout import SweepDir, SweepError, write_json
-from regnet_jax.metrics import EVAL_FILE, read_jsonl
+from regnet_jax.metrics import EVAL_FILE, read_jsonl, save_figure
 
 
 def _plt():
@@ -44,14 +44,14 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "sweep"
 
 
-def _save(fig, path: str) -> str:
+def _save(fig, path: paths.Path) -> paths.Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     _plt().close(fig)
     return path
 
 
-def plot_edf(sweeps: Sequence[tuple[str, list[float]]], path: str) -> str:
+def plot_edf(sweeps: Sequence[tuple[str, list[float]]], path: paths.Path) -> paths.Path:
     """All sweeps' error EDFs on one plot."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
@@ -64,7 +64,7 @@ def plot_edf(sweeps: Sequence[tuple[str, list[float]]], path: str) -> str:
     return _save(fig, path)
 
 
-def plot_params(name: str, rows: list[dict[str, Any]], boot: dict[str, dict[str, float]], path: str) -> str:
+def plot_params(name: str, rows: list[dict[str, Any]], boot: dict[str, dict[str, float]], path: paths.Path) -> paths.Path:
     """Error against each metric, with the bootstrap 95% interval (band), median (dashed) and mode (dotted)."""
     plt = _plt()
     metrics = list(boot)
@@ -87,7 +87,7 @@ def plot_params(name: str, rows: list[dict[str, Any]], boot: dict[str, dict[str,
     return _save(fig, path)
 
 
-def plot_efit(sweeps: Sequence[tuple[str, list[dict[str, Any]]]], path: str) -> str:
+def plot_efit(sweeps: Sequence[tuple[str, list[dict[str, Any]]]], path: paths.Path) -> paths.Path:
     """e_fit against error, one colour per sweep."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
@@ -101,7 +101,7 @@ def plot_efit(sweeps: Sequence[tuple[str, list[dict[str, Any]]]], path: str) -> 
     return _save(fig, path)
 
 
-def plot_complexity(sweeps: Sequence[tuple[str, list[dict[str, Any]]]], path: str) -> str:
+def plot_complexity(sweeps: Sequence[tuple[str, list[dict[str, Any]]]], path: paths.Path) -> paths.Path:
     """Histograms of flops, params and acts per sweep (to check the populations are comparable)."""
     plt = _plt()
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.3))
@@ -118,7 +118,7 @@ def _short(r: dict[str, Any]) -> str:
     return f"{r['id']} {r['error']:.1f}%: d={r['stage_depths']} w={r['stage_widths']} g={r['g']} b={r['b']:g}"
 
 
-def plot_widths(name: str, rows: list[dict[str, Any]], path: str, k: int = 3) -> str:
+def plot_widths(name: str, rows: list[dict[str, Any]], path: paths.Path, k: int = 3) -> paths.Path:
     """Per-block widths of the k best (solid) and k worst (dashed) models."""
     plt = _plt()
     order = sorted(rows, key=lambda r: r["error"])
@@ -133,11 +133,11 @@ def plot_widths(name: str, rows: list[dict[str, Any]], path: str, k: int = 3) ->
     return _save(fig, path)
 
 
-def plot_curves(name: str, sweep_dir: str, rows: list[dict[str, Any]], path: str, k: int = 3) -> str | None:
+def plot_curves(name: str, sweep_dir: str, rows: list[dict[str, Any]], path: paths.Path, k: int = 3) -> paths.Path | None:
     """Evaluation top-1 error against epochs of the best and worst models."""
     order = sorted(rows, key=lambda r: r["error"])
     picks = [("best", r) for r in order[:k]] + ([("worst", r) for r in order[-k:][::-1]] if len(order) > k else [])
-    curves = [(tag, r, read_jsonl(os.path.join(SweepDir(sweep_dir).run_dir(r["id"]), EVAL_FILE))) for tag, r in picks]
+    curves = [(tag, r, read_jsonl(paths.join(SweepDir(sweep_dir).run_dir(r["id"]), EVAL_FILE))) for tag, r in picks]
     if not any(c for _, _, c in curves):
         return None
     plt = _plt()
@@ -150,11 +150,10 @@ def plot_curves(name: str, sweep_dir: str, rows: list[dict[str, Any]], path: str
     return _save(fig, path)
 
 
-def _img(path: str | None, alt: str) -> str:
+def _img(path: paths.Path | None, alt: str) -> str:
     if not path:
         return ""
-    with open(path, "rb") as f:
-        data = base64.b64encode(f.read()).decode()
+    data = base64.b64encode(paths.read_bytes(path)).decode()
     return f'<p><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}" style="max-width:100%"></p>'
 
 
@@ -184,7 +183,8 @@ def analyze(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Analyse the sweeps (collecting their tables afresh) and write the report; returns analysis.json's content."""
-    os.makedirs(report_dir, exist_ok=True)
+    report = paths.resolve(report_dir)
+    paths.makedirs(report)
     sweeps = []
     for d in sweep_dirs:
         rows = read_results(d)
@@ -194,7 +194,7 @@ def analyze(
         sweeps.append((rows[0]["sweep"], d, rows, an.analyze_rows(rows, frac=frac, repeats=repeats, seed=seed)))
     names = [s[0] for s in sweeps]
     if len(set(names)) != len(names):  # two sweeps with one name: tell them apart by directory
-        sweeps = [(f"{n} ({os.path.basename(os.path.normpath(d))})", d, r, a) for n, d, r, a in sweeps]
+        sweeps = [(f"{n} ({paths.resolve(d).name})", d, r, a) for n, d, r, a in sweeps]
     done = [(n, d, [r for r in rows if r["status"] == "done" and r.get("error") is not None], a) for n, d, rows, a in sweeps]
     done = [s for s in done if s[2]]
     if not done:
@@ -202,7 +202,7 @@ def analyze(
     for _, _, rows, a in done:  # the rows of analysis.json carry e_fit; reuse them for the plots
         if rows and "e_fit" not in rows[0]:
             an.add_efit(rows)
-    p = lambda f: os.path.join(report_dir, f)  # noqa: E731
+    p = lambda f: report / f  # noqa: E731
     figs = {"edf": plot_edf([(n, [r["error"] for r in rows]) for n, _, rows, _ in done], p("edf.png"))}
     figs["efit"] = plot_efit([(n, rows) for n, _, rows, _ in done], p("efit.png"))
     figs["complexity"] = plot_complexity([(n, rows) for n, _, rows, _ in done], p("complexity.png"))
@@ -218,12 +218,11 @@ def analyze(
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         "error_metric": "best top-1 error (%) over the evaluations of each run (the EMA weights' when evaluated)",
         "bootstrap": {"frac": frac, "repeats": repeats, "alpha": 5.0, "seed": seed},
-        "sweeps": {n: {"dir": os.path.abspath(d), **a} for n, d, _, a in sweeps},
+        "sweeps": {n: {"dir": str(paths.resolve(d)), **a} for n, d, _, a in sweeps},
         "ranking_by_mean_error": [n for n, *_ in sorted(done, key=lambda s: s[3]["error"]["mean"])],
     }
     write_json(p("analysis.json"), result)
-    with open(p("analysis.html"), "w") as f:
-        f.write(_html(result, figs, per_sweep, done))
+    paths.write_text(p("analysis.html"), _html(result, figs, per_sweep, done))
     log("analyze: " + "; ".join(f"{n}: n={a['error']['n']} min {a['error']['min']:.2f}% mean {a['error']['mean']:.2f}%" for n, _, _, a in done))
     log(f"analyze: ranking by mean error: {' < '.join(result['ranking_by_mean_error'])}")
     log(f"analyze: report {p('analysis.html')} (numbers in {p('analysis.json')})")

@@ -10,7 +10,8 @@ the defaults in ``SPEC_DEFAULTS``:
     schedule    '10ep' / '25ep' / '100ep' preset of regnet_jax.config.base_config (used when ``base`` is '')
     base        a training config file to start from, e.g. 'configs/quickstart.py' ('' = base_config(schedule))
     dataset, num_epochs, resolution, batch_size   overrides of the training config (0/'' = keep); a batch-size
-                override scales optim.base_lr linearly (0.1 per 128 images is the paper's rule)
+                override scales optim.base_lr linearly (0.1 per 128 images is the paper's rule), and a batch smaller
+                than one BatchNorm statistics group (bn_group_size) makes it one group
     dists       {param: 'kind:low:high:q'} distributions replacing the space's (a fork)
     model       {field: value} fixed config.model fields replacing the space's (e.g. {'se_ratio': 0.25})
     train       any other training-config override, {'optim.base_lr': 0.1} or nested {'optim': {'base_lr': 0.1}}
@@ -20,18 +21,17 @@ the defaults in ``SPEC_DEFAULTS``:
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
-import os
 import time
 from typing import Any, Callable, Mapping
 
 import ml_collections
 import numpy as np
 
-from regnet_jax import zoo
+from regnet_jax import paths, zoo
 from regnet_jax.config import SCHEDULES, ConfigError, base_config, validate_config
-from regnet_jax.design_space.layout import SweepDir, SweepError, model_id, read_json, write_json
+from regnet_jax.config_file import load_config_file, set_field
+from regnet_jax.design_space.layout import SweepDir, SweepError, model_id, write_json
 from regnet_jax.design_space.spaces import CX_METRICS, DesignSpace, SampleResult, get_space, sample_space
 
 SPEC_DEFAULTS: dict[str, Any] = dict(
@@ -113,38 +113,12 @@ def _plain(spec: Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(dict(spec)))
 
 
-def load_config_file(path_arg: str) -> Any:
-    """``get_config()`` of a config file, or ``get_config(arg)`` for ``'file.py:arg'`` (as ml_collections does)."""
-    path, _, arg = path_arg.partition(":")
-    if not os.path.isfile(path):
-        raise ConfigError(f"config file {path!r} not found")
-    name = "_sweep_cfg_" + os.path.splitext(os.path.basename(path))[0].replace(".", "_").replace("-", "_")
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config()
-
-
 def space_for(spec: Mapping[str, Any]) -> DesignSpace:
     """The spec's design space, forked with its ``dists`` / ``model`` overrides if any."""
     space = get_space(spec["space"])
     if spec["dists"] or spec["model"]:
         space = space.fork(space.name, dists=spec["dists"], model={k: v for k, v in spec["model"].items() if k != "num_classes"})
     return space
-
-
-def _set_dotted(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
-    node, parts = config, key.split(".")
-    for p in parts[:-1]:
-        if p not in node:
-            raise ConfigError(f"train override {key!r}: config has no field {p!r}")
-        node = node[p]
-    if parts[-1] not in node:
-        raise ConfigError(f"train override {key!r}: config has no field {parts[-1]!r}; fields here: {sorted(node.keys())}")
-    try:
-        node[parts[-1]] = value
-    except TypeError as e:
-        raise ConfigError(f"train override {key}={value!r}: {e}") from None
 
 
 def training_template(spec: Mapping[str, Any]) -> ml_collections.ConfigDict:
@@ -166,10 +140,12 @@ def training_template(spec: Mapping[str, Any]) -> ml_collections.ConfigDict:
     if spec["batch_size"]:
         config.optim.base_lr = config.optim.base_lr * spec["batch_size"] / config.batch_size
         config.batch_size = int(spec["batch_size"])
+        if config.get("bn_group_size", 0) > config.batch_size:  # a batch below one BN statistics group: one group
+            config.bn_group_size = config.batch_size
     if "num_classes" in spec["model"]:
         config.model.num_classes = int(spec["model"]["num_classes"])
     for key, value in spec["train"].items():
-        _set_dotted(config, key, value)
+        set_field(config, key, value, label=f"train override {key}={value!r}")
     return config
 
 
@@ -212,7 +188,7 @@ def setup_sweep(spec: Mapping[str, Any], out: str, log: Callable[[str], None] = 
     the seed, so the first models are the same ones); any other change is refused, so results are never mixed.
     """
     spec = normalize_spec(spec)
-    spec["name"] = spec["name"] or os.path.basename(os.path.normpath(out))
+    spec["name"] = spec["name"] or paths.resolve(out).name
     sd = SweepDir(out)
     have = _check_existing(sd, spec)
     if have == spec["n"]:
@@ -227,12 +203,10 @@ def setup_sweep(spec: Mapping[str, Any], out: str, log: Callable[[str], None] = 
     for i in range(have):
         if sd.config(model_id(i)) != configs[i]:
             raise SweepError(f"{out}: model {model_id(i)} on disk differs from what this spec samples now (was the code or a config file changed?); use a new --out")
-    os.makedirs(sd.configs_dir, exist_ok=True)
     for i in range(have, spec["n"]):
         mid = model_id(i)
         write_json(sd.config_json(mid), configs[i])
-        with open(sd.config_py(mid), "w") as f:
-            f.write(CONFIG_PY.format(mid=mid, name=spec["name"], space=space.name, py=sd.config_py(mid), workdir=sd.run_dir(mid)))
+        paths.write_text(sd.config_py(mid), CONFIG_PY.format(mid=mid, name=spec["name"], space=space.name, py=sd.config_py(mid), workdir=sd.run_dir(mid)))
     write_json(sd.summary_path, _summary(result))
     info = {
         "spec": spec,
@@ -270,6 +244,4 @@ def _summary(result: SampleResult) -> dict[str, Any]:
 
 def read_spec_file(path: str) -> dict[str, Any]:
     """A sweep spec from a JSON file or an ml_collections config file (``file.py[:arg]``)."""
-    if path.endswith(".json"):
-        return read_json(path)
     return _plain(load_config_file(path))

@@ -6,14 +6,13 @@
 from __future__ import annotations
 
 from absl import flags
-from ml_collections import config_flags
 
-from regnet_jax.cli import config_path, run
+from regnet_jax.cli import config_path, define_config_flag, run
 from regnet_jax.complexity import count
 from regnet_jax.models.regnet import generate_regnet
 from regnet_jax.models.spec import ModelSpec, model_spec
 
-config_flags.DEFINE_config_file("config", None, "A config file, e.g. configs/regnety_4gf.py.", lock_config=True)
+define_config_flag("config", "A config file, e.g. configs/regnety_4gf.py.")
 flags.DEFINE_string("plot", "", "Also save the per-block width curve as this PNG.")
 FLAGS = flags.FLAGS
 
