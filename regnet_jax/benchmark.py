@@ -31,7 +31,7 @@ import numpy as np
 
 from regnet_jax import complexity, smoke
 from regnet_jax.config import ConfigError
-from regnet_jax.models import create_model, layers
+from regnet_jax.models import conv, create_model
 
 MODES = ("train", "infer")
 DTYPES = ("float32", "bfloat16")
@@ -224,6 +224,7 @@ class PreparedStep:
     """A compiled step on a synthetic batch: ``run()`` executes one step and returns something to block on."""
 
     run: Callable[[], Any]
+    compiled: Any  # the jax.stages.Compiled step (its HLO, cost and memory analyses)
     compile_s: float
     devices: list[jax.Device]
     step_impl: str
@@ -271,7 +272,7 @@ def prepare(
         def run():
             return compiled(*args)
 
-    return PreparedStep(run, compile_s, devices, step_impl, resolution)
+    return PreparedStep(run, compiled, compile_s, devices, step_impl, resolution)
 
 
 def benchmark(
@@ -317,7 +318,7 @@ def make_result(
         devices=len(prep.devices),
         backend=prep.devices[0].platform,
         device_kind=prep.devices[0].device_kind,
-        conv_impl=layers.get_conv_impl(),
+        conv_impl=conv.get_conv_impl(),
         step_impl=prep.step_impl,
         compile_s=round(prep.compile_s, 2),
         ms_per_step=med * 1e3 if med else None,
@@ -448,7 +449,7 @@ def main(argv: list[str]) -> None:
     if flags.cpu_devices:
         jax.config.update("jax_num_cpu_devices", flags.cpu_devices)
     if flags.conv_impl:
-        layers.set_conv_impl(flags.conv_impl)
+        conv.set_conv_impl(flags.conv_impl)
     kwargs = dict(
         mode=flags.mode,
         batch=flags.batch,
@@ -499,7 +500,7 @@ if __name__ == "__main__":
     flags.DEFINE_integer("devices", 0, "Local devices to use: 0 = all (data parallel), N = the first N.")
     flags.DEFINE_integer("cpu_devices", 0, "XLA:CPU only: split the host into this many devices (e.g. one per core) for data parallelism.")
     flags.DEFINE_enum("step", "auto", list(STEP_IMPLS), "Train step: the trainer's (parallel), a local SGD step, or auto.")
-    flags.DEFINE_enum("conv_impl", None, list(layers.CONV_IMPLS), "Convolution lowering (default: REGNET_JAX_CONV_IMPL or auto).")
+    flags.DEFINE_enum("conv_impl", None, list(conv.CONV_IMPLS), "Convolution lowering (default: REGNET_JAX_CONV_IMPL or auto).")
     flags.DEFINE_bool("compile_only", False, "Only compile the step and report the compile time.")
     flags.DEFINE_bool("json", False, "Print one JSON object (a list with --zoo) on stdout; progress goes to stderr.")
     flags.DEFINE_bool("zoo", False, "Benchmark the 24 RegNet zoo models and write a table and a time-vs-flops/acts plot.")

@@ -255,11 +255,18 @@ def base_config(model: Mapping[str, Any], batch_size: int = 1024, schedule: str 
     c.keep_checkpoints = 3  # the last N are kept, plus the best by top-1 error
     c.init_from = ""  # fine-tuning: a weights directory (regnet_jax.convert) or a training workdir
     c.freeze_trunk = False  # with init_from: train only the head (linear probe; the trunk's BN stays in eval mode)
+    c.profile_steps = ()  # (start, end): a jax.profiler trace of those steps into the workdir (regnet_jax.profiling)
     return c
 
 
 def _field_error(field: str, value: Any, allowed: str) -> ConfigError:
     return ConfigError(f"config.{field}={value!r} is invalid: must be {allowed}")
+
+
+def _is_step_window(steps: Any) -> bool:
+    if not isinstance(steps, (tuple, list)):
+        return False
+    return len(steps) == 0 or (len(steps) == 2 and all(_is_int(s) for s in steps) and 0 <= steps[0] < steps[1])
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -302,6 +309,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         ("eval_every_epochs", _is_int(config.eval_every_epochs) and config.eval_every_epochs >= 0, "0 (only at the end) or a positive integer"),
         ("checkpoint_every_steps", _is_int(config.checkpoint_every_steps) and config.checkpoint_every_steps >= 0, "0 (every epoch) or a positive integer"),
         ("keep_checkpoints", _is_int(config.keep_checkpoints) and config.keep_checkpoints >= 1, "a positive integer"),
+        ("profile_steps", _is_step_window(config.get("profile_steps", ())), "() (off) or (start, end) with 0 <= start < end, e.g. (100, 110)"),
     ]
     for field, ok, allowed in checks:
         if not ok:

@@ -32,7 +32,7 @@ import numpy as np
 from absl import flags, logging
 
 from regnet_jax import checkpoint as ckpt_lib
-from regnet_jax import complexity, config_diff, data, metrics, optim, parallel, paths, precise_bn, workdir_lock
+from regnet_jax import complexity, config_diff, data, metrics, optim, parallel, paths, precise_bn, profiling, workdir_lock
 from regnet_jax.cli import define_config_flag, run
 from regnet_jax.config import ConfigError, batch_layout, describe_lr, recipe_options, validate_config
 from regnet_jax.evaluate import apply_input_conventions, run_evaluation
@@ -136,6 +136,7 @@ class _Trainer:
         self.bn_stats_step = parallel.make_bn_stats_step(self.model, self.mesh, **groups) if self.recipe["precise_bn"] else None
         self.eval_step = parallel.make_eval_step(self.model, self.mesh, num_classes=config.model.num_classes)
         self.ckpt = ckpt_lib.Checkpointer(self.workdir, config.keep_checkpoints)
+        self.profiler = profiling.StepProfiler(config.get("profile_steps", ()), str(self.workdir), self.total_steps)
         self.prior_wall_time = 0.0
 
     def start(self, pre: ckpt_lib.Pretrained | None) -> int:
@@ -264,6 +265,7 @@ class _Trainer:
         try:
             self._loop(step, sigterm)
         finally:
+            self.profiler.close()
             sigterm.restore()
             self.ckpt.wait()
             self.out.flush()
@@ -281,7 +283,7 @@ class _Trainer:
             epoch, offset = divmod(step, self.steps_per_epoch)
             batches = data.device_prefetch(self.train_input.epoch(epoch, offset), self.mesh, config.dataset.prefetch)
             for batch in batches:
-                self.state, m = self.train_step(self.state, batch)
+                self.state, m = self.profiler.run(step, self.train_step, self.state, batch)
                 pending.append(m)
                 step += 1
                 if step % config.log_every_steps == 0 or step % self.steps_per_epoch == 0:

@@ -210,3 +210,58 @@ def test_generated_jpegs_are_imagenet_sized(tmp_path):
     with Image.open(files[0]) as im:
         assert im.size == (500, 375) and im.format == "JPEG"
     assert nbytes == sum(f.stat().st_size for f in files) and nbytes / 3 > 20_000  # photo-like, not flat
+
+
+def test_side_by_side_marks_busy_or_unsteady_runs_unreliable():
+    from side_by_side import reliability
+
+    steady = {"jax": [[1.0, 1.02]] * 5, "torch_channels_last": [[2.0, 2.1], [2.05, 2.0], [2.1, 2.1], [2.0, 2.0], [2.2, 2.1]]}
+    assert reliability(steady, load_before=0.4, others_cores=0.1, cores=2) == []
+    reasons = reliability(steady, load_before=1.5, others_cores=1.2, cores=2)
+    assert "load average 1.50 before the run, above half the 2 cores" in reasons[0]
+    assert "other processes kept 1.20 of the 2 cores busy" in reasons[1] and len(reasons) == 2
+    jumpy = dict(steady, torch_channels_last=[[2.0], [2.0], [2.6], [2.0], [2.0]])
+    assert reliability(jumpy, 0.4, 0.1, 2) == ["torch_channels_last's round medians vary by 30% (> 20%)"]
+    assert reliability({"jax": [[1.0]] * 3}, 0.4, 0.1, 2) == ["only 3 rounds (at least 5 needed)"]
+
+
+def test_profile_step_attributes_hlo_ops_to_layer_kinds():
+    from profile_step import jax_kind, op_metadata, parse_hlo, torch_conv_kind
+
+    hlo = """HloModule m
+
+%fused_computation (p0: f32[2,4,4,8], p1: f32[3,3,8,8]) -> f32[2,4,4,8] {
+  %p0 = f32[2,4,4,8]{3,2,1,0} parameter(0)
+  %p1 = f32[3,3,8,8]{3,2,1,0} parameter(1)
+  ROOT %conv.1 = f32[2,4,4,8]{3,2,1,0} convolution(%p0, %p1), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_01io->b01f, metadata={op_name="jit(per_device)/transpose(jvp(AnyNet))/s1/b1/f/b/cond/branch_0_fun/conv_dgrad/conv_general_dilated"}
+}
+
+ENTRY %main (a: f32[2,4,4,8], b: f32[3,3,8,8]) -> f32[2,4,4,8] {
+  %a = f32[2,4,4,8]{3,2,1,0} parameter(0)
+  %b = f32[3,3,8,8]{3,2,1,0} parameter(1)
+  %ynn_fusion.3 = f32[2,4,4,8]{3,2,1,0} fusion(%a, %b), kind=kCustom, calls=%fused_computation
+  %wgrad = f32[8,3,3,8]{3,2,1,0} convolution(%a, %a), window={size=4x4}, dim_labels=f01b_i01o->01bf
+  ROOT %add.2 = f32[2,4,4,8]{3,2,1,0} add(%ynn_fusion.3, %a), metadata={op_name="jit(per_device)/jvp(AnyNet)/s2/b3/f/c_bn/add"}
+}
+"""
+    comps, entry = parse_hlo(hlo)
+    assert entry == "main" and set(comps[entry]) == {"a", "b", "ynn_fusion.3", "wgrad", "add.2"}
+    assert jax_kind(*op_metadata(comps, entry, "ynn_fusion.3")) == "3x3 conv input grad"
+    assert jax_kind(*op_metadata(comps, entry, "wgrad")) == "3x3 conv weight grad"  # XLA dropped its metadata
+    assert jax_kind(*op_metadata(comps, entry, "add.2")) == "BatchNorm fwd"
+    assert jax_kind("jit(per_device)/jvp(AnyNet)/stem/conv/cond/branch_0_fun/conv_general_dilated", "convolution", "") == "stem conv fwd"
+    assert jax_kind("jit(per_device)/transpose(jvp(AnyNet))/s1/b1/f/se/f_ex_0/dot_general", "dot", "") == "SE bwd"
+    assert jax_kind("jit(per_device)/mul", "multiply", "") == "optimizer update"
+    assert torch_conv_kind([32, 48, 56, 56], [48, 8, 3, 3]) == "3x3 conv" and torch_conv_kind([32, 3, 224, 224], [32, 3, 3, 3]) == "stem conv"
+    assert torch_conv_kind([32, 48, 1, 1], [12, 48, 1, 1]) == "SE" and torch_conv_kind([32, 48, 56, 56], [104, 48, 1, 1]) == "1x1 conv"
+
+
+def test_conv_layers_lists_every_distinct_conv_of_a_model():
+    from conv_layers import model_layers, parse_layer
+
+    layers = model_layers("regnety_400mf")
+    assert layers[:3] == [(224, 3, 32, 3, 2, 1), (112, 32, 48, 1, 1, 1), (112, 48, 48, 3, 2, 6)]
+    assert (112, 32, 48, 1, 2, 1) in layers and (7, 440, 440, 3, 1, 55) in layers and len(set(layers)) == len(layers) == 20
+    assert parse_layer("28x104x104k3s1g13") == (28, 104, 104, 3, 1, 13)
+    with pytest.raises(SystemExit, match="use HxC_INxC_OUTkKsSgG"):
+        parse_layer("28x104")

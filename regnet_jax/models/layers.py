@@ -3,14 +3,14 @@ whose running variance is updated with the unbiased batch variance (as torch.nn.
 
 from __future__ import annotations
 
-import functools
-import os
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from regnet_jax.models.conv import CONV_IMPLS, conv2d, get_conv_impl, set_conv_impl  # noqa: F401  (the lowering's public switch)
 
 Dtype = Any
 
@@ -36,128 +36,6 @@ def torch_bias_init(fan_in: int) -> Callable[..., jax.Array]:
         return jax.random.uniform(key, shape, dtype, -bound, bound)
 
     return init
-
-
-CONV_IMPLS = ("auto", "xla", "blocked")
-_DEFAULT_IMPL = os.environ.get("REGNET_JAX_CONV_IMPL", "auto")
-# Channels per dense sub-convolution of the blocked lowering: groups are packed into chunks this wide (block-diagonal
-# kernels, so a chunk of m groups does m times the useful multiply-adds). Wider chunks waste more flops, narrower ones
-# run more and smaller convolutions (and compile longer). None: 8 for layers with at least LARGE_LAYER_PIXELS output
-# pixels (batch x height x width), where the waste dominates, else 16 (measured on XLA:CPU, RegNetY-400MF layers).
-CHUNK_WIDTH: int | None = None
-LARGE_LAYER_PIXELS = 1 << 16
-
-
-def set_conv_impl(impl: str) -> None:
-    """Process-wide convolution lowering: 'auto' (blocked on CPU, XLA's native op elsewhere), 'xla' or 'blocked'.
-
-    Takes effect for functions traced afterwards (jit caches keep what they traced). Also settable with the
-    environment variable REGNET_JAX_CONV_IMPL.
-    """
-    global _DEFAULT_IMPL
-    _DEFAULT_IMPL = _check_impl(impl)
-
-
-def get_conv_impl() -> str:
-    """The current process-wide convolution lowering (see ``set_conv_impl``)."""
-    return _DEFAULT_IMPL
-
-
-def _check_impl(impl: str) -> str:
-    if impl not in CONV_IMPLS:
-        raise ValueError(f"conv impl {impl!r} is invalid: must be one of {CONV_IMPLS} (REGNET_JAX_CONV_IMPL / set_conv_impl)")
-    return impl
-
-
-def _pad(k: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    return ((k - 1) // 2, (k - 1) // 2), ((k - 1) // 2, (k - 1) // 2)
-
-
-def xla_conv2d(x: jax.Array, kernel: jax.Array, stride: int, groups: int) -> jax.Array:
-    """XLA's convolution op with ``feature_group_count`` (cuDNN / TPU convolutions; slow grouped gradients on CPU)."""
-    return jax.lax.conv_general_dilated(
-        x,
-        kernel,
-        window_strides=(stride, stride),
-        padding=_pad(kernel.shape[0]),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=groups,
-    )
-
-
-def chunk_width(output_pixels: int) -> int:
-    """Channels per chunk for a grouped convolution with ``output_pixels`` = batch x height x width outputs."""
-    if CHUNK_WIDTH:
-        return CHUNK_WIDTH
-    return 8 if output_pixels >= LARGE_LAYER_PIXELS else 16
-
-
-def group_chunks(groups: int, group_in: int, width: int) -> list[tuple[int, int]]:
-    """(first group, number of groups) of each dense sub-convolution: ``width // group_in`` groups per chunk (at least
-    one); the last chunk takes the remainder."""
-    per = max(1, min(groups, width // group_in))
-    return [(g, min(per, groups - g)) for g in range(0, groups, per)]
-
-
-def block_diagonal(kernel: jax.Array, groups: int) -> jax.Array:
-    """The dense HWIO kernel equal to a grouped one: (k, k, c_in/groups, c_out) -> (k, k, c_in, c_out), zero off the
-    diagonal blocks. A select, not a product, so the values (and their gradients) are copied exactly."""
-    kh, kw, cg, co = kernel.shape
-    if groups == 1:
-        return kernel
-    dg = co // groups
-    blocks = kernel.reshape(kh, kw, 1, cg, groups, dg)
-    on_diagonal = (jnp.arange(groups)[:, None] == jnp.arange(groups)[None, :])[:, None, :, None]
-    dense = jnp.where(on_diagonal, blocks, jnp.zeros((), kernel.dtype))  # (kh, kw, groups_in, cg, groups_out, dg)
-    return dense.reshape(kh, kw, groups * cg, co)
-
-
-def blocked_conv2d(x: jax.Array, kernel: jax.Array, stride: int, groups: int) -> jax.Array:
-    """The same convolution as ``xla_conv2d`` computed the way XLA:CPU is fast at.
-
-    1x1 convolutions are matrix products (their weight gradient as a convolution is several times slower); grouped
-    convolutions are dense convolutions over chunks of ``chunk_width`` channels with block-diagonal kernels, because
-    XLA:CPU's grouped convolution (especially its weight gradient, jax-ml/jax#13800) is one to two orders of magnitude
-    slower than its dense one. Every output is the same sum of the same products as the native op (plus exact zeros
-    from the block-diagonal kernels), so results agree to float rounding.
-    """
-    k = kernel.shape[0]
-    if k == 1 and groups == 1:
-        xs = x[:, ::stride, ::stride, :] if stride > 1 else x
-        return jnp.einsum("nhwc,cd->nhwd", xs, kernel[0, 0])
-    if groups == 1:
-        return xla_conv2d(x, kernel, stride, 1)
-    cg, co = kernel.shape[2], kernel.shape[3]
-    dg = co // groups
-    n, h, w = x.shape[:3]
-    chunks = group_chunks(groups, cg, chunk_width(n * ((h - 1) // stride + 1) * ((w - 1) // stride + 1)))
-    if len(chunks) == 1:
-        return xla_conv2d(x, block_diagonal(kernel, groups), stride, 1)
-    # split (not slices): its transpose is one concatenate, where slices would transpose to a sum of padded copies.
-    starts = [g for g, _ in chunks[1:]]
-    xs = jnp.split(x, [g * cg for g in starts], axis=-1)
-    ks = jnp.split(kernel, [g * dg for g in starts], axis=-1)
-    outs = [xla_conv2d(xc, block_diagonal(kc, m), stride, 1) for xc, kc, (_, m) in zip(xs, ks, chunks)]
-    return jnp.concatenate(outs, axis=-1)
-
-
-def conv2d(x: jax.Array, kernel: jax.Array, stride: int, groups: int, impl: str | None = None) -> jax.Array:
-    """NHWC x HWIO convolution with symmetric padding (k-1)//2 (never 'SAME', which pads stride-2 convs (0,1)).
-
-    ``impl`` (default: ``get_conv_impl()``): 'xla' is XLA's native op, 'blocked' the CPU-friendly lowering of
-    ``blocked_conv2d``, 'auto' picks 'blocked' when compiling for CPU and 'xla' for GPU/TPU.
-    """
-    impl = _check_impl(impl or _DEFAULT_IMPL)
-    if impl == "xla":
-        return xla_conv2d(x, kernel, stride, groups)
-    if impl == "blocked":
-        return blocked_conv2d(x, kernel, stride, groups)
-    return jax.lax.platform_dependent(
-        x,
-        kernel,
-        cpu=functools.partial(blocked_conv2d, stride=stride, groups=groups),
-        default=functools.partial(xla_conv2d, stride=stride, groups=groups),
-    )
 
 
 class Conv(nn.Module):
