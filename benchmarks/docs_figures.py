@@ -9,7 +9,8 @@ docs/figures.md the command that measured it, the date, the machine and its load
 tests/test_docs.py checks that the docs carry exactly what docs/figures.json holds.
 
 Speed figures of the benchmarks (ratios to PyTorch, images/s, compile times of the zoo models) are measured by the
-performance-figures script of docs/performance.md, which this script runs last (``PERF_FIGURES``).
+performance-figures script of docs/performance.md (benchmarks/regenerate_cpu_figures.sh), which this script runs
+last (``PERF_FIGURES``; ``--no_perf`` skips it).
 """
 
 from __future__ import annotations
@@ -31,9 +32,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 FIGURES_JSON = REPO / "docs" / "figures.json"
 FIGURES_MD = REPO / "docs" / "figures.md"
 SPAN = re.compile(r"<!-- figure:(\w+) -->(.*?)<!-- /figure -->", re.S)
-# LEAD: the perf helper's script regenerating performance.md's CPU figures (benchmark ratios, compile times) is
-# not on main yet; when it lands, put its command here (it is run as is, after the figures below).
-PERF_FIGURES: list[str] = []
+PERF_FIGURES = ["bash", "benchmarks/regenerate_cpu_figures.sh"]  # performance.md's CPU figures, run after those below
 
 
 def _machine() -> str:
@@ -141,6 +140,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", default="", help="comma-separated groups of FIGURES (default: all)")
     p.add_argument("--dry_run", action="store_true", help="print the figures; change no file")
+    p.add_argument("--no_perf", action="store_true", help="do not run the performance figures' script afterwards")
     args = p.parse_args()
     os.environ.pop("REGNET_JAX_SMOKE", None)  # real runs, whatever the caller's environment
     groups = [g for g in args.only.split(",") if g] or list(FIGURES)
@@ -163,7 +163,7 @@ def main() -> None:
     FIGURES_JSON.write_text(json.dumps(figures, indent=1, sort_keys=True) + "\n")
     FIGURES_MD.write_text(figures_page(figures))
     print("updated:", ", ".join(write_docs(figures) + ["docs/figures.json", "docs/figures.md"]))
-    if PERF_FIGURES and not args.only:
+    if not (args.only or args.no_perf):
         subprocess.run(PERF_FIGURES, cwd=REPO, check=True)
 
 

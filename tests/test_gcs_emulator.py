@@ -259,7 +259,7 @@ def test_convert_evaluate_predict_export_on_a_bucket(gcs, bucket_run, local_run,
     assert result["image"] == f"{BUCKET}/images/grey.png" and len(result["top"]) == 3
     _, sidecar = export.export_variables(trained.variables, TINY_MODEL, trained.input, f"{BUCKET}/export/tiny.safetensors")
     tensors, meta = export.read_export(f"{BUCKET}/export/tiny.safetensors")
-    assert str(sidecar) == f"{BUCKET}/export/tiny.json" and meta["model"]["widths"] == [8, 16]
+    assert str(sidecar) == f"{BUCKET}/export/tiny.safetensors.json" and meta["model"]["widths"] == [8, 16]
     np.testing.assert_array_equal(tensors["params"]["head"]["fc"]["kernel"], trained.variables["params"]["head"]["fc"]["kernel"])
 
 
