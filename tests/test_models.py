@@ -103,7 +103,7 @@ def _count_from_model(model, resolution: int) -> dict:
 def test_analytic_counts_equal_built_models_for_random_configs():
     rng = random.Random(0)
     n_checked = 0
-    for i in range(220):
+    for i in range(80):
         m = _random_model(rng)
         resolution = rng.choice([32, 48, 64, 72])
         model = create_model(m)
@@ -116,7 +116,7 @@ def test_analytic_counts_equal_built_models_for_random_configs():
             v = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x))
             assert sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(v["params"])) == analytic["params"], m
         n_checked += 1
-    assert n_checked >= 200
+    assert n_checked == 80
 
 
 # ---------------------------------------------------------------- layers and options
