@@ -27,6 +27,7 @@ import ast
 import dataclasses
 import pathlib
 import re
+import importlib.util
 import shlex
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -52,6 +53,8 @@ SKIP_RULES: list[tuple[str, str]] = [
     (r"^python3? benchmarks/docs_figures\.py", "measures the figures the docs quote: full-size runs, minutes on an idle machine"),
     (r"(^|\s)\.\.\.(\s|$)", "a synopsis with elided arguments (...); the complete commands are run from the same document"),
 ]  # fmt: skip
+if importlib.util.find_spec("torch") is None:  # the optional 'torch' extra; tests/test_convert*.py skip likewise
+    SKIP_RULES.insert(0, (r"\.(pyth|pth|pt)\b", "reads or writes a PyTorch checkpoint: needs the optional 'torch' extra, not installed here"))
 
 # Placeholders and what they stand for (DIR depends on the flag: see _bind_dir).
 PLACEHOLDERS = {"NAME": "fig9_regnetx", "ID": "000000", "FIG": "fig9"}

@@ -38,7 +38,7 @@ import traceback
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LINKED = ("configs", "experiments", "benchmarks")
 PRELOAD = ("tensorflow", "tensorflow_datasets", "jax", "jax.numpy", "flax.linen", "optax", "orbax.checkpoint",
-           "clu.metric_writers", "ml_collections", "absl.app", "absl.flags", "absl.logging", "sklearn.datasets",
+           "ml_collections", "absl.app", "absl.flags", "absl.logging", "sklearn.datasets",
            "matplotlib.pyplot", "PIL.Image", "torch")  # fmt: skip
 JOB_ENV = "REGNET_JAX_DOCS_JOB"
 PARSE_ONLY_ENV = "REGNET_JAX_DOCS_PARSE_ONLY"
@@ -479,9 +479,11 @@ def main() -> None:
     _environment(scratch)
     t0 = time.perf_counter()
     import importlib
+    import importlib.util
 
     for name in filter(None, args.preload.split(",")):
-        importlib.import_module(name)
+        if importlib.util.find_spec(name.split(".")[0]) is not None:  # torch is optional
+            importlib.import_module(name)
     preload_s = time.perf_counter() - t0
 
     def write(results: dict, done: bool = False) -> None:
