@@ -81,7 +81,7 @@ def main() -> None:
 
     from regnet_jax import benchmark, complexity, zoo  # noqa: F401  (benchmark: the JAX workers' import path)
 
-    start = time.perf_counter()
+    start, start_load = time.perf_counter(), os.getloadavg()[0]
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     batches = [int(b) for b in args.batches.split(",")] if args.batches else [RECIPE_BATCH.get(m, 32) for m in models]
     if len(batches) != len(models):
@@ -101,7 +101,7 @@ def main() -> None:
         macs = complexity.count(zoo.get_config(name).model, args.resolution)["flops"]
         ns = argparse.Namespace(
             batch=batch, dtype=dtype, resolution=args.resolution, step="auto", device=args.device, threads=os.cpu_count(),
-            warmup=args.warmup, rounds=args.rounds, steps_per_round=args.steps_per_round, skip_nchw=True,
+            warmup=args.warmup, rounds=args.rounds, steps_per_round=args.steps_per_round, skip_nchw=True, start_load=start_load,
         )  # fmt: skip
         row = side_by_side.compare(name, mode, ns, lambda msg: print(msg, flush=True))
         factor = 3 if mode == "train" else 1

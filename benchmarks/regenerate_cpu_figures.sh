@@ -18,9 +18,9 @@ PY="${PYTHON:-python3}"
 START_LOAD="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 "$PY" benchmarks/side_by_side.py --models=regnety_400mf,regnetx_400mf --batch=32 --modes=train,infer --skip_nchw \
-  --markdown="$OUT/side_by_side_b32.md" --json >"$OUT/side_by_side_b32.json"
+  --start_load="${START_LOAD%% *}" --markdown="$OUT/side_by_side_b32.md" --json >"$OUT/side_by_side_b32.json"
 "$PY" benchmarks/side_by_side.py --models=regnety_4gf --batch=16 --modes=train,infer --skip_nchw \
-  --markdown="$OUT/side_by_side_4gf.md" --json >"$OUT/side_by_side_4gf.json"
+  --start_load="${START_LOAD%% *}" --markdown="$OUT/side_by_side_4gf.md" --json >"$OUT/side_by_side_4gf.json"
 "$PY" benchmarks/profile_step.py --models=regnety_400mf --batch=32 --json="$OUT/profile.json" --markdown="$OUT/profile.md"
 "$PY" benchmarks/profile_step.py --models=regnety_400mf --batch=32 --threads=1 --json="$OUT/profile_1core.json" \
   --markdown="$OUT/profile_1core.md"

@@ -9,7 +9,8 @@ updated) or an eval-mode forward pass, on a batch already in device memory, warm
 median step time, the min-max of the step times, the peak resident memory (VmHWM) of the timed steps; the speed
 ratio (median torch step / median JAX step; > 1: regnet_jax is faster) and memory ratio. Honest by construction: the
 load average before and after is printed, and a row is marked unreliable, with the reason, when the load average was
-above half the cores before the run, when other processes kept more than half the cores busy during it (measured
+above half the cores before the measurements began (at the tool's start, or the ``--start_load`` a script running several
+tools saw at its own start: the 1-minute average still holds the tool's own earlier rows), when other processes kept more than half the cores busy during it (measured
 from /proc/stat minus this tool's own processes), when an engine's round medians differ by more than 20 %, or when
 fewer than 5 rounds ran. The PyTorch model is built from the
 same ``ModelSpec`` (benchmarks/torch_regnet.py: same widths, groups, SE, head); on GPU, PyTorch runs AMP
@@ -217,16 +218,16 @@ def interleave(name: str, mode: str, engines: list[str], opts: dict[str, Any], p
                 proc.terminate()
 
 
-def reliability(rounds: dict[str, list[list[float]]], load_before: float, others_cores: float, cores: int) -> list[str]:
+def reliability(rounds: dict[str, list[list[float]]], start_load: float, others_cores: float, cores: int) -> list[str]:
     """Why these step times do not measure an idle machine (empty if nothing says so): fewer than MIN_ROUNDS rounds,
-    a load average above half the cores before the run, other processes using more than half the cores during it,
+    a load average above half the cores before the measurements began, other processes using more than half the cores during it,
     or an engine whose round medians differ by more than MAX_ROUND_SPREAD."""
     reasons = []
     n = min(len(r) for r in rounds.values())
     if n < MIN_ROUNDS:
         reasons.append(f"only {n} rounds (at least {MIN_ROUNDS} needed)")
-    if load_before > cores / 2:
-        reasons.append(f"load average {load_before:.2f} before the run, above half the {cores} cores")
+    if start_load > cores / 2:
+        reasons.append(f"load average {start_load:.2f} before the measurements began, above half the {cores} cores")
     if others_cores > cores / 2:
         reasons.append(f"other processes kept {others_cores:.2f} of the {cores} cores busy during the rounds")
     for engine, per_round in rounds.items():
@@ -276,7 +277,7 @@ def compare(name: str, mode: str, args: argparse.Namespace, progress: Callable[[
         for layout in layouts:
             row[f"{prefix}ratio_vs_torch_{layout}"] = medians[f"torch_{layout}"] / medians[engine]  # > 1: JAX is faster
             row[f"{prefix}memory_vs_torch_{layout}"] = row[f"{engine}_peak_resident_mb"] / row[f"torch_{layout}_peak_resident_mb"]
-    reasons = reliability(out["times"], load_before, out["others_cores"], cores) if args.device == "cpu" else []
+    reasons = reliability(out["times"], args.start_load, out["others_cores"], cores) if args.device == "cpu" else []
     row["unreliable"] = reasons
     for reason in reasons:
         progress(f"WARNING: unreliable measurement: {reason}")
@@ -347,7 +348,11 @@ def main() -> None:
     p.add_argument("--conv_impls", default="", help="compare regnet_jax's conv lowerings, e.g. 'vjp,blocked' (one JAX engine each)")
     p.add_argument("--json", action="store_true", help="print one JSON list on stdout (progress on stderr)")
     p.add_argument("--markdown", default="", help="also write the rows as a markdown table to this file")
+    p.add_argument("--start_load", type=float, default=-1,
+                   help="the load average before the measurements began (default: now; a script running several tools passes its own)")
     args = p.parse_args()
+    if args.start_load < 0:
+        args.start_load = os.getloadavg()[0]
 
     from importlib.metadata import version
 

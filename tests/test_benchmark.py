@@ -216,9 +216,9 @@ def test_side_by_side_marks_busy_or_unsteady_runs_unreliable():
     from side_by_side import reliability
 
     steady = {"jax": [[1.0, 1.02]] * 5, "torch_channels_last": [[2.0, 2.1], [2.05, 2.0], [2.1, 2.1], [2.0, 2.0], [2.2, 2.1]]}
-    assert reliability(steady, load_before=0.4, others_cores=0.1, cores=2) == []
-    reasons = reliability(steady, load_before=1.5, others_cores=1.2, cores=2)
-    assert "load average 1.50 before the run, above half the 2 cores" in reasons[0]
+    assert reliability(steady, start_load=0.4, others_cores=0.1, cores=2) == []
+    reasons = reliability(steady, start_load=1.5, others_cores=1.2, cores=2)
+    assert "load average 1.50 before the measurements began, above half the 2 cores" in reasons[0]
     assert "other processes kept 1.20 of the 2 cores busy" in reasons[1] and len(reasons) == 2
     jumpy = dict(steady, torch_channels_last=[[2.0], [2.0], [2.6], [2.0], [2.0]])
     assert reliability(jumpy, 0.4, 0.1, 2) == ["torch_channels_last's round medians vary by 30% (> 20%)"]
