@@ -34,6 +34,12 @@ def parse_layer(text: str) -> tuple[int, int, int, int, int, int]:
     return tuple(int(v) for v in m.groups())  # type: ignore[return-value]
 
 
+def layer_name(layer: tuple[int, int, int, int, int, int]) -> str:
+    """'HxC_INxC_OUTkKsSgG', the inverse of ``parse_layer``."""
+    h, c_in, c_out, k, stride, groups = layer
+    return f"{h}x{c_in}x{c_out}k{k}s{stride}g{groups}"
+
+
 def model_layers(name: str, resolution: int = 224) -> list[tuple[int, int, int, int, int, int]]:
     """The distinct convolution layers of a zoo model's trunk (stem and blocks), in order."""
     from regnet_jax import zoo
@@ -148,7 +154,7 @@ def main() -> None:
     p.add_argument("--torch", action="store_true", help="also time PyTorch channels_last (in its own process)")
     p.add_argument("--torch_worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--json", default="", help="also write the results to this JSON file")
-    p.add_argument("--markdown", default="", help="also write a table (CPU ms per pass, summed over each kind's layers) to this file")
+    p.add_argument("--markdown", default="", help="also write a table (CPU ms per pass, one row per layer) to this file")
     args = p.parse_args()
     layers = [parse_layer(t) for t in args.layers.split(",") if t] or model_layers(args.model)
     kinds = {k.strip() for k in args.kinds.split(",") if k.strip()}
@@ -159,7 +165,7 @@ def main() -> None:
         return
     torch_times: list[Any] = [None] * len(layers)
     if args.torch:
-        spec = ",".join(f"{h}x{ci}x{co}k{k}s{s}g{g}" for h, ci, co, k, s, g in layers)
+        spec = ",".join(map(layer_name, layers))
         cmd = [sys.executable, __file__, "--torch_worker", f"--layers={spec}", f"--batch={args.batch}", f"--reps={args.reps}"]
         torch_times = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
     impls = [i.strip() for i in args.impls.split(",") if i.strip()]
@@ -169,7 +175,7 @@ def main() -> None:
     for layer, tt in zip(layers, torch_times):
         h, ci, co, k, s, g = layer
         times = jax_layer(layer, args.batch, impls, args.reps)
-        results.append({"layer": f"{h}x{ci}x{co}k{k}s{s}g{g}", "jax": times, "torch": tt})
+        results.append({"layer": layer_name(layer), "jax": times, "torch": tt})
         line = f"{h:>3}x{h:<3} {ci:>4}->{co:<4} k{k} s{s} g{g:<3}"
         for impl in impls:
             line += f" | {impl}: " + ", ".join(f"{n} {_fmt(t)}" for n, t in times[impl].items())

@@ -156,15 +156,19 @@ def _lr_per_128(config: ml_collections.ConfigDict) -> float:
     return config.optim.get("lr_per_128", LR_PER_128)  # configs written before the field existed: the recipe's
 
 
+def _rule_lr(config: ml_collections.ConfigDict) -> float:
+    return _lr_per_128(config) * config.batch_size / 128
+
+
 def base_lr(config: ml_collections.ConfigDict) -> float:
     """The learning rate the schedule starts from: ``optim.base_lr`` when it is set (> 0), else the linear scaling
     rule ``optim.lr_per_128 * batch_size / 128``, so that changing the batch changes the lr with it."""
-    return float(config.optim.base_lr) if config.optim.base_lr else _lr_per_128(config) * config.batch_size / 128
+    return float(config.optim.base_lr) if config.optim.base_lr else _rule_lr(config)
 
 
 def describe_lr(config: ml_collections.ConfigDict) -> str:
     """Where ``base_lr(config)`` comes from, for the log: the rule with its numbers, or the pinned value."""
-    rule = _lr_per_128(config) * config.batch_size / 128
+    rule = _rule_lr(config)
     if config.optim.base_lr:
         return f"base lr {base_lr(config):g}, pinned by config.optim.base_lr (the rule lr_per_128 x batch / 128 would give {rule:g})"
     return f"base lr {rule:g} = config.optim.lr_per_128 {_lr_per_128(config):g} x batch {config.batch_size} / 128"
