@@ -30,7 +30,7 @@ import ml_collections
 import numpy as np
 
 from regnet_jax import complexity, smoke
-from regnet_jax.config import ConfigError
+from regnet_jax.config import ConfigError, recipe_options
 from regnet_jax.models import conv, create_model
 
 MODES = ("train", "infer")
@@ -165,7 +165,8 @@ def _parallel_train_step(config: ml_collections.ConfigDict, dtype: str, mesh, da
     params = jax.eval_shape(lambda: parallel.init_variables(model, jax.random.PRNGKey(0), shape))["params"]
     tx = optim.make_optimizer(config, 1000, params)
     state = parallel.create_train_state(model, tx, jax.random.PRNGKey(0), shape, mesh)
-    accum, group = config.get("grad_accum_steps", 1), config.get("bn_group_size", 0)
+    recipe = recipe_options(config)
+    accum, group = recipe["grad_accum_steps"], recipe["bn_group_size"]
     group = min(group, data["image"].shape[0] // accum)  # a --batch below one statistics group: one group
     step = parallel.make_train_step(model, tx, mesh, num_classes=config.model.num_classes, bn_group_size=group, grad_accum_steps=accum)
     return step, (state, data)

@@ -29,7 +29,7 @@ import ml_collections
 import numpy as np
 
 from regnet_jax import paths, zoo
-from regnet_jax.config import SCHEDULES, ConfigError, base_config, validate_config
+from regnet_jax.config import SCHEDULES, ConfigError, base_config, recipe_options, validate_config
 from regnet_jax.config_file import flat_fields, load_config_file, set_field
 from regnet_jax.design_space.layout import SweepDir, SweepError, model_id, write_json
 from regnet_jax.design_space.spaces import CX_METRICS, DesignSpace, SampleResult, get_space, sample_space
@@ -133,7 +133,7 @@ def training_template(spec: Mapping[str, Any]) -> ml_collections.ConfigDict:
         if config.optim.base_lr:  # pinned by the base config: keep it the same per image (the lr rule does the rest)
             config.optim.base_lr = config.optim.base_lr * spec["batch_size"] / config.batch_size
         config.batch_size = int(spec["batch_size"])
-        if config.get("bn_group_size", 0) > config.batch_size:  # a batch below one BN statistics group: one group
+        if recipe_options(config)["bn_group_size"] > config.batch_size:  # a batch below one BN statistics group: one group
             config.bn_group_size = config.batch_size
     if "num_classes" in spec["model"]:
         config.model.num_classes = int(spec["model"]["num_classes"])
