@@ -12,7 +12,7 @@ INSTALL_REQUIRES = [
     "orbax-checkpoint>=0.12.8,<0.13",
     "ml_collections>=1.1.0,<2",
     "tensorflow-cpu>=2.21,<2.22",
-    "tensorboard>=2.21,<2.22",  # event protos for metrics.py's TensorBoard writer; tensorflow-cpu 2.21 no longer pulls it in
+    "tensorboard>=2.21,<2.22",  # event protos for training/events.py's TensorBoard writer; tensorflow-cpu 2.21 no longer pulls it in
     "tensorflow-datasets>=4.9.10,<5",
     "absl-py>=2.1,<3",
     "numpy>=2.4,<3",
@@ -28,14 +28,14 @@ EXTRAS = {
         "gcsfs>=2026.9",  # tests/test_gcs_emulator.py: gs:// through the Cloud Storage emulator
         "gcp-storage-emulator>=2026.7",
     ],
-    "gcs": ["gcsfs>=2026.9"],  # gs:// workdirs, weights, sweeps and data (regnet_jax/paths.py)
+    "gcs": ["gcsfs>=2026.9"],  # gs:// workdirs, weights, sweeps and data (regnet_jax/core/paths.py)
     # Only for reading .pth/.pyth files and for the PyTorch side of the benchmarks.
     "torch": ["torch>=2.13,<3"],
 }
 
 setup(
     name="regnet_jax",
-    version="0.1.0",
+    version="0.2.0",
     description="RegNet and AnyNet (Designing Network Design Spaces) in JAX/Flax: models, training, design-space sweeps",
     packages=find_packages(include=["regnet_jax", "regnet_jax.*"]),
     package_data={"regnet_jax": ["assets/*.tsv", "assets/*.md"]},

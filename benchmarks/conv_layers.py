@@ -42,7 +42,7 @@ def layer_name(layer: tuple[int, int, int, int, int, int]) -> str:
 
 def model_layers(name: str, resolution: int = 224) -> list[tuple[int, int, int, int, int, int]]:
     """The distinct convolution layers of a zoo model's trunk (stem and blocks), in order."""
-    from regnet_jax import zoo
+    from regnet_jax.models import zoo
     from regnet_jax.models import model_spec
 
     spec = model_spec(zoo.get_config(name).model)

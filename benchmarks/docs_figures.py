@@ -73,8 +73,8 @@ def quickstart(overrides: tuple[str, ...] = ()) -> dict[str, dict]:
 
 def quickstart_model() -> dict[str, dict]:
     """The quickstart model's size (analytic, so machine-independent)."""
-    from regnet_jax.complexity import count
-    from regnet_jax.config_file import load_config_file
+    from regnet_jax.config import load_config_file
+    from regnet_jax.models.complexity import count
 
     config = load_config_file(str(REPO / "configs" / "quickstart.py"))
     cx = count(config.model, config.resolution)

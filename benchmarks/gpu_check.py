@@ -79,7 +79,8 @@ def main() -> None:
 
     import side_by_side
 
-    from regnet_jax import benchmark, complexity, zoo  # noqa: F401  (benchmark: the JAX workers' import path)
+    from regnet_jax.benchmarking import timing  # noqa: F401  (the JAX workers' import path)
+    from regnet_jax.models import complexity, zoo
 
     start, start_load = time.perf_counter(), os.getloadavg()[0]
     models = [m.strip() for m in args.models.split(",") if m.strip()]

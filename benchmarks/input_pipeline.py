@@ -27,7 +27,10 @@ import tempfile
 import time
 from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from regnet_jax.benchmarking.input_pipeline import write_jpegs  # photo-like JPEGs (width x height)
+from regnet_jax.core import logs
+
+logs.quiet_environment("TF_CPP_MIN_LOG_LEVEL")
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
 # Hours for 100 epochs on 8 V100 (pycls MODEL_ZOO, reference.md §1.2): per-GPU training images/s = 1.28M * 100 / (8 h).
@@ -49,33 +52,13 @@ def v100_images_per_s(model: str) -> float:
     return IMAGENET_TRAIN_IMAGES * 100 / (V100_TRAIN_HOURS[model] * 3600) / 8
 
 
-def write_jpegs(root: str, num_images: int, size: tuple[int, int], num_classes: int = 4, seed: int = 0) -> int:
-    """``num_images`` photo-like JPEGs (width x height ``size``) in ``root/train/<class>/``; returns the total bytes."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    w, h = size
-    total = 0
-    for i in range(num_images):
-        # Low-frequency colour fields plus mild noise: compresses like a natural photo, unlike white noise.
-        coarse = rng.uniform(0, 255, (h // 6 + 2, w // 6 + 2, 3)).astype(np.uint8)
-        img = Image.fromarray(coarse).resize((w, h), Image.BICUBIC)
-        arr = np.asarray(img, np.int16) + rng.integers(-20, 21, (h, w, 3))
-        d = os.path.join(root, "train", f"class{i % num_classes}")
-        os.makedirs(d, exist_ok=True)
-        path = os.path.join(d, f"img{i:05d}.jpg")
-        Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(path, quality=90)
-        total += os.path.getsize(path)
-    return total
-
-
 def _pipeline_worker(root: str, cores: int, batch: int, resolution: int, epochs: int, conn) -> None:
     """Pinned to ``cores`` cores before TensorFlow starts its threads: images/s of the trainer's training pipeline."""
     os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:cores])
     import tensorflow as tf
 
-    from regnet_jax import data, zoo
+    from regnet_jax import data
+    from regnet_jax.models import zoo
 
     config = zoo.get_config("regnety_400mf")
     config.dataset.name = "folder"
@@ -165,9 +148,10 @@ def main() -> None:
     if args.model_images_per_s:
         model_ips, source = args.model_images_per_s, "--model_images_per_s"
     elif args.measure_model:
-        from regnet_jax import benchmark, zoo
+        from regnet_jax.benchmarking import timing
+        from regnet_jax.models import zoo
 
-        r = benchmark.benchmark(zoo.get_config(args.model), mode="train", batch=args.batch, steps=3, num_devices=1, name=args.model)
+        r = timing.benchmark(zoo.get_config(args.model), mode="train", batch=args.batch, steps=3, num_devices=1, name=args.model)
         model_ips, source = r.images_per_s, f"measured here on 1 {r.backend} device ({r.device_kind})"
     else:
         if args.model not in V100_TRAIN_HOURS:

@@ -110,9 +110,10 @@ def jax_profile(name: str, batch: int, steps: int, warmup: int) -> dict[str, Any
     """Profile regnet_jax's train step (the trainer's, one device) and sum the thunk times per kind."""
     import jax
 
-    from regnet_jax import benchmark, zoo
+    from regnet_jax.benchmarking import timing
+    from regnet_jax.models import zoo
 
-    prep = benchmark.prepare(zoo.get_config(name), mode="train", batch=batch, num_devices=1)
+    prep = timing.prepare(zoo.get_config(name), mode="train", batch=batch, num_devices=1)
     comps, entry = parse_hlo(prep.compiled.as_text())
     for _ in range(warmup):
         jax.block_until_ready(prep.run())
@@ -197,7 +198,7 @@ def torch_profile(name: str, batch: int, steps: int, warmup: int, threads: int) 
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from regnet_jax import zoo
+    from regnet_jax.models import zoo
     from side_by_side import torch_step
 
     torch.set_num_threads(threads)

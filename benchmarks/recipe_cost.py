@@ -5,7 +5,7 @@
     python benchmarks/recipe_cost.py --config=configs/regnety_4gf.py --compile_only --conv_impl=xla --accumulation=loop \\
         --layouts=512:64:8,512:64:2,512:64:1,64:64:1,32:32:1,2:2:1   # per-device memory estimates at 224 px
 
-Each layout ``BATCH:GROUP:ACCUM`` is the trainer's step (``regnet_jax.parallel.make_train_step``) at global batch
+Each layout ``BATCH:GROUP:ACCUM`` is the trainer's step (``regnet_jax.training.steps.make_train_step``) at global batch
 BATCH with ``bn_group_size=GROUP`` and ``grad_accum_steps=ACCUM`` (``64:0:1`` is the plain synchronised-BN step). The
 timed steps alternate between the layouts round by round, so a changing machine load affects them alike; the median
 ms/step per layout is printed. The memory column is XLA's memory analysis of the compiled step per device (arguments
@@ -26,9 +26,12 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from regnet_jax import benchmark, optim, parallel
+from regnet_jax.benchmarking import timing
 from regnet_jax.config import ConfigError
+from regnet_jax.core import distributed
 from regnet_jax.models import create_model, layers
+from regnet_jax.training import steps as train_steps
+from regnet_jax.training.optimizer import make_optimizer
 
 config_flags.DEFINE_config_file("config", None, "A training config, e.g. configs/regnety_400mf.py.", lock_config=False)
 flags.DEFINE_list("layouts", ["64:0:1", "64:16:1", "64:16:4"], "BATCH:GROUP:ACCUM, comma-separated.")
@@ -39,7 +42,7 @@ flags.DEFINE_integer("rounds", 5, "Rounds; each times --steps steps of every lay
 flags.DEFINE_integer("steps", 3, "Timed steps per layout and round (after one untimed step).")
 flags.DEFINE_bool("compile_only", False, "Only compile: print the memory estimates.")
 flags.DEFINE_enum("conv_impl", None, list(layers.CONV_IMPLS), "Convolution lowering (default: REGNET_JAX_CONV_IMPL or auto).")
-flags.DEFINE_enum("accumulation", "auto", list(parallel.ACCUMULATION_LOOPS), "Micro-batches in a loop, unrolled, or auto (unrolled on CPU).")
+flags.DEFINE_enum("accumulation", "auto", list(train_steps.ACCUMULATION_LOOPS), "Micro-batches in a loop, unrolled, or auto (unrolled on CPU).")
 FLAGS = flags.FLAGS
 
 
@@ -60,18 +63,18 @@ def memory_estimate(compiled) -> int:
 
 def prepare(config, mesh, resolution: int, batch: int, group: int, accum: int, accumulation: str = "auto"):
     """The compiled trainer step for one layout, its arguments and its memory estimate."""
-    model = create_model(config, bn_axis_name=parallel.AXIS)
+    model = create_model(config, bn_axis_name=distributed.AXIS)
     shape = (resolution, resolution, 3)
-    params = jax.eval_shape(lambda: parallel.init_variables(model, jax.random.key(0), shape))["params"]
-    tx = optim.make_optimizer(config, 1000, params)
-    state = parallel.create_train_state(model, tx, jax.random.key(0), shape, mesh)
+    params = jax.eval_shape(lambda: train_steps.init_variables(model, jax.random.key(0), shape))["params"]
+    tx = make_optimizer(config, 1000, params)
+    state = train_steps.create_train_state(model, tx, jax.random.key(0), shape, mesh)
     rng = np.random.default_rng(0)
     data = {
         "image": rng.standard_normal((batch, *shape), dtype=np.float32),
         "label": rng.integers(0, config.model.num_classes, (batch,), dtype=np.int32),
     }
-    data = parallel.shard_batch(data, mesh)
-    step = parallel.make_train_step(
+    data = distributed.shard_batch(data, mesh)
+    step = train_steps.make_train_step(
         model, tx, mesh, num_classes=config.model.num_classes, bn_group_size=group, grad_accum_steps=accum, accumulation=accumulation
     )
     compiled = step.lower(state, data).compile()
@@ -88,7 +91,7 @@ def main(argv: list[str]) -> None:
         raise ConfigError("give --config=configs/<model>.py")
     config = FLAGS.config
     resolution = FLAGS.resolution or config.resolution
-    mesh = parallel.make_mesh(benchmark.select_devices(FLAGS.devices))
+    mesh = distributed.make_mesh(timing.select_devices(FLAGS.devices))
     layouts = [parse_layout(t) for t in FLAGS.layouts]
     print(f"{os.path.basename(sys.argv[0])}: {config.model.type} model at {resolution} px on {mesh.size} {jax.devices()[0].platform} "
           f"device(s), conv {layers.get_conv_impl()}, accumulation {FLAGS.accumulation}; load average {os.getloadavg()[0]:.2f} "
@@ -106,7 +109,7 @@ def main(argv: list[str]) -> None:
                     args[0], metrics = compiled(*args)
                     return metrics
 
-                times[layout] += benchmark.time_steps(run, FLAGS.steps, warmup=1)
+                times[layout] += timing.time_steps(run, FLAGS.steps, warmup=1)
     plain = statistics.median(times[layouts[0]]) if times[layouts[0]] else None
     print("| batch | bn_group_size | grad_accum_steps | ms/step (median) | vs first | memory per device (XLA estimate, MiB) |")
     print("|---:|---:|---:|---:|---:|---:|")
@@ -119,6 +122,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from regnet_jax.cli import run as run_cli
+    from regnet_jax.core.cli import run as run_cli
 
     run_cli(main)

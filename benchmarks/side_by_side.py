@@ -27,7 +27,9 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # leave GPU memory to PyTorch as well
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from regnet_jax.core import logs  # noqa: E402
+
+logs.quiet_environment("TF_CPP_MIN_LOG_LEVEL")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -116,16 +118,17 @@ def _build(engine: str, name: str, mode: str, opts: dict[str, Any]) -> tuple[Cal
     if engine.startswith("jax"):
         import jax
 
-        from regnet_jax import benchmark, zoo
+        from regnet_jax.benchmarking import timing
+        from regnet_jax.models import conv, zoo
 
         if opts["conv_impls"]:  # engine 'jax' runs the first lowering, 'jax_<impl>' the others
-            benchmark.conv.set_conv_impl(engine[4:] if engine != "jax" else opts["conv_impls"][0])
+            conv.set_conv_impl(engine[4:] if engine != "jax" else opts["conv_impls"][0])
 
         if opts["device"] == "cuda" and jax.default_backend() != "gpu":
             raise RuntimeError(f"--device=cuda but JAX's backend is {jax.default_backend()!r}: install jax[cuda12] (see gpu_check.sh)")
 
         config = zoo.get_config(name)
-        prep = benchmark.prepare(
+        prep = timing.prepare(
             config,
             mode=mode,
             batch=opts["batch"],
@@ -135,12 +138,12 @@ def _build(engine: str, name: str, mode: str, opts: dict[str, Any]) -> tuple[Cal
             step_impl=opts["step"],
         )
         run = lambda: jax.block_until_ready(prep.run())  # noqa: E731
-        info = f"compiled in {prep.compile_s:.1f} s ({prep.step_impl}, conv {benchmark.conv.get_conv_impl()})"
+        info = f"compiled in {prep.compile_s:.1f} s ({prep.step_impl}, conv {conv.get_conv_impl()})"
         return run, info, prep.compile_s
     os.environ["JAX_PLATFORMS"] = "cpu"  # this process only needs regnet_jax's ModelSpec, never a JAX device
     import torch
 
-    from regnet_jax import zoo
+    from regnet_jax.models import zoo
 
     torch.set_num_threads(opts["threads"])
     if opts["device"] == "cuda":
@@ -241,7 +244,7 @@ def reliability(rounds: dict[str, list[list[float]]], start_load: float, others_
 def compare(name: str, mode: str, args: argparse.Namespace, progress: Callable[[str], None]) -> dict[str, Any]:
     """One model and mode: per engine images/s, median and spread of the per-step times, peak resident memory; JAX's
     speed and memory relative to each PyTorch layout; and whether the measurement is reliable (``unreliable``)."""
-    from regnet_jax import zoo
+    from regnet_jax.models import zoo
 
     resolution = args.resolution or zoo.get_config(name).resolution
     layouts = ["channels_last"] + ([] if args.skip_nchw else ["nchw"])
@@ -343,7 +346,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=MIN_ROUNDS, help=f"interleaved rounds (fewer than {MIN_ROUNDS}: marked unreliable)")
     p.add_argument("--steps_per_round", type=int, default=2)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--step", default="auto", choices=["auto", "parallel", "local"], help="JAX train step (see regnet_jax.benchmark)")
+    p.add_argument("--step", default="auto", choices=["auto", "parallel"], help="JAX train step (see regnet_jax.benchmark)")
     p.add_argument("--skip_nchw", action="store_true", help="only PyTorch channels_last (NCHW is slow on CPU)")
     p.add_argument("--conv_impls", default="", help="compare regnet_jax's conv lowerings, e.g. 'vjp,blocked' (one JAX engine each)")
     p.add_argument("--json", action="store_true", help="print one JSON list on stdout (progress on stderr)")

@@ -19,7 +19,7 @@ Complexity at 224 px: flops 1,602,850,792 (1.603 G multiply-adds), params 9,190,
 
 import ml_collections
 
-from regnet_jax import zoo
+from regnet_jax.models import zoo
 
 
 def get_config(schedule: str = "") -> ml_collections.ConfigDict:

@@ -19,7 +19,7 @@ Complexity at 224 px: flops 12,086,679,016 (12.087 G multiply-adds), params 46,1
 
 import ml_collections
 
-from regnet_jax import zoo
+from regnet_jax.models import zoo
 
 
 def get_config(schedule: str = "") -> ml_collections.ConfigDict:

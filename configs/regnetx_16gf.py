@@ -19,7 +19,7 @@ Complexity at 224 px: flops 15,940,756,456 (15.941 G multiply-adds), params 54,2
 
 import ml_collections
 
-from regnet_jax import zoo
+from regnet_jax.models import zoo
 
 
 def get_config(schedule: str = "") -> ml_collections.ConfigDict:

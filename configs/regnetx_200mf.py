@@ -19,7 +19,7 @@ Complexity at 224 px: flops 199,040,872 (0.199 G multiply-adds), params 2,684,79
 
 import ml_collections
 
-from regnet_jax import zoo
+from regnet_jax.models import zoo
 
 
 def get_config(schedule: str = "") -> ml_collections.ConfigDict:

@@ -19,7 +19,7 @@ Complexity at 224 px: flops 31,735,930,792 (31.736 G multiply-adds), params 107,
 
 import ml_collections
 
-from regnet_jax import zoo
+from regnet_jax.models import zoo
 
 
 def get_config(schedule: str = "") -> ml_collections.ConfigDict:

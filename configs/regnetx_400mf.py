@@ -19,7 +19,7 @@ Complexity at 224 px: flops 397,678,568 (0.398 G multiply-adds), params 5,157,51
 
 import ml_collections
 
-from regnet_jax import zoo
+from regnet_jax.models import zoo
 
 
 def get_config(schedule: str = "") -> ml_collections.ConfigDict:

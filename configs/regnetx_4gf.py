@@ -19,7 +19,7 @@ Complexity at 224 px: flops 3,964,499,816 (3.964 G multiply-adds), params 22,118
 
 import ml_collections
 
-from regnet_jax import zoo
+from regnet_jax.models import zoo
 
 
 def get_config(schedule: str = "") -> ml_collections.ConfigDict:

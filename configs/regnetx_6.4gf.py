@@ -19,7 +19,7 @@ Complexity at 224 px: flops 6,460,292,264 (6.460 G multiply-adds), params 26,209
 
 import ml_collections
 
-from regnet_jax import zoo
+from regnet_jax.models import zoo
 
 
 def get_config(schedule: str = "") -> ml_collections.ConfigDict:

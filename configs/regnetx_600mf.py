@@ -19,7 +19,7 @@ Complexity at 224 px: flops 600,891,112 (0.601 G multiply-adds), params 6,196,04
 
 import ml_collections
 
-from regnet_jax import zoo
+from regnet_jax.models import zoo
 
 
 def get_config(schedule: str = "") -> ml_collections.ConfigDict:

@@ -19,7 +19,7 @@ Complexity at 224 px: flops 799,700,712 (0.800 G multiply-adds), params 7,259,65
 
 import ml_collections
 
-from regnet_jax import zoo
+from regnet_jax.models import zoo
 
 
 def get_config(schedule: str = "") -> ml_collections.ConfigDict:

@@ -19,7 +19,7 @@ Complexity at 224 px: flops 7,995,133,416 (7.995 G multiply-adds), params 39,572
 
 import ml_collections
 
-from regnet_jax import zoo
+from regnet_jax.models import zoo
 
 
 def get_config(schedule: str = "") -> ml_collections.ConfigDict:

@@ -19,7 +19,7 @@ Complexity at 224 px: flops 1,612,087,326 (1.612 G multiply-adds), params 11,202
 
 import ml_collections
 
-from regnet_jax import zoo
+from regnet_jax.models import zoo
 
 
 def get_config(schedule: str = "") -> ml_collections.ConfigDict:

@@ -19,7 +19,7 @@ Complexity at 224 px: flops 12,092,395,504 (12.092 G multiply-adds), params 51,8
 
 import ml_collections
 
-from regnet_jax import zoo
+from regnet_jax.models import zoo
 
 
 def get_config(schedule: str = "") -> ml_collections.ConfigDict:

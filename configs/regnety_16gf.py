@@ -19,7 +19,7 @@ Complexity at 224 px: flops 15,911,534,044 (15.912 G multiply-adds), params 83,5
 
 import ml_collections
 
-from regnet_jax import zoo
+from regnet_jax.models import zoo
 
 
 def get_config(schedule: str = "") -> ml_collections.ConfigDict:

@@ -19,7 +19,7 @@ Complexity at 224 px: flops 199,519,076 (0.200 G multiply-adds), params 3,162,99
 
 import ml_collections
 
-from regnet_jax import zoo
+from regnet_jax.models import zoo
 
 
 def get_config(schedule: str = "") -> ml_collections.ConfigDict:

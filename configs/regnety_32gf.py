@@ -19,7 +19,7 @@ Complexity at 224 px: flops 32,279,583,362 (32.280 G multiply-adds), params 145,
 
 import ml_collections
 
-from regnet_jax import zoo
+from regnet_jax.models import zoo
 
 
 def get_config(schedule: str = "") -> ml_collections.ConfigDict:

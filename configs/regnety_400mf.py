@@ -19,7 +19,7 @@ Complexity at 224 px: flops 401,849,056 (0.402 G multiply-adds), params 4,344,14
 
 import ml_collections
 
-from regnet_jax import zoo
+from regnet_jax.models import zoo
 
 
 def get_config(schedule: str = "") -> ml_collections.ConfigDict:

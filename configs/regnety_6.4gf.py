@@ -19,7 +19,7 @@ Complexity at 224 px: flops 6,355,221,876 (6.355 G multiply-adds), params 30,583
 
 import ml_collections
 
-from regnet_jax import zoo
+from regnet_jax.models import zoo
 
 
 def get_config(schedule: str = "") -> ml_collections.ConfigDict:

@@ -19,7 +19,7 @@ Complexity at 224 px: flops 797,183,328 (0.797 G multiply-adds), params 6,263,16
 
 import ml_collections
 
-from regnet_jax import zoo
+from regnet_jax.models import zoo
 
 
 def get_config(schedule: str = "") -> ml_collections.ConfigDict:

@@ -19,7 +19,7 @@ Complexity at 224 px: flops 7,963,074,196 (7.963 G multiply-adds), params 39,180
 
 import ml_collections
 
-from regnet_jax import zoo
+from regnet_jax.models import zoo
 
 
 def get_config(schedule: str = "") -> ml_collections.ConfigDict:

@@ -19,7 +19,7 @@ Complexity at 224 px: flops 4,089,185,256 (4.089 G multiply-adds), params 25,557
 
 import ml_collections
 
-from regnet_jax import zoo
+from regnet_jax.models import zoo
 
 
 def get_config(schedule: str = "") -> ml_collections.ConfigDict:

@@ -1,8 +1,15 @@
-"""regnet_jax: RegNet and AnyNet ("Designing Network Design Spaces", Radosavovic et al., CVPR 2020) in JAX/Flax."""
+"""regnet_jax: RegNet and AnyNet ("Designing Network Design Spaces", Radosavovic et al., CVPR 2020) in JAX/Flax.
 
-from regnet_jax import logs as _logs
+The folder tree is the architecture (docs/architecture.md): the commands on top (``python -m regnet_jax.train``,
+``evaluate``, ``predict``, ``convert``, ``export``, ``sweep``, ``complexity``, ``benchmark``, and ``python -m
+regnet_jax.models``), each a thin command line over the library packages ``core``, ``config``, ``models``, ``data``,
+``training``, ``weights``, ``design_space`` and ``benchmarking``. The public API: ``regnet_jax.models.create_model``,
+``regnet_jax.models.list_models``, ``regnet_jax.train.train_and_evaluate``.
+"""
 
-__version__ = "0.1.0"
+from regnet_jax.core import logs as _logs
+
+__version__ = "0.2.0"
 
 if _logs.started_as_tool():  # python -m regnet_jax.<tool>: before the tool imports TensorFlow or JAX
     _logs.quiet_tool()

@@ -1,6 +1,6 @@
 """Test set-up: 8 emulated CPU devices (for the sharded code) and TensorFlow as quiet as the tools run it."""
 
-from regnet_jax import logs
+from regnet_jax.core import logs
 
 logs.quiet_environment()  # before anything imports TensorFlow
 

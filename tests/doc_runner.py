@@ -74,9 +74,9 @@ sys.exit(int(line) if line.strip() else 1)
 
 def _smoke_model(config_arg: str):
     """The (smoke-shrunk) config.model of a config file argument."""
-    from regnet_jax import smoke
+    from regnet_jax.config import smoke
     from regnet_jax.config import validate_model
-    from regnet_jax.config_file import load_config_file
+    from regnet_jax.config import load_config_file
 
     return validate_model(smoke.shrink_config(load_config_file(config_arg or DEFAULT_CONFIG)).model.to_dict())
 
@@ -85,7 +85,7 @@ def _random_variables(model) -> dict:
     import jax
     import numpy as np
 
-    from regnet_jax.convert import variable_shapes
+    from regnet_jax.weights.layouts import variable_shapes
 
     rng = np.random.default_rng(0)
 
@@ -100,24 +100,24 @@ def _random_variables(model) -> dict:
 
 def ensure_weights(path: str, config: str = "") -> None:
     """A weights directory (random weights of the config's smoke model), as `regnet_jax.convert` writes one."""
-    from regnet_jax import weights
+    from regnet_jax.weights import files as weight_files
 
     if not os.path.exists(path):
         model = _smoke_model(config)
-        weights.save_weights(path, _random_variables(model), model, weights.input_spec(), source="docs harness stand-in")
+        weight_files.save_weights(path, _random_variables(model), model, weight_files.input_spec(), source="docs harness stand-in")
 
 
 def ensure_state_dict(path: str, layout: str, config: str = "") -> None:
     """A downloaded PyTorch checkpoint: random weights of the config's smoke model in ``layout``'s state dict."""
     import numpy as np
 
-    from regnet_jax import convert
+    from regnet_jax.weights import layouts
 
     if os.path.exists(path):
         return
-    sd = convert.to_layout(_random_variables(_smoke_model(config)), layout)
+    sd = layouts.to_layout(_random_variables(_smoke_model(config)), layout)
     if path.endswith(".safetensors"):
-        from regnet_jax.formats import write_safetensors
+        from regnet_jax.weights.formats import write_safetensors
 
         write_safetensors(path, sd)
     elif path.endswith(".npz"):

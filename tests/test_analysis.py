@@ -53,9 +53,9 @@ def test_bootstrap_interval_hand_computed():
 
 
 def test_spearman_hand_computed():
-    assert an._spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
-    assert an._spearman([1, 2, 2, 4], [1, 3, 3, 4]) == pytest.approx(1.0)
-    assert an._spearman([1, 1, 1], [1, 2, 3]) is None
+    assert an.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert an.spearman([1, 2, 2, 4], [1, 3, 3, 4]) == pytest.approx(1.0)
+    assert an.spearman([1, 1, 1], [1, 2, 3]) is None
 
 
 ZOO_RULES = [(13, 24, 36.44, 2.49), (22, 24, 24.48, 2.54), (16, 48, 27.89, 2.09), (23, 80, 49.56, 2.88), (18, 200, 106.23, 2.48)]

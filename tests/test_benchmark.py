@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from regnet_jax import benchmark, complexity, zoo
+from regnet_jax.benchmarking import timing, zoo_report
+from regnet_jax.models import complexity, zoo
 from regnet_jax.config import ConfigError, base_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -44,23 +45,23 @@ def _check_result(r, batch, mode, devices):
 
 def test_train_step_data_parallel_over_all_devices():
     assert len(jax.devices()) == 8  # tests/conftest.py
-    r = benchmark.benchmark(_config(), mode="train", batch=16, steps=2, warmup=1, name="tiny")
+    r = timing.benchmark(_config(), mode="train", batch=16, steps=2, warmup=1, name="tiny")
     _check_result(r, 16, "train", 8)
     assert r.step_impl == "parallel" and r.model == "tiny"
 
 
-def test_local_train_step_on_two_devices():
+def test_train_step_on_two_devices():
     config = _config()
-    prep = benchmark.prepare(config, mode="train", batch=4, num_devices=2, step_impl="local")
-    assert prep.step_impl == "local" and len(prep.devices) == 2
+    prep = timing.prepare(config, mode="train", batch=4, num_devices=2, step_impl="parallel")
+    assert prep.step_impl == "parallel" and len(prep.devices) == 2
     times = []
     for _ in range(2):
         t = time.perf_counter()
-        loss = float(prep.run())  # the replicated state stays usable from step to step
+        loss = float(prep.run()["loss"])  # the replicated state stays usable from step to step
         times.append(time.perf_counter() - t)
         assert np.isfinite(loss)
-    _check_result(benchmark.make_result(config, "tiny", "train", "float32", 4, prep, times), 4, "train", 2)
-    compiled_only = benchmark.make_result(config, "tiny", "train", "float32", 4, prep, [])
+    _check_result(timing.make_result(config, "tiny", "train", "float32", 4, prep, times), 4, "train", 2)
+    compiled_only = timing.make_result(config, "tiny", "train", "float32", 4, prep, [])
     assert compiled_only.images_per_s is None and compiled_only.tflops is None and "compile" in compiled_only.summary()
 
 
@@ -77,7 +78,7 @@ def test_local_train_step_on_two_devices():
 )
 def test_bad_arguments_are_refused(kwargs, message):
     with pytest.raises(ConfigError) as e:
-        benchmark.benchmark(_config(), **{"batch": 8, **kwargs})
+        timing.benchmark(_config(), **{"batch": 8, **kwargs})
     assert message in str(e.value)
 
 
@@ -88,7 +89,7 @@ def _fake_results():
     ):
         ms = 1.0 + 2.0 * acts + 0.1 * i
         rows.append(
-            benchmark.Result(
+            timing.Result(
                 model=name,
                 mode="infer",
                 dtype="float32",
@@ -118,22 +119,22 @@ def _fake_results():
 
 def test_zoo_outputs_table_csv_json_and_plot(tmp_path):
     rows = _fake_results()
-    paths = benchmark.write_zoo_outputs(rows, str(tmp_path / "zoo"))
+    paths = zoo_report.write_zoo_outputs(rows, str(tmp_path / "zoo"))
     assert json.loads(pathlib.Path(paths["json"]).read_text())[2]["model"] == "regnety_400mf"
     assert pathlib.Path(paths["csv"]).read_text().splitlines()[0].startswith("model,mode,dtype")
     table = pathlib.Path(paths["table"]).read_text()
     assert all(r.model in table for r in rows) and "| ms/image |" in table
     assert pathlib.Path(paths["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     acts, ms = [r.acts for r in rows], [r.ms_per_image for r in rows]
-    assert benchmark.pearson_r(acts, ms) == pytest.approx(np.corrcoef(acts, ms)[0, 1])
-    assert np.isnan(benchmark.pearson_r([1.0], [2.0]))
+    assert zoo_report.pearson_r(acts, ms) == pytest.approx(np.corrcoef(acts, ms)[0, 1])
+    assert np.isnan(zoo_report.pearson_r([1.0], [2.0]))
 
 
 def test_zoo_names():
-    assert len(benchmark.zoo_names()) == 24 and all(n.startswith("regnet") for n in benchmark.zoo_names())
-    assert benchmark.zoo_names("regnetx_200mf, resnet50") == ["regnetx_200mf", "resnet50"]
+    assert len(zoo_report.zoo_names()) == 24 and all(n.startswith("regnet") for n in zoo_report.zoo_names())
+    assert zoo_report.zoo_names("regnetx_200mf, resnet50") == ["regnetx_200mf", "resnet50"]
     with pytest.raises(ConfigError, match="unknown model"):
-        benchmark.zoo_names("regnetz_500mf")
+        zoo_report.zoo_names("regnetz_500mf")
 
 
 @pytest.mark.timeout(240)
@@ -170,7 +171,7 @@ def test_torch_twin_is_the_same_network():
     torch = pytest.importorskip("torch")
     from torch_regnet import build_torch_model
 
-    from regnet_jax.convert import to_pycls
+    from regnet_jax.weights.layouts import to_pycls
     from regnet_jax.models import create_model
 
     model = create_model(TINY)

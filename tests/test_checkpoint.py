@@ -9,8 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from regnet_jax import checkpoint, parallel
-from regnet_jax.checkpoint import Checkpointer, CheckpointError, Pretrained, merge_pretrained
+from regnet_jax.training import checkpoint
+from regnet_jax.training import steps as train_steps
+from regnet_jax.training.checkpoint import Checkpointer, CheckpointError
+from regnet_jax.weights.pretrained import Pretrained, merge_pretrained
 from regnet_jax.models import create_model
 from tests.helpers_train import TINY_MODEL
 
@@ -84,7 +86,7 @@ def test_keeps_last_n_plus_best(tmp_path):
 def _variables(model_cfg, seed=0):
     """Random arrays with the model's variable shapes (values do not matter here; no compilation needed)."""
     model = create_model(model_cfg)
-    shapes = jax.eval_shape(lambda: parallel.init_variables(model, jax.random.key(0), (16, 16, 3)))
+    shapes = jax.eval_shape(lambda: train_steps.init_variables(model, jax.random.key(0), (16, 16, 3)))
     rng = np.random.default_rng(seed)
     return jax.tree_util.tree_map(lambda s: rng.normal(size=s.shape).astype(s.dtype), shapes)
 

@@ -1,6 +1,6 @@
 """Config mistakes on the command line: one line naming the field or file and the fix, exit status 2.
 
-The flag parsing every CLI shares (regnet_jax.cli.parse_flags) is tested in-process on each kind of mistake; two
+The flag parsing every CLI shares (regnet_jax.core.cli.parse_flags) is tested in-process on each kind of mistake; two
 CLIs are run end to end, and the others are checked to define their --config through it.
 """
 
@@ -14,9 +14,10 @@ import sys
 import pytest
 from absl import flags
 
-from regnet_jax.cli import define_config_flag, parse_flags
+from regnet_jax.config import define_config_flag
+from regnet_jax.core.cli import parse_flags
 from regnet_jax.config import ConfigError
-from regnet_jax.config_file import load_config_file
+from regnet_jax.config import load_config_file
 
 from tests.helpers_train import REPO, cli_env
 

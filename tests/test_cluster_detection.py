@@ -7,7 +7,7 @@ import pytest
 import requests
 from jax._src.clusters import cloud_tpu_cluster
 
-from regnet_jax import parallel
+from regnet_jax.core import distributed
 from regnet_jax.config import ConfigError
 
 LAUNCH_VARS = (
@@ -47,26 +47,26 @@ def bare(monkeypatch):
 
 
 def test_a_plain_machine_is_one_process(bare):
-    assert not parallel._cluster_detected()
+    assert not distributed.cluster_detected()
     bare.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")  # a plain pod: left to --distributed
-    assert not parallel._cluster_detected()
+    assert not distributed.cluster_detected()
 
 
 @pytest.mark.parametrize("ntasks, expected", [("4", True), ("1", False)])
 def test_slurm(bare, ntasks, expected):
     for var, value in dict(SLURM_JOB_ID="7", SLURM_STEP_NODELIST="node[001-004]", SLURM_NTASKS=ntasks, SLURM_PROCID="0", SLURM_LOCALID="0").items():
         bare.setenv(var, value)
-    assert parallel._cluster_detected() is expected
+    assert distributed.cluster_detected() is expected
 
 
 def test_open_mpi_and_an_explicit_coordinator(bare):
     for var, value in dict(OMPI_MCA_orte_hnp_uri="1531576320.0;tcp://10.0.0.1:34911", OMPI_COMM_WORLD_SIZE="2",
                            OMPI_COMM_WORLD_RANK="1", OMPI_COMM_WORLD_LOCAL_RANK="0").items():  # fmt: skip
         bare.setenv(var, value)
-    assert parallel._cluster_detected()
+    assert distributed.cluster_detected()
     bare.delenv("OMPI_MCA_orte_hnp_uri")
     bare.setenv("JAX_COORDINATOR_ADDRESS", "10.0.0.1:1234")
-    assert parallel._cluster_detected()
+    assert distributed.cluster_detected()
 
 
 def test_gke_tpu_slice_from_its_environment(bare):
@@ -76,7 +76,7 @@ def test_gke_tpu_slice_from_its_environment(bare):
     bare.setenv("TPU_WORKER_ID", "2")
     calls: list[str] = []
     bare.setattr(requests, "get", _metadata_server({"tpu-env": "ACCELERATOR_TYPE: 'v5litepod-16'\n"}, calls))
-    assert parallel._cluster_detected()
+    assert distributed.cluster_detected()
     assert calls == ["tpu-env"]  # only JAX's look-up of MEGASCALE_NUM_SLICES (a single slice here)
 
 
@@ -92,7 +92,7 @@ def test_tpu_vm_slice_reached_by_ssh_found_through_the_metadata_server(bare, end
     attributes = {"agent-worker-number": "1", "worker-network-endpoints": endpoints, "tpu-env": "ACCELERATOR_TYPE: 'v4-32'\n"}
     bare.setattr(cloud_tpu_cluster, "running_in_cloud_tpu_vm", True)
     bare.setattr(requests, "get", _metadata_server(attributes, calls))
-    assert parallel._cluster_detected() is expected
+    assert distributed.cluster_detected() is expected
     assert "agent-worker-number" in calls and "worker-network-endpoints" in calls
 
 
@@ -103,20 +103,20 @@ def test_an_unanswering_metadata_server_is_a_clear_error_not_a_guess(bare):
     bare.setattr(cloud_tpu_cluster, "running_in_cloud_tpu_vm", True)
     bare.setattr(requests, "get", down)
     with pytest.raises(ConfigError, match=r"could not tell whether this is a multi-process launch \(GceTpuCluster.*--nodistributed"):
-        parallel._cluster_detected()
+        distributed.cluster_detected()
 
 
 def test_initialize_is_called_only_when_detected_or_asked_with_the_heartbeat_timeout(bare):
     calls: list[dict] = []
-    bare.setattr(parallel.jax.distributed, "initialize", lambda **kwargs: calls.append(kwargs))
-    assert not parallel.maybe_initialize_distributed()
-    assert parallel.maybe_initialize_distributed(True, "localhost:1234", 2, 1, heartbeat_timeout_s=20)
+    bare.setattr(distributed.jax.distributed, "initialize", lambda **kwargs: calls.append(kwargs))
+    assert not distributed.maybe_initialize_distributed()
+    assert distributed.maybe_initialize_distributed(True, "localhost:1234", 2, 1, heartbeat_timeout_s=20)
     bare.setenv("TPU_WORKER_HOSTNAMES", "a,b")  # ignored off a TPU VM, as JAX does
-    assert not parallel.maybe_initialize_distributed()
+    assert not distributed.maybe_initialize_distributed()
     bare.setenv("JAX_COORDINATOR_ADDRESS", "localhost:1234")
-    assert not parallel.maybe_initialize_distributed(False)
-    assert parallel.maybe_initialize_distributed()
+    assert not distributed.maybe_initialize_distributed(False)
+    assert distributed.maybe_initialize_distributed()
     assert calls == [
         {"heartbeat_timeout_seconds": 20, "coordinator_address": "localhost:1234", "num_processes": 2, "process_id": 1},
-        {"heartbeat_timeout_seconds": parallel.HEARTBEAT_TIMEOUT_S},
+        {"heartbeat_timeout_seconds": distributed.HEARTBEAT_TIMEOUT_S},
     ]

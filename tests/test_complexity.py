@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from regnet_jax import zoo
-from regnet_jax.complexity import count
+from regnet_jax.models import zoo
+from regnet_jax.models.complexity import count
 from regnet_jax.models import model_spec
 
 # (flops, params, acts) from pycls dev/model_complexity.json, as listed in reference.md §1.2 / §1.3.

@@ -4,7 +4,8 @@ import copy
 
 import pytest
 
-from regnet_jax import config_diff, zoo
+from regnet_jax.config import diff as config_diff
+from regnet_jax.models import zoo
 from regnet_jax.config import ConfigError
 
 

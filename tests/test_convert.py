@@ -8,10 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from regnet_jax import convert, formats, zoo
-from regnet_jax.complexity import count
+from regnet_jax.models import zoo
+from regnet_jax.weights import formats, layouts
+from regnet_jax.models.complexity import count
 from regnet_jax.config import validate_model
-from regnet_jax.convert import ConversionError
+from regnet_jax.weights.layouts import ConversionError
 from regnet_jax.models import create_model, model_spec
 from tests import golden
 
@@ -19,7 +20,7 @@ from tests import golden
 def _random_variables(model, seed=0):
     """Random values of the right shapes (BN variances positive): a stronger round-trip test than an init."""
     rng = np.random.default_rng(seed)
-    shapes = convert.variable_shapes(model)
+    shapes = layouts.variable_shapes(model)
 
     def draw(path, s):
         x = rng.standard_normal(s.shape).astype(np.float32)
@@ -92,41 +93,41 @@ def _pycls_to_timm(key):
     ],
 )
 def test_key_names_are_those_of_the_libraries(path, pycls, torchvision, timm):
-    assert convert.torch_name(path) == pycls
-    assert convert.torch_name(path, "torchvision") == torchvision
-    assert convert.torch_name(path, "timm") == timm
+    assert layouts.torch_name(path) == pycls
+    assert layouts.torch_name(path, "torchvision") == torchvision
+    assert layouts.torch_name(path, "timm") == timm
 
 
 def test_pytorch_shapes_in_every_layout():
     model = zoo.get_config("regnety_200mf").model  # Y-200MF: stage 1 is 24 wide, w_se = round(0.25 * 32) = 8
     v = _random_variables(model)
-    tv = convert.to_torchvision(v)
+    tv = layouts.to_torchvision(v)
     assert tv["stem.0.weight"].shape == (32, 3, 3, 3)  # OIHW
     assert tv["trunk_output.block1.block1-0.f.b.0.weight"].shape == (24, 8, 3, 3)  # grouped: I = group width
     assert tv["trunk_output.block1.block1-0.f.se.fc1.weight"].shape == (8, 24, 1, 1)
     assert tv["fc.weight"].shape == (1000, 368)
     np.testing.assert_array_equal(tv["stem.0.weight"], np.transpose(v["params"]["stem"]["conv"]["kernel"], (3, 2, 0, 1)))
-    assert set(convert.to_timm(v)) == {_pycls_to_timm(k) for k in convert.to_pycls(v)}
-    assert set(tv) == {_pycls_to_torchvision(k) for k in convert.to_pycls(v)}
+    assert set(layouts.to_timm(v)) == {_pycls_to_timm(k) for k in layouts.to_pycls(v)}
+    assert set(tv) == {_pycls_to_torchvision(k) for k in layouts.to_pycls(v)}
 
 
 # ---------------------------------------------------------------- round trips
 
 
-@pytest.mark.parametrize("layout", convert.LAYOUTS)
+@pytest.mark.parametrize("layout", layouts.LAYOUTS)
 @pytest.mark.parametrize("name", ["regnetx_400mf", "regnety_800mf", "regnetx_8gf"])
 def test_round_trip_zoo_models(name, layout):
     model = zoo.get_config(name).model
     v = _random_variables(model, seed=len(name))
-    sd = convert.to_layout(v, layout)
+    sd = layouts.to_layout(v, layout)
     assert len(sd) == len(jax.tree_util.tree_leaves(v))
-    _equal(convert.from_layout(sd, model, layout), v)
+    _equal(layouts.from_layout(sd, model, layout), v)
 
 
 def test_round_trip_resnet50_pycls():
     model = zoo.get_config("resnet50").model
     v = _random_variables(model)
-    _equal(convert.from_pycls(convert.to_pycls(v), model), v)
+    _equal(layouts.from_pycls(layouts.to_pycls(v), model), v)
 
 
 # ---------------------------------------------------------------- golden pycls models in three layouts
@@ -141,14 +142,14 @@ def test_reference_logits_through_every_layout():
     x = jnp.asarray(golden.train_inputs(meta)[0].transpose(0, 2, 3, 1))
     want = arrays["logits_eval"]
 
-    logits = np.asarray(apply(convert.from_pycls(sd, meta["model"]), x))
+    logits = np.asarray(apply(layouts.from_pycls(sd, meta["model"]), x))
     assert np.abs(logits - want).max() / np.abs(want).max() < 1e-5
 
     bn_counters = {k.replace("running_mean", "num_batches_tracked"): np.array(7) for k in sd if k.endswith("running_mean")}
     tv = {_pycls_to_torchvision(k): v for k, v in {**sd, **bn_counters}.items()}
     timm = {_pycls_to_timm(k): v for k, v in {**sd, **bn_counters}.items()}
     for layout, layout_sd in (("torchvision", tv), ("timm", timm)):
-        np.testing.assert_array_equal(np.asarray(apply(convert.from_layout(layout_sd, meta["model"], layout), x)), logits)
+        np.testing.assert_array_equal(np.asarray(apply(layouts.from_layout(layout_sd, meta["model"], layout), x)), logits)
 
 
 @pytest.fixture(scope="module")
@@ -161,13 +162,13 @@ def y200mf():
 def test_architecture_read_from_the_weights(y200mf):
     meta, tv = y200mf
     p = meta["pycls_args"]
-    model, note = convert.resolve_model(tv, None, "torchvision")
+    model, note = layouts.resolve_model(tv, None, "torchvision")
     assert "from the weights" in note
     assert (model["depths"], model["widths"], model["group_ws"]) == (p["ds"], p["ws"], p["gws"])
     assert (model["stem_w"], model["se_ratio"], model["num_classes"]) == (32, 0.25, 1000)
     assert count(model) == meta["complexity"]
     # With the matching config the config itself is used, unchanged.
-    assert convert.resolve_model(tv, meta["model"], "torchvision") == (meta["model"], "")
+    assert layouts.resolve_model(tv, meta["model"], "torchvision") == (meta["model"], "")
 
 
 # torchvision's round-half-up width rounding makes different networks (reference.md §6): its stage widths and
@@ -183,23 +184,23 @@ def test_torchvision_width_rounding_builds_the_variant(name, tv_widths, tv_param
     tv_model = dict(type="anynet", stem_type="simple_stem_in", stem_w=32, block_type="res_bottleneck_block",
                     depths=list(spec.depths), widths=tv_widths, strides=[2] * 4, bot_muls=[1.0] * 4,
                     group_ws=list(spec.group_ws), se_ratio=spec.se_ratio, num_classes=1000)  # fmt: skip
-    sd = convert.to_layout(_random_variables(tv_model), layout)
+    sd = layouts.to_layout(_random_variables(tv_model), layout)
     with pytest.raises(ConversionError, match="width rounding"):
-        convert.from_layout(sd, config, layout)
-    model, note = convert.resolve_model(sd, config, layout)
+        layouts.from_layout(sd, config, layout)
+    model, note = layouts.resolve_model(sd, config, layout)
     assert model["widths"] == tv_widths and model["depths"] == list(spec.depths)
     assert str(tv_widths) in note and "variant" in note
     assert count(model)["params"] == tv_params
     validate_model(model)
-    convert.from_layout(sd, model, layout)
+    layouts.from_layout(sd, model, layout)
 
 
 def test_other_differences_are_not_turned_into_variants(y200mf):
     _, tv = y200mf
     other = zoo.get_config("regnety_400mf")  # different depths: the config is kept and the conversion fails
-    assert convert.resolve_model(tv, other, "torchvision") == (other.model.to_dict(), "")
+    assert layouts.resolve_model(tv, other, "torchvision") == (other.model.to_dict(), "")
     with pytest.raises(ConversionError, match=r"keys missing \('trunk_output\.block2\.block2-1\."):
-        convert.from_torchvision(tv, other)
+        layouts.from_torchvision(tv, other)
 
 
 # ---------------------------------------------------------------- errors name the key
@@ -207,51 +208,51 @@ def test_other_differences_are_not_turned_into_variants(y200mf):
 
 @pytest.fixture(scope="module")
 def tiny_sd():
-    return convert.to_pycls(_random_variables(_tiny()))
+    return layouts.to_pycls(_random_variables(_tiny()))
 
 
 def test_missing_key_is_named(tiny_sd):
     sd = dict(tiny_sd)
     del sd["s2.b2.f.b_bn.running_var"]
     with pytest.raises(ConversionError, match=r"1 keys missing \('s2\.b2\.f\.b_bn\.running_var'\)"):
-        convert.from_pycls(sd, _tiny())
+        layouts.from_pycls(sd, _tiny())
 
 
 def test_extra_key_is_named(tiny_sd):
     with pytest.raises(ConversionError, match=r"1 keys the model does not use \('s3\.b1\.f\.a\.weight'\)"):
-        convert.from_pycls({**tiny_sd, "s3.b1.f.a.weight": np.zeros((16, 16, 1, 1), np.float32)}, _tiny())
+        layouts.from_pycls({**tiny_sd, "s3.b1.f.a.weight": np.zeros((16, 16, 1, 1), np.float32)}, _tiny())
 
 
 def test_wrong_shape_is_named(tiny_sd):
     sd = {**tiny_sd, "s1.b1.f.a.weight": np.zeros((8, 4, 1, 1), np.float32)}
     with pytest.raises(ConversionError, match=r"'s1\.b1\.f\.a\.weight' has shape \(8, 4, 1, 1\), the model needs \(8, 8, 1, 1\)"):
-        convert.from_pycls(sd, _tiny())
+        layouts.from_pycls(sd, _tiny())
 
 
 def test_wrong_model_for_the_file(tiny_sd):
     with pytest.raises(ConversionError, match=r"'s1\.b1\.f\.se\.f_ex\.0\.weight'"):
-        convert.from_pycls(tiny_sd, _tiny(se_ratio=0.0))  # X config, Y weights: the SE keys are unused
+        layouts.from_pycls(tiny_sd, _tiny(se_ratio=0.0))  # X config, Y weights: the SE keys are unused
     with pytest.raises(ConversionError, match=r"'head\.fc\.weight' has shape \(10, 16\), the model needs \(1000, 16\)"):
-        convert.from_pycls(tiny_sd, _tiny(num_classes=1000))
+        layouts.from_pycls(tiny_sd, _tiny(num_classes=1000))
 
 
 def test_wrong_layout_says_which_one(tiny_sd):
     tv = {_pycls_to_torchvision(k): v for k, v in tiny_sd.items()}
     with pytest.raises(ConversionError, match="looks like a torchvision state dict: use --from=torchvision"):
-        convert.from_pycls(tv, _tiny())
+        layouts.from_pycls(tv, _tiny())
     with pytest.raises(ConversionError, match="looks like a pycls state dict: use --from=pycls"):
-        convert.from_timm(tiny_sd, _tiny())
+        layouts.from_timm(tiny_sd, _tiny())
     with pytest.raises(ConversionError, match="use --from=pycls"):
-        convert.resolve_model(tiny_sd, None, "torchvision")
+        layouts.resolve_model(tiny_sd, None, "torchvision")
 
 
 def test_layouts_without_the_architecture():
     with pytest.raises(ConversionError, match="simple_stem_in \\+ res_bottleneck_block"):
-        convert.from_torchvision({}, zoo.get_config("resnet50"))
+        layouts.from_torchvision({}, zoo.get_config("resnet50"))
     with pytest.raises(ConversionError, match="need --config"):
-        convert.resolve_model({}, None, "pycls")
+        layouts.resolve_model({}, None, "pycls")
     with pytest.raises(ConversionError, match="unknown layout"):
-        convert.to_layout({}, "keras")
+        layouts.to_layout({}, "keras")
 
 
 # ---------------------------------------------------------------- files

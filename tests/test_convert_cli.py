@@ -10,7 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from regnet_jax import convert, weights
+from regnet_jax.weights import files as weight_files
+from regnet_jax.weights import layouts
 from regnet_jax.config import IMAGENET_MEAN, IMAGENET_STD, validate_model
 from regnet_jax.models import create_model
 
@@ -41,7 +42,7 @@ def _random_variables(model):
         fan = np.prod(shape[:-2]) * shape[-1] if len(shape) == 4 else shape[0] / (9 if path[1].key == "head" else 1)
         return rng.normal(0, np.sqrt(2 / fan), shape).astype(np.float32)
 
-    return jax.tree_util.tree_map_with_path(draw, convert.variable_shapes(model))
+    return jax.tree_util.tree_map_with_path(draw, layouts.variable_shapes(model))
 
 
 def _expected_probs(variables, order):
@@ -55,7 +56,7 @@ def test_pyth_converts_through_the_cli_and_predicts(tmp_path):
     from PIL import Image
 
     variables = _random_variables(MODEL)
-    model_state = {k: torch.from_numpy(np.array(v)) for k, v in convert.to_pycls(variables).items()}
+    model_state = {k: torch.from_numpy(np.array(v)) for k, v in layouts.to_pycls(variables).items()}
     model_state.update({k.replace("running_mean", "num_batches_tracked"): torch.tensor(5) for k in list(model_state) if k.endswith("running_mean")})
     torch.save({"epoch": 99, "model_state": model_state, "optimizer_state": {"state": {}, "param_groups": []},
                 "cfg": "MODEL:\n  TYPE: anynet\n"}, tmp_path / "model.pyth")  # fmt: skip
@@ -69,7 +70,7 @@ def test_pyth_converts_through_the_cli_and_predicts(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "BGR" in r.stdout
 
-    loaded, meta = weights.load_weights(str(out))
+    loaded, meta = weight_files.load_weights(str(out))
     assert meta["input"]["channel_order"] == "bgr" and meta["model"] == validate_model(MODEL)
     for a, b in zip(jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(variables)):
         np.testing.assert_array_equal(a, b)

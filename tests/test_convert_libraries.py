@@ -7,7 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from regnet_jax import convert, zoo
+from regnet_jax.models import zoo
+from regnet_jax.weights import layouts
 from regnet_jax.models import create_model
 
 pytestmark = pytest.mark.timeout(300)
@@ -39,11 +40,11 @@ def _compare(torch, module, sd_layout, zoo_name, tmp_path):
         want = module(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
     path = str(tmp_path / "w.pth")
     torch.save(module.state_dict(), path)
-    sd = convert.read_state_dict(path)
-    model, note = convert.resolve_model(sd, zoo.get_config(zoo_name), sd_layout)
-    inferred, _ = convert.resolve_model(sd, None, sd_layout)
+    sd = layouts.read_state_dict(path)
+    model, note = layouts.resolve_model(sd, zoo.get_config(zoo_name), sd_layout)
+    inferred, _ = layouts.resolve_model(sd, None, sd_layout)
     flax_model = create_model(model)
-    got = jax.jit(lambda v, x: flax_model.apply(v, x, train=False))(convert.from_layout(sd, model, sd_layout), x)
+    got = jax.jit(lambda v, x: flax_model.apply(v, x, train=False))(layouts.from_layout(sd, model, sd_layout), x)
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
     return model, inferred, note
 

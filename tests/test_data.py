@@ -216,8 +216,8 @@ def test_missing_data_errors_say_where_and_how(tmp_path):
 
 
 def test_pipeline_benchmark_runs(tmp_path):
-    from regnet_jax.data import benchmark
+    from regnet_jax.benchmarking import input_pipeline
 
-    benchmark.write_jpeg_folder(str(tmp_path), 12, size=(40, 50))
-    out = benchmark.measure(str(tmp_path), threads=1, resolution=16, batch=4, batches=3)
+    input_pipeline.write_jpegs(str(tmp_path), 12, size=(50, 40))
+    out = input_pipeline.measure(str(tmp_path), threads=1, resolution=16, batch=4, batches=3)
     assert out["images_per_s"] > 0 and out["images_per_s_per_thread"] == out["images_per_s"]

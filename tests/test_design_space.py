@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from regnet_jax.complexity import count
+from regnet_jax.models.complexity import count
 from regnet_jax.config import ConfigError, validate_model
 from regnet_jax.design_space import SPACES, Dist, TooFewModelsError, get_space, sample_space
 from regnet_jax.design_space import distributions as D

@@ -6,7 +6,11 @@ import jax
 import numpy as np
 import pytest
 
-from regnet_jax import data, evaluate, optim, parallel, weights
+from regnet_jax import data
+from regnet_jax.core import distributed
+from regnet_jax.training import evaluation, optimizer
+from regnet_jax.training import steps as train_steps
+from regnet_jax.weights import files as weight_files
 from regnet_jax.config import ConfigError
 from regnet_jax.models import create_model
 from tests.helpers_train import TINY_MODEL, run_cli, tiny_config, write_config_file
@@ -15,7 +19,7 @@ from tests.helpers_train import TINY_MODEL, run_cli, tiny_config, write_config_f
 @pytest.fixture(scope="module")
 def variables():
     model = create_model(TINY_MODEL)
-    v = jax.jit(lambda k: parallel.init_variables(model, k, (16, 16, 3)))(jax.random.key(3))
+    v = jax.jit(lambda k: train_steps.init_variables(model, k, (16, 16, 3)))(jax.random.key(3))
     # Non-trivial BN statistics, so that eval-mode BN matters.
     v["batch_stats"] = jax.tree_util.tree_map(lambda s: s + 0.1 * np.random.default_rng(0).random(s.shape), v["batch_stats"])
     v = jax.device_get(v)
@@ -33,7 +37,7 @@ def _reference(config, variables):
     return {
         "top1_err": 100 * np.mean(top5[:, 0] != labels),
         "top5_err": 100 * np.mean(~(top5 == labels[:, None]).any(1)),
-        "loss": float(np.mean(optim.cross_entropy(logits, labels, 10))),
+        "loss": float(np.mean(optimizer.cross_entropy(logits, labels, 10))),
         "count": len(labels),
     }
 
@@ -41,9 +45,9 @@ def _reference(config, variables):
 @pytest.mark.parametrize("n, eval_batch", [(37, 16), (50, 24), (8, 48)])
 def test_every_example_counted_once(variables, n, eval_batch):
     config = tiny_config(eval_batch_size=eval_batch, **{"dataset.num_eval_examples": n})
-    mesh = parallel.make_mesh()
-    step = parallel.make_eval_step(create_model(config, bn_axis_name=parallel.AXIS), mesh, num_classes=10)
-    got = evaluate.run_evaluation(step, parallel.replicate(variables, mesh), data.EvalInput(config), mesh)
+    mesh = distributed.make_mesh()
+    step = train_steps.make_eval_step(create_model(config, bn_axis_name=distributed.AXIS), mesh, num_classes=10)
+    got = evaluation.run_evaluation(step, distributed.replicate(variables, mesh), data.EvalInput(config), mesh)
     want = _reference(config, variables)
     assert got["count"] == want["count"] == n
     assert got["top1_err"] == pytest.approx(want["top1_err"]) and got["top5_err"] == pytest.approx(want["top5_err"])
@@ -52,14 +56,14 @@ def test_every_example_counted_once(variables, n, eval_batch):
 
 def test_weights_input_conventions_are_applied(variables, tmp_path):
     config = tiny_config(**{"dataset.num_eval_examples": 40})
-    weights.save_weights(str(tmp_path / "rgb"), variables, TINY_MODEL, weights.input_spec("rgb"))
-    bgr_spec = weights.input_spec("bgr", (0.4, 0.5, 0.6), (0.2, 0.3, 0.25))
-    weights.save_weights(str(tmp_path / "bgr"), variables, TINY_MODEL, bgr_spec)
-    rgb = evaluate.evaluate(config, str(tmp_path / "rgb"))
-    bgr = evaluate.evaluate(config, str(tmp_path / "bgr"))
+    weight_files.save_weights(str(tmp_path / "rgb"), variables, TINY_MODEL, weight_files.input_spec("rgb"))
+    bgr_spec = weight_files.input_spec("bgr", (0.4, 0.5, 0.6), (0.2, 0.3, 0.25))
+    weight_files.save_weights(str(tmp_path / "bgr"), variables, TINY_MODEL, bgr_spec)
+    rgb = evaluation.evaluate(config, str(tmp_path / "rgb"))
+    bgr = evaluation.evaluate(config, str(tmp_path / "bgr"))
     assert rgb["count"] == bgr["count"] == 40
     assert rgb["loss"] == pytest.approx(_reference(config, variables)["loss"], rel=1e-5)
-    assert bgr["loss"] == pytest.approx(_reference(evaluate.apply_input_conventions(config, bgr_spec), variables)["loss"], rel=1e-5)
+    assert bgr["loss"] == pytest.approx(_reference(evaluation.apply_input_conventions(config, bgr_spec), variables)["loss"], rel=1e-5)
     assert abs(bgr["loss"] - rgb["loss"]) > 0.05 * rgb["loss"]  # the conventions matter for these weights
 
 
@@ -72,18 +76,18 @@ def test_split_reaches_folder_datasets_and_a_weights_dir_needs_a_config(variable
             Image.new("RGB", (20, 20), (40 * i, 100, 200 if c == "a" else 0)).save(tmp_path / "data" / "val" / c / f"{i}.png")
     config = tiny_config(**{"dataset.name": "folder", "dataset.data_dir": str(tmp_path / "data"), "dataset.eval_split": "test",
                             "dataset.num_eval_examples": 0})  # fmt: skip
-    weights.save_weights(str(tmp_path / "w"), variables, TINY_MODEL)
+    weight_files.save_weights(str(tmp_path / "w"), variables, TINY_MODEL)
     with pytest.raises(data.DatasetNotReadyError, match="no split directory .*test"):
-        evaluate.evaluate(config, str(tmp_path / "w"))
-    assert evaluate.evaluate(config, str(tmp_path / "w"), split="val")["count"] == 6  # --split=val
+        evaluation.evaluate(config, str(tmp_path / "w"))
+    assert evaluation.evaluate(config, str(tmp_path / "w"), split="val")["count"] == 6  # --split=val
     with pytest.raises(ConfigError, match="is a weights directory .* give the dataset, resolution and batch with --config"):
-        evaluate.evaluate(None, str(tmp_path / "w"))
+        evaluation.evaluate(None, str(tmp_path / "w"))
 
 
 @pytest.mark.timeout(120)
 def test_evaluate_cli(variables, tmp_path):
     config = tiny_config(**{"dataset.num_eval_examples": 40})
-    weights.save_weights(str(tmp_path / "w"), variables, TINY_MODEL)
+    weight_files.save_weights(str(tmp_path / "w"), variables, TINY_MODEL)
     cfg_file = write_config_file(tmp_path / "config.py", config)
     args = [f"--config={cfg_file}", f"--checkpoint={tmp_path / 'w'}", "--json"]
     assert run_cli("regnet_jax.evaluate", args, 1, tmp_path / "log", timeout=100) == 0, (tmp_path / "log").read_text()[-2000:]

@@ -1,5 +1,5 @@
 """End to end on Cloud Storage: a local emulator (gcp-storage-emulator, started and stopped here on a free loopback
-port) reached by gcsfs (regnet_jax.paths, orbax's metadata, TFDS's) and by tensorstore (orbax's arrays).
+port) reached by gcsfs (regnet_jax.core.paths, orbax's metadata, TFDS's) and by tensorstore (orbax's arrays).
 
 (a) the trainer with --workdir=gs://..., killed by SIGKILL after its first evaluation and rerun, ends like an
 uninterrupted local run; (b) the same with 2 processes x 4 devices and SIGTERM; (c) convert, evaluate, predict,
@@ -20,7 +20,9 @@ import time
 import numpy as np
 import pytest
 
-from regnet_jax import metrics, paths, workdir_lock
+from regnet_jax.core import paths
+from regnet_jax.training import records as run_records
+from regnet_jax.training import workdir_lock
 from tests.helpers_train import REPO, TINY_MODEL, cli_env, stop, tiny_config, write_config_file
 
 MISSING = [m for m in ("gcp_storage_emulator", "gcsfs") if importlib.util.find_spec(m) is None]
@@ -162,7 +164,7 @@ def bucket_run(gcs, tmp_path_factory):
     logs = [tmp / "first.log", tmp / "second.log"]
     proc = _start(gcs, "regnet_jax.train", args, 8, logs[0])
     try:
-        _wait_for(f"{workdir}/{metrics.EVAL_FILE}", [proc], logs[:1])  # written out with the epoch-1 checkpoint...
+        _wait_for(f"{workdir}/{run_records.EVAL_FILE}", [proc], logs[:1])  # written out with the epoch-1 checkpoint...
         _wait_for(f"{workdir}/checkpoints/4/commit_success.txt", [proc], logs[:1])  # ...which orbax commits after
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
@@ -190,8 +192,8 @@ def test_quickstart_on_a_bucket_killed_after_its_first_evaluation_resumes_like_a
     for k, v in local_run[1]["final"].items():
         assert summary["final"][k] == pytest.approx(v, rel=1e-5), k
     # Preemption-safe records: one line per evaluation and per log step, no torn or repeated lines.
-    assert _steps(metrics.read_jsonl(f"{workdir}/{metrics.EVAL_FILE}")) == [4, 8, 12]
-    train_steps = _steps(metrics.read_jsonl(f"{workdir}/{metrics.TRAIN_FILE}"))
+    assert _steps(run_records.read_jsonl(f"{workdir}/{run_records.EVAL_FILE}")) == [4, 8, 12]
+    train_steps = _steps(run_records.read_jsonl(f"{workdir}/{run_records.TRAIN_FILE}"))
     assert train_steps == sorted(set(train_steps)) and train_steps[-1] == 12
     assert [s for s, _ in _tensorboard_scalars(workdir, tmp_path, "eval/top1_err")] == [4, 8, 12]
     assert paths.read_json(f"{workdir}/config.json")["batch_size"] == 32
@@ -224,7 +226,7 @@ def test_two_processes_on_a_bucket_preempted_by_sigterm_resume(gcs, local_run, t
                 stop(p)
         return codes, [log.read_text() for log in logs]
 
-    codes, logs = run("first", until=f"{workdir}/{metrics.EVAL_FILE}")
+    codes, logs = run("first", until=f"{workdir}/{run_records.EVAL_FILE}")
     assert codes == [3, 3], logs[0][-2000:] + logs[1][-2000:]  # preempted, a checkpoint saved
     assert not paths.exists(f"{workdir}/summary.json")
     assert not paths.exists(f"{workdir}/{workdir_lock.LOCK_FILE}")  # a preempted run releases its lock
@@ -233,32 +235,33 @@ def test_two_processes_on_a_bucket_preempted_by_sigterm_resume(gcs, local_run, t
     assert all(f"resumed from {workdir}/checkpoints at step" in log for log in logs)  # every process restored it
     summary = paths.read_json(f"{workdir}/summary.json")
     assert summary["steps"] == 12 and summary["final"]["loss"] == pytest.approx(local_run[1]["final"]["loss"], rel=1e-4)
-    assert _steps(metrics.read_jsonl(f"{workdir}/{metrics.EVAL_FILE}")) == [4, 8, 12]
+    assert _steps(run_records.read_jsonl(f"{workdir}/{run_records.EVAL_FILE}")) == [4, 8, 12]
 
 
 def test_convert_evaluate_predict_export_on_a_bucket(gcs, bucket_run, local_run, tmp_path):
     from PIL import Image
 
-    from regnet_jax import convert, export, predict
-    from regnet_jax.checkpoint import load_pretrained
-    from regnet_jax.evaluate import evaluate
+    from regnet_jax.training import prediction
+    from regnet_jax.weights import exporting, layouts
+    from regnet_jax.weights.pretrained import load_pretrained
+    from regnet_jax.training.evaluation import evaluate
 
     config = tiny_config()
     from_bucket = evaluate(config, bucket_run["workdir"])  # evaluate --checkpoint=gs://... (a training workdir)
     assert from_bucket["top1_err"] == pytest.approx(local_run[1]["final"]["top1_err"], abs=1e-9)
     trained = load_pretrained(local_run[0])
-    np.savez(tmp_path / "pycls.npz", **convert.to_layout(trained.variables, "pycls"))
-    out = convert.convert_file("pycls", str(tmp_path / "pycls.npz"), config, f"{BUCKET}/weights")  # convert --output=gs://...
+    np.savez(tmp_path / "pycls.npz", **layouts.to_layout(trained.variables, "pycls"))
+    out = layouts.convert_file("pycls", str(tmp_path / "pycls.npz"), config, f"{BUCKET}/weights")  # convert --output=gs://...
     assert str(out["output"]) == f"{BUCKET}/weights" and paths.isfile(f"{BUCKET}/weights/meta.json")
     converted = evaluate(config, f"{BUCKET}/weights")  # a weights directory on the bucket
     assert converted["count"] == 50 and 0 <= converted["top1_err"] <= 100
     image = io.BytesIO()
     Image.fromarray(np.full((20, 24, 3), 128, np.uint8)).save(image, format="PNG")
     paths.write_bytes(f"{BUCKET}/images/grey.png", image.getvalue())
-    (result,) = predict.predict(f"{BUCKET}/weights", [f"{BUCKET}/images/grey.png"], k=3, resolution=16)
+    (result,) = prediction.predict(f"{BUCKET}/weights", [f"{BUCKET}/images/grey.png"], k=3, resolution=16)
     assert result["image"] == f"{BUCKET}/images/grey.png" and len(result["top"]) == 3
-    _, sidecar = export.export_variables(trained.variables, TINY_MODEL, trained.input, f"{BUCKET}/export/tiny.safetensors")
-    tensors, meta = export.read_export(f"{BUCKET}/export/tiny.safetensors")
+    _, sidecar = exporting.export_variables(trained.variables, TINY_MODEL, trained.input, f"{BUCKET}/export/tiny.safetensors")
+    tensors, meta = exporting.read_export(f"{BUCKET}/export/tiny.safetensors")
     assert str(sidecar) == f"{BUCKET}/export/tiny.safetensors.json" and meta["model"]["widths"] == [8, 16]
     np.testing.assert_array_equal(tensors["params"]["head"]["fc"]["kernel"], trained.variables["params"]["head"]["fc"]["kernel"])
 
@@ -268,7 +271,7 @@ def test_sweep_setup_launch_collect_analyze_on_a_bucket(gcs):
     from regnet_jax.design_space.launch import LaunchOptions, Launcher, launch
     from regnet_jax.design_space.layout import SweepDir
     from regnet_jax.design_space.report import analyze
-    from regnet_jax.config_file import load_config_file
+    from regnet_jax.config import load_config_file
     from regnet_jax.design_space.sweep_setup import setup_sweep
     from tests.test_sweep import TINY
 

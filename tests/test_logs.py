@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from regnet_jax import logs
+from regnet_jax.core import logs
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from regnet_jax.complexity import count
+from regnet_jax.models.complexity import count
 from regnet_jax.config import ConfigError, validate_model
 from regnet_jax.models import create_model, list_models
 from regnet_jax.models.layers import BatchNorm, Conv
@@ -183,7 +183,7 @@ def test_create_model_api():
     assert len(list_models()) == 26 and "regnetx_1.6gf" in list_models()
     model = create_model("regnety_4gf", num_classes=10)
     assert model.spec.num_classes == 10 and model.spec.widths == (128, 192, 512, 1088)
-    from regnet_jax import zoo
+    from regnet_jax.models import zoo
 
     assert create_model(zoo.get_config("regnetx_400mf")).spec.widths[-1] == 384
 

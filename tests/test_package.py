@@ -1,13 +1,28 @@
-"""The package's shape: modules import each other top-down (no cycles), and nothing points outside the repository."""
+"""The package's shape: modules import each other top-down (no cycles; each layer only from the layers below it),
+commands define their flags only when run, every error a user can fix is a UserError, and nothing points outside the
+repository."""
 
 from __future__ import annotations
 
 import ast
+import importlib
+import inspect
+import json
 import pathlib
 import re
+import subprocess
+import sys
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "regnet_jax"
+COMMANDS = ["train", "evaluate", "predict", "convert", "export", "sweep", "complexity", "benchmark", "models.__main__"]
+# docs/architecture.md: core <- config <- models, data <- training, weights, design_space, benchmarking <- commands.
+LAYERS = [
+    ("core",),
+    ("config",),
+    ("models", "data"),
+    ("training", "weights", "design_space", "benchmarking"),
+]
 
 
 def _module_name(path: pathlib.Path) -> str:
@@ -64,9 +79,69 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_no_import_cycles():
     graph = import_graph()
-    assert len(graph) > 20 and "regnet_jax.formats" in graph["regnet_jax.convert"]
+    assert len(graph) > 20 and "regnet_jax.weights.formats" in graph["regnet_jax.weights.layouts"]
+    assert {"regnet_jax.core.cli", "regnet_jax.training.trainer", "regnet_jax.benchmarking.timing"} <= set(graph)
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def layer(module: str) -> int:
+    """The layer of a package module (0: core and the package itself, ...; the commands are above all of them)."""
+    if module.removeprefix("regnet_jax.") in COMMANDS:
+        return len(LAYERS)
+    if module == "regnet_jax":
+        return 0
+    package = module.split(".")[1]
+    (index,) = [i for i, packages in enumerate(LAYERS) if package in packages]
+    return index
+
+
+def test_every_module_imports_only_from_its_layer_and_below():
+    graph = import_graph()
+    assert {m.split(".")[1] for m in graph if m.count(".") >= 2} == {p for packages in LAYERS for p in packages}
+    top_level = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
+    assert top_level == {c for c in COMMANDS if "." not in c}, "only the commands live at the top level"
+    upward = [f"{m} -> {n}" for m, imported in sorted(graph.items()) for n in sorted(imported) if layer(n) > layer(m)]
+    assert not upward, upward
+
+
+def test_importing_a_command_defines_no_flags():
+    """Each command defines its flags in define_flags(flag_values), called only when it runs, and has a main(argv)."""
+    libraries = sorted(m for m in import_graph() if m.removeprefix("regnet_jax.") not in COMMANDS)
+    code = f"""
+import importlib, json
+from absl import flags
+for m in {libraries!r}:
+    importlib.import_module(m)
+before = set(flags.FLAGS)
+commands = [importlib.import_module("regnet_jax." + c) for c in {COMMANDS!r}]
+defined = {{}}
+for c in commands:
+    fresh = flags.FlagValues()
+    c.define_flags(fresh)
+    defined[c.__name__] = len(list(fresh)) if callable(c.main) else 0
+print(json.dumps({{"new": sorted(set(flags.FLAGS) - before), "defined": defined}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["new"] == []
+    assert len(result["defined"]) == len(COMMANDS) and all(n > 0 for n in result["defined"].values()), result["defined"]
+
+
+def test_every_error_a_user_can_fix_is_a_user_error():
+    """The shared runner reports exactly the UserErrors (exit status 2, one line); the trainer's failures are not."""
+    from regnet_jax.core.errors import UserError
+
+    # The trainer's failures, not the user's input: exit status 1 and 3 (python -m regnet_jax.train).
+    failures = {"regnet_jax.training.trainer.NonFiniteLossError", "regnet_jax.training.preemption.Preempted"}
+    errors = {}
+    for name in import_graph():
+        module = importlib.import_module(name)
+        errors.update({f"{name}.{c.__name__}": c for c in vars(module).values()
+                       if inspect.isclass(c) and issubclass(c, BaseException) and c.__module__ == name})  # fmt: skip
+    assert len(errors) > 15
+    assert {n for n, c in errors.items() if not issubclass(c, UserError)} == failures
 
 
 def test_cycle_finder_finds_a_cycle():

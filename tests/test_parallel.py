@@ -4,7 +4,9 @@ import jax
 import numpy as np
 import pytest
 
-from regnet_jax import optim, parallel
+from regnet_jax.core import distributed
+from regnet_jax.training import optimizer
+from regnet_jax.training import steps as train_steps
 from regnet_jax.models import create_model
 from tests.helpers_train import tiny_config
 
@@ -13,9 +15,9 @@ IMAGE = (16, 16, 3)
 
 def _setup(**overrides):
     config = tiny_config(**overrides)
-    model = create_model(config, bn_axis_name=parallel.AXIS)
-    shapes = jax.eval_shape(lambda: parallel.init_variables(model, jax.random.key(0), IMAGE))
-    return config, model, optim.make_optimizer(config, steps_per_epoch=2, params=shapes["params"])
+    model = create_model(config, bn_axis_name=distributed.AXIS)
+    shapes = jax.eval_shape(lambda: train_steps.init_variables(model, jax.random.key(0), IMAGE))
+    return config, model, optimizer.make_optimizer(config, steps_per_epoch=2, params=shapes["params"])
 
 
 def _batches(n, batch=16, seed=0):
@@ -27,12 +29,12 @@ def _batches(n, batch=16, seed=0):
 
 
 def _train(model, tx, devices, batches, **step_kw):
-    mesh = parallel.make_mesh(devices)
-    state = parallel.create_train_state(model, tx, jax.random.key(0), IMAGE, mesh, ema=bool(step_kw.get("ema_decay")))
-    step = parallel.make_train_step(model, tx, mesh, num_classes=10, **step_kw)
+    mesh = distributed.make_mesh(devices)
+    state = train_steps.create_train_state(model, tx, jax.random.key(0), IMAGE, mesh, ema=bool(step_kw.get("ema_decay")))
+    step = train_steps.make_train_step(model, tx, mesh, num_classes=10, **step_kw)
     losses = []
     for b in batches:
-        state, m = step(state, parallel.shard_batch(b, mesh))
+        state, m = step(state, distributed.shard_batch(b, mesh))
         losses.append(float(m["loss"]))
         assert int(m["count"]) == len(b["label"])
     return jax.device_get(state), losses
@@ -65,13 +67,13 @@ def test_unsynchronised_bn_is_rejected():
 
 def test_eval_step_masks_padding():
     _, model, tx = _setup()
-    mesh = parallel.make_mesh()
-    state = parallel.create_train_state(model, tx, jax.random.key(0), IMAGE, mesh)
-    step = parallel.make_eval_step(model, mesh, num_classes=10)
+    mesh = distributed.make_mesh()
+    state = train_steps.create_train_state(model, tx, jax.random.key(0), IMAGE, mesh)
+    step = train_steps.make_eval_step(model, mesh, num_classes=10)
     (batch,) = _batches(1)
-    full = jax.device_get(step(state.variables(), parallel.shard_batch({**batch, "mask": np.ones(16, np.float32)}, mesh)))
+    full = jax.device_get(step(state.variables(), distributed.shard_batch({**batch, "mask": np.ones(16, np.float32)}, mesh)))
     mask = (np.arange(16) < 5).astype(np.float32)
-    part = jax.device_get(step(state.variables(), parallel.shard_batch({**batch, "mask": mask}, mesh)))
+    part = jax.device_get(step(state.variables(), distributed.shard_batch({**batch, "mask": mask}, mesh)))
     logits = model.apply(jax.device_get(state.variables()), batch["image"], train=False)
     top1 = np.argmax(logits, -1) == batch["label"]
     assert full["count"] == 16 and part["count"] == 5
@@ -84,4 +86,4 @@ def test_eval_step_masks_padding():
 def test_no_distributed_init_without_cluster(enabled, monkeypatch):
     for var in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS", "JAX_COORDINATOR_ADDRESS"):
         monkeypatch.delenv(var, raising=False)
-    assert parallel.maybe_initialize_distributed(enabled) is False
+    assert distributed.maybe_initialize_distributed(enabled) is False

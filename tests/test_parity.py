@@ -17,8 +17,8 @@ import numpy as np
 import optax
 import pytest
 
-from regnet_jax.complexity import count
-from regnet_jax.convert import from_pycls, to_pycls
+from regnet_jax.models.complexity import count
+from regnet_jax.weights.layouts import from_pycls, to_pycls
 from regnet_jax.models import create_model, layers, model_spec
 from tests import golden
 

@@ -1,5 +1,5 @@
-"""The path layer (regnet_jax.paths) and the preemption-safe run records written through it (metrics.JsonlLog,
-metrics.EventLog): URLs stay URLs, writes are whole or absent, appends all or nothing, storage faults named."""
+"""The path layer (regnet_jax.core.paths) and the preemption-safe run records written through it (run_records.JsonlLog,
+EventLog): URLs stay URLs, writes are whole or absent, appends all or nothing, storage faults named."""
 
 import errno
 import json
@@ -7,7 +7,9 @@ import os
 
 import pytest
 
-from regnet_jax import metrics, paths
+from regnet_jax.core import paths
+from regnet_jax.training import records as run_records
+from regnet_jax.training.events import EventLog
 
 
 def test_urls_stay_urls_and_local_paths_become_absolute(tmp_path, monkeypatch):
@@ -69,26 +71,26 @@ def test_storage_faults_are_recognised_through_wrapping_exceptions(tmp_path, exc
 
 
 def test_a_resumed_log_drops_what_came_after_its_checkpoint_and_torn_lines(tmp_path):
-    path = tmp_path / metrics.TRAIN_FILE
+    path = tmp_path / run_records.TRAIN_FILE
     lines = [json.dumps({"step": s, "loss": 1.0}) for s in (1, 2, 3, 4, 5, 6)]
     path.write_text("\n".join(lines) + '\n{"step": 7, "lo')  # killed mid-line after step 6, checkpoint at step 4
-    log = metrics.JsonlLog(path, resume_step=4)
+    log = run_records.JsonlLog(path, resume_step=4)
     assert [r["step"] for r in log.records] == [1, 2, 3, 4]
     assert path.read_text() == "".join(line + "\n" for line in lines[:4])  # rewritten whole
     log.append({"step": 5, "loss": 0.5})
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3, 4, 5]
-    reader = metrics.JsonlLog(path, resume_step=5, write=False)  # another process's view: nothing written
+    reader = run_records.JsonlLog(path, resume_step=5, write=False)  # another process's view: nothing written
     assert [r["step"] for r in reader.records] == [1, 2, 3, 4, 5]
 
 
 def test_tensorboard_reads_the_events_and_drops_those_a_resumed_run_redid(tmp_path):
     from tensorboard.backend.event_processing import event_accumulator
 
-    first = metrics.EventLog(tmp_path, resume_step=0)
+    first = EventLog(tmp_path, resume_step=0)
     first.hparams({"params": 10, "flops": 20})
     for step in (1, 2, 3):
         first.scalars(step, {"train/loss": float(step)})
-    resumed = metrics.EventLog(tmp_path, resume_step=2)  # killed after step 3, resumed from the checkpoint of step 2
+    resumed = EventLog(tmp_path, resume_step=2)  # killed after step 3, resumed from the checkpoint of step 2
     for step in (3, 4):
         resumed.scalars(step, {"train/loss": 10.0 * step})
     assert len([f for f in os.listdir(tmp_path) if "tfevents" in f]) == 2

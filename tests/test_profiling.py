@@ -11,7 +11,7 @@ import pytest
 from helpers_train import tiny_config
 
 from regnet_jax.config import ConfigError, validate_config
-from regnet_jax.profiling import StepProfiler
+from regnet_jax.training.profiling import StepProfiler
 
 
 def _traced_steps(logdir: str) -> list[int]:

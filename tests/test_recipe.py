@@ -12,9 +12,15 @@ import numpy as np
 import pytest
 
 from regnet_jax import config as config_lib
-from regnet_jax import checkpoint, data, optim, parallel, precise_bn, zoo
-from regnet_jax.config import ConfigError, batch_layout
-from regnet_jax.convert import from_pycls, to_pycls
+from regnet_jax import data
+from regnet_jax.core import distributed
+from regnet_jax.models import zoo
+from regnet_jax.training import optimizer, precise_bn
+from regnet_jax.training import steps as train_steps
+from regnet_jax.weights.pretrained import load_pretrained
+from regnet_jax.config import ConfigError
+from regnet_jax.core.distributed import batch_layout
+from regnet_jax.weights.layouts import from_pycls, to_pycls
 from regnet_jax.models import create_model
 from regnet_jax.models.layers import BatchNorm
 from regnet_jax.train import train_and_evaluate
@@ -50,7 +56,7 @@ def _random_batches(n, batch, seed=0):
 def _vanilla_model():
     config = tiny_config(**{"optim.base_lr": 0.5, "optim.warmup_epochs": 0})
     config.model = VANILLA
-    return config, create_model(config, bn_axis_name=parallel.AXIS)
+    return config, create_model(config, bn_axis_name=distributed.AXIS)
 
 
 @pytest.fixture(scope="module")
@@ -58,24 +64,24 @@ def runs():
     """``run(devices, bn_group_size, grad_accum_steps, order=None, accumulation='auto')``: the state after 3 steps at
     batch 128 (memoised). On CPU 'auto' unrolls the micro-batches; 'loop' is what GPUs and TPUs run."""
     config, model = _vanilla_model()
-    params = jax.eval_shape(lambda: parallel.init_variables(model, jax.random.key(0), IMAGE))["params"]
-    tx = optim.make_optimizer(config, steps_per_epoch=2, params=params)
+    params = jax.eval_shape(lambda: train_steps.init_variables(model, jax.random.key(0), IMAGE))["params"]
+    tx = optimizer.make_optimizer(config, steps_per_epoch=2, params=params)
     batches = _random_batches(3, BATCH)
-    initial = jax.device_get(parallel.create_train_state(model, tx, jax.random.key(0), IMAGE, parallel.make_mesh(), ema=True))
+    initial = jax.device_get(train_steps.create_train_state(model, tx, jax.random.key(0), IMAGE, distributed.make_mesh(), ema=True))
     done = {}
 
     def run(devices, group, accum, order=None, accumulation="auto"):
         key = (devices, group, accum, None if order is None else tuple(order), accumulation)
         if key not in done:
-            mesh = parallel.make_mesh(jax.devices()[:devices])
-            state = parallel.replicate(initial, mesh)
-            step = parallel.make_train_step(
+            mesh = distributed.make_mesh(jax.devices()[:devices])
+            state = distributed.replicate(initial, mesh)
+            step = train_steps.make_train_step(
                 model, tx, mesh, num_classes=10, ema_decay=0.5, bn_group_size=group, grad_accum_steps=accum, accumulation=accumulation
             )
             losses = []
             for b in batches:
                 b = b if order is None else {k: v[order] for k, v in b.items()}
-                state, m = step(state, parallel.shard_batch(b, mesh))
+                state, m = step(state, distributed.shard_batch(b, mesh))
                 losses.append(float(m["loss"]))
                 assert int(m["count"]) == BATCH
             done[key] = (jax.device_get(state), losses)
@@ -104,7 +110,7 @@ def test_groups_of_16_on_8_devices_equal_1x8_and_2x4_accumulation(runs):
 
 def test_groups_spanning_devices_equal_groups_inside_a_device(runs):
     """Groups of 32 on 2 devices x 4 micro-batches (each group spans both devices: BN averages over the mesh's inner
-    axis; fed the batch in the order that makes its groups the same images, see regnet_jax.parallel) == 1 device x 4
+    axis; fed the batch in the order that makes its groups the same images, see regnet_jax.training.steps) == 1 device x 4
     micro-batches of one group each."""
     reference = runs(1, 32, 4, accumulation="loop")
     # 2 devices x 4 micro-batches: micro-batch i's group is rows [16i, 16i+16) of device 0 and of device 1.
@@ -180,11 +186,11 @@ def _stats_by_hand(model, variables, batches, group):
 def test_precise_bn_equals_statistics_recomputed_by_hand(runs):
     """Issue 12 (c), on 2 devices with 2 micro-batches and 2 statistics groups of 16 per micro-batch and device."""
     _, model = _vanilla_model()
-    mesh = parallel.make_mesh(jax.devices()[:2])
+    mesh = distributed.make_mesh(jax.devices()[:2])
     variables = runs(8, 16, 1)[0].variables()  # trained weights; precise BN ignores the old running statistics
     batches = _random_batches(3, BATCH, seed=1)
-    step = parallel.make_bn_stats_step(model, mesh, bn_group_size=16, grad_accum_steps=2)
-    stats = jax.device_get(precise_bn.recompute_batch_stats(step, variables, (parallel.shard_batch(b, mesh) for b in batches), 2))
+    step = train_steps.make_bn_stats_step(model, mesh, bn_group_size=16, grad_accum_steps=2)
+    stats = jax.device_get(precise_bn.recompute_batch_stats(step, variables, (distributed.shard_batch(b, mesh) for b in batches), 2))
     expected = _stats_by_hand(model, variables, batches[:2], 16)  # count=2: only the first two batches
     flat, running = ({tuple(k.key for k in path): v for path, v in jax.tree_util.tree_flatten_with_path(t)[0]} for t in (stats, variables["batch_stats"]))
     assert len(expected) == 5 and len(flat) == 10  # every BN layer: the stem's and two per vanilla block
@@ -202,10 +208,10 @@ def test_trainer_applies_precise_bn_with_groups_and_accumulation(tmp_path):
     )  # 32 images per step, 2 per device and micro-batch: groups of 8 span 4 devices
     config.model = VANILLA
     train_and_evaluate(config, str(tmp_path))
-    mesh = parallel.make_mesh()
-    step = parallel.make_bn_stats_step(create_model(config, bn_axis_name=parallel.AXIS), mesh, bn_group_size=8, grad_accum_steps=2)
+    mesh = distributed.make_mesh()
+    step = train_steps.make_bn_stats_step(create_model(config, bn_axis_name=distributed.AXIS), mesh, bn_group_size=8, grad_accum_steps=2)
     for ema in (False, True):
-        variables = checkpoint.load_pretrained(str(tmp_path), ema=ema).variables
+        variables = load_pretrained(str(tmp_path), ema=ema).variables
         batches = data.device_prefetch(data.TrainInput(config).epoch(0), mesh)
         expected = precise_bn.recompute_batch_stats(step, variables, batches, 2)
         _assert_trees_close(variables["batch_stats"], jax.device_get(expected), rtol=1e-5, atol=1e-6)
@@ -230,15 +236,15 @@ def test_one_step_equals_pycls_ddp_on_4_gpus():
     config = config_lib.base_config(meta["model"], batch_size=meta["batch"])
     config.optim.update(base_lr=meta["lr"], momentum=meta["momentum"], nesterov=meta["nesterov"], weight_decay=meta["weight_decay"], warmup_epochs=0)
     variables = from_pycls(before, meta["model"])
-    tx = optim.make_optimizer(config, steps_per_epoch=1, params=variables["params"])
-    mesh = parallel.make_mesh(jax.devices()[:devices])
-    state = parallel.replicate(parallel.state_from_variables(variables, tx, ema=False), mesh)
-    step = parallel.make_train_step(
-        create_model(config, bn_axis_name=parallel.AXIS), tx, mesh, num_classes=meta["model"]["num_classes"],
+    tx = optimizer.make_optimizer(config, steps_per_epoch=1, params=variables["params"])
+    mesh = distributed.make_mesh(jax.devices()[:devices])
+    state = distributed.replicate(train_steps.state_from_variables(variables, tx, ema=False), mesh)
+    step = train_steps.make_train_step(
+        create_model(config, bn_axis_name=distributed.AXIS), tx, mesh, num_classes=meta["model"]["num_classes"],
         bn_group_size=meta["per_chunk"], grad_accum_steps=accum, accumulation="loop",
     )  # fmt: skip
     batch = {"image": x.transpose(0, 2, 3, 1), "label": y.astype(np.int32)}
-    state, metrics = step(state, parallel.shard_batch(batch, mesh))
+    state, metrics = step(state, distributed.shard_batch(batch, mesh))
     assert _rel_err(metrics["loss"], want["loss"]) <= 1e-5
     got = to_pycls(jax.device_get(state.variables()))
     updates = {k: _rel_err(got[k] - before[k], want[f"param/{k}"] - before[k]) for k in golden.parameters(case_meta)}

@@ -11,7 +11,10 @@ import subprocess
 import orbax.checkpoint as ocp
 import pytest
 
-from regnet_jax import checkpoint, metrics, paths
+from regnet_jax.core import paths
+from regnet_jax.training import checkpoint
+from regnet_jax.training import records as run_records
+from regnet_jax.weights.pretrained import load_pretrained
 from regnet_jax.train import train_and_evaluate
 from tests.helpers_train import tiny_config
 
@@ -44,9 +47,9 @@ def _assert_intact(workdir):
     steps = ckpt.steps()
     ckpt.close()
     assert steps, "no checkpoint survived"
-    pre = checkpoint.load_pretrained(workdir)
+    pre = load_pretrained(workdir)
     assert pre.source.endswith(f"step {steps[-1]}")
-    for name in (metrics.TRAIN_FILE, metrics.EVAL_FILE):
+    for name in (run_records.TRAIN_FILE, run_records.EVAL_FILE):
         lines = (workdir / name).read_text().splitlines() if (workdir / name).exists() else []
         records = [json.loads(line) for line in lines]
         assert [r["step"] for r in records] == sorted({r["step"] for r in records})

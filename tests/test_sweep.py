@@ -14,7 +14,7 @@ import time
 import ml_collections
 import pytest
 
-from regnet_jax.complexity import count
+from regnet_jax.models.complexity import count
 from regnet_jax.config import ConfigError, base_lr, validate_config, validate_model
 from regnet_jax.design_space import get_space
 from regnet_jax.design_space.collect import collect

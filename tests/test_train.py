@@ -14,10 +14,13 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from regnet_jax import checkpoint, evaluate, predict, weights
+from regnet_jax.training import checkpoint, evaluation, prediction
+from regnet_jax.weights import files as weight_files
+from regnet_jax.weights.pretrained import load_pretrained
 from regnet_jax.config import ConfigError, validate_config
-from regnet_jax.config_file import load_config_file
-from regnet_jax.train import NonFiniteLossError, train_and_evaluate
+from regnet_jax.config import load_config_file
+from regnet_jax.train import train_and_evaluate
+from regnet_jax.training.trainer import NonFiniteLossError
 from tests.helpers_train import REPO, TINY_MODEL, free_port, run_cli, start_cli, stop, tiny_config, write_config_file
 
 EVAL_KEYS = {"step", "epoch", "top1_err", "top5_err", "loss"}
@@ -42,7 +45,7 @@ def _copy(trained, tmp_path):
 
 
 def _final_variables(workdir):
-    return checkpoint.load_pretrained(str(workdir)).variables
+    return load_pretrained(str(workdir)).variables
 
 
 def _assert_same_variables(a, b, rtol=1e-6):
@@ -106,18 +109,18 @@ def test_resuming_with_a_changed_config_is_refused_unless_allowed_and_keeps_the_
 
 def test_a_workdir_describes_itself_to_evaluate_and_predict(trained, tmp_path, monkeypatch):
     workdir, final = str(trained[0]), trained[1]["final"]
-    own = evaluate.evaluate(None, workdir)  # python -m regnet_jax.evaluate --checkpoint=WORKDIR
+    own = evaluation.evaluate(None, workdir)  # python -m regnet_jax.evaluate --checkpoint=WORKDIR
     assert own["top1_err"] == pytest.approx(final["top1_err"]) and own["loss"] == pytest.approx(final["loss"], rel=1e-5)
-    from_json = evaluate.evaluate(ml_collections.ConfigDict(load_config_file(f"{workdir}/config.json")), workdir)  # --config=WORKDIR/config.json
+    from_json = evaluation.evaluate(ml_collections.ConfigDict(load_config_file(f"{workdir}/config.json")), workdir)  # --config=WORKDIR/config.json
     assert from_json["loss"] == pytest.approx(own["loss"], rel=1e-6)
-    other = evaluate.evaluate(None, workdir, split="train")  # --split: the training digits (first 50)
+    other = evaluation.evaluate(None, workdir, split="train")  # --split: the training digits (first 50)
     assert other["count"] == own["count"] == 50 and other["loss"] != own["loss"]
     from PIL import Image
 
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 40, 3), np.uint8)).save(tmp_path / "x.png")
-    seen, real = [], predict.preprocess
-    monkeypatch.setattr(predict, "preprocess", lambda path, conv, res, crop: seen.append((res, crop)) or real(path, conv, res, crop))
-    predict.predict(workdir, [str(tmp_path / "x.png")])
+    seen, real = [], prediction.preprocess
+    monkeypatch.setattr(prediction, "preprocess", lambda path, conv, res, crop: seen.append((res, crop)) or real(path, conv, res, crop))
+    prediction.predict(workdir, [str(tmp_path / "x.png")])
     assert seen == [(16, 224 / 256)]  # the run's resolution and eval crop, not 224 px
 
 
@@ -264,7 +267,7 @@ def test_finetune_from_a_workdir_with_new_classes_and_frozen_trunk(trained, tmp_
 
 def test_finetune_from_weights_applies_their_input_conventions(trained, tmp_path):
     variables = _final_variables(trained[0])
-    weights.save_weights(str(tmp_path / "weights"), variables, TINY_MODEL, weights.input_spec("bgr", (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)))
+    weight_files.save_weights(str(tmp_path / "weights"), variables, TINY_MODEL, weight_files.input_spec("bgr", (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)))
     config = tiny_config(num_epochs=1, init_from=str(tmp_path / "weights"))
     summary = train_and_evaluate(config, str(tmp_path / "tuned"))
     resolved = json.loads((tmp_path / "tuned" / "config.json").read_text())

@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from regnet_jax import workdir_lock
+from regnet_jax.training import workdir_lock
 from regnet_jax.train import train_and_evaluate
-from regnet_jax.workdir_lock import LOCK_FILE, WorkdirBusyError, WorkdirLock
+from regnet_jax.training.workdir_lock import LOCK_FILE, WorkdirBusyError, WorkdirLock
 from tests.helpers_train import tiny_config
 
 

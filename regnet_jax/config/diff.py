@@ -1,13 +1,14 @@
 """What changed between the config a run started with and the one it is resumed with, and whether that is allowed.
 
-    changes = config_diff.diff(saved, new)          # [Change('optim.label_smoothing', 0.0, 0.1), ...]
+    changes = diff.diff(saved, new)          # [Change('optim.label_smoothing', 0.0, 0.1), ...]
     harmful = [c for c in changes if not c.harmless]
 
 A change is *harmless* when it leaves what is trained and what is measured as they were: how often to log,
 evaluate or checkpoint, the evaluation batch (evaluation is exact whatever the batch), the input pipeline's
 prefetch and cache, where the data lives, the bad-image tolerance, ``init_from`` (read only at step 0), and a field
-the saved config lacks (added to regnet_jax after the run started; its default is the old behaviour). Every other
-change (model, optimiser, schedule, epochs, batch, data, augmentation, seed, ...) changes the run's meaning:
+the saved config lacks (added to regnet_jax after the run started; its default is the old behaviour; both configs
+are compared complete, ``schema.complete_config``, so a field whose old value the schema knows counts as that value).
+Every other change (model, optimiser, schedule, epochs, batch, data, augmentation, seed, ...) changes the run's meaning:
 ``check_resume`` refuses it unless the user asks to continue with it (``--allow_config_change``, docs/training.md).
 The learning rate is compared as resolved (``regnet_jax.config.base_lr``), however it is written.
 """
@@ -21,8 +22,9 @@ from typing import Any
 
 import ml_collections
 
-from regnet_jax.config import RECIPE_DEFAULTS, ConfigError, base_lr
-from regnet_jax.config_file import flat_fields
+from regnet_jax.config.files import flat_fields
+from regnet_jax.config.schema import base_lr, complete_config
+from regnet_jax.core.errors import ConfigError
 
 HARMLESS = frozenset({
     "log_every_steps", "eval_every_epochs", "eval_batch_size", "checkpoint_every_steps", "keep_checkpoints",
@@ -48,13 +50,13 @@ class Change:
 
 
 def _comparable(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The flat fields of a config, its learning rate resolved (lr_per_128 x batch / 128, or the pinned base_lr)."""
-    flat = flat_fields(json.loads(json.dumps(config)))  # as JSON: tuples are lists
+    """The flat fields of the complete config, its learning rate resolved (lr_per_128 x batch / 128, or the pinned
+    base_lr)."""
+    config = complete_config(json.loads(json.dumps(config)))  # as JSON: tuples are lists
+    flat = flat_fields(config)
     if "optim.base_lr" in flat and "batch_size" in flat:
-        flat["optim.base_lr"] = base_lr(ml_collections.ConfigDict(dict(config)))
+        flat["optim.base_lr"] = base_lr(ml_collections.ConfigDict(config))
         flat.pop("optim.lr_per_128", None)
-    for field, default in RECIPE_DEFAULTS.items():  # a config.json written before these fields trained with the defaults
-        flat.setdefault(field, default)
     return flat
 
 

@@ -2,16 +2,20 @@
 
     config = load_config_file("configs/regnetx_400mf.py:25ep")     # get_config('25ep') of that file
     apply_overrides(config, [Override("model.depths", "(3,4,23,3)")])   # --config.model.depths=(3,4,23,3)
+    define_config_flag("config", "A config file, e.g. configs/regnetx_400mf.py[:25ep].", flag_values=flag_values)
+    config_path(flag_values)                                       # the file (and ':arg') it was given as
 
 A config file is a Python file with ``get_config()`` (or ``get_config(arg)``, given as ``file.py:arg``). An override
 sets one existing field (at any depth), its text parsed by the field's current type; lists and tuples take a Python
 literal (``(3,4,23,3)`` or ``3,4,23,3``). Unknown fields are refused with the closest known names.
+
+A command's ``--config`` flag: its value is the file's config with the ``--config.FIELD=VALUE`` overrides applied
+(``regnet_jax.core.cli.parse_flags`` collects them), shrunk in smoke mode (``config.smoke``), and locked.
 """
 
 from __future__ import annotations
 
 import ast
-import dataclasses
 import difflib
 import importlib.util
 import inspect
@@ -22,8 +26,11 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import ml_collections
+from absl import flags
 
-from regnet_jax.config import ConfigError
+from regnet_jax.config.smoke import shrink_loaded
+from regnet_jax.core.cli import OverridableFlag, Override
+from regnet_jax.core.errors import ConfigError
 
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
@@ -97,21 +104,6 @@ def load_config_file(path_arg: str) -> Any:
         raise
     except Exception as e:  # a bug in the user's config file: report its file, line and error, not our traceback
         raise _error_in_file(path, e) from None
-
-
-@dataclasses.dataclass(frozen=True)
-class Override:
-    """One ``--config.PATH=TEXT``; ``text`` is None for a bare ``--config.PATH`` (or ``--noconfig.PATH``: negated)."""
-
-    path: str
-    text: str | None
-    negated: bool = False
-    flag: str = "config"
-
-    def __str__(self) -> str:
-        if self.text is None:
-            return f"--{'no' if self.negated else ''}{self.flag}.{self.path}"
-        return f"--{self.flag}.{self.path}={self.text}"
 
 
 def flat_fields(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -244,3 +236,35 @@ def apply_overrides(config: Any, overrides: Iterable[Override]) -> Any:
     for ov in overrides:
         apply_override(config, ov)
     return config
+
+
+class _ConfigFileFlag(OverridableFlag):
+    """``--NAME=FILE[:ARG]``: its value is the file's config with the ``--NAME.FIELD=VALUE`` overrides applied."""
+
+    def __init__(self, name: str, help_string: str, lock: bool):
+        super().__init__(flags.ArgumentParser(), flags.ArgumentSerializer(), name, None, help_string)
+        self.lock = lock
+        self.path: str | None = None  # as given, with any ':ARG'
+        self.overrides: list[Override] = []  # set by parse_flags before absl parses the command line
+
+    def _parse(self, argument):
+        if argument is None or isinstance(argument, ml_collections.ConfigDict):
+            return argument
+        self.path = argument
+        config = load_config_file(argument)
+        if isinstance(config, Mapping) and not isinstance(config, ml_collections.ConfigDict):  # a .json file
+            config = ml_collections.ConfigDict(config)
+        config = shrink_loaded(apply_overrides(config, self.overrides))
+        if self.lock and isinstance(config, ml_collections.ConfigDict):
+            config.lock()
+        return config
+
+
+def define_config_flag(name: str, help_string: str, lock: bool = True, flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Define ``--NAME`` (a config file; its ``--NAME.FIELD=VALUE`` overrides are applied by ``parse_flags``)."""
+    flags.DEFINE_flag(_ConfigFileFlag(name, help_string, lock), flag_values)
+
+
+def config_path(flag_values: flags.FlagValues, name: str = "config") -> str:
+    """The file (and ':arg') a config flag was given as."""
+    return flag_values[name].path

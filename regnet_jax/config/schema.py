@@ -1,17 +1,24 @@
-"""The config schema shared by every tool, its validation, and the training-schedule presets.
+"""The config schema shared by every tool: its fields and defaults, validation, and the training-schedule presets.
 
 ``config.model`` describes an AnyNet or a RegNet (field names are a public contract: sweeps, configs and the
-trainer all use them); the rest of the config describes data, optimisation and the run. Validation turns every
-bad value into a ``ConfigError`` that names the field, the value and what is allowed.
+trainer all use them); the rest of the config describes data, optimisation and the run. ``base_config`` writes every
+field with its default; ``validate_config`` returns the complete config (``complete_config``: the fields an older
+config or a workdir's config.json lacks, filled with the values it was trained with) and turns every bad value into
+a ``ConfigError`` that names the field, the value and what is allowed. These are the only places that know a
+field's default: the rest of the package reads the fields of a complete config.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
+import copy
 from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
+
+from regnet_jax.core.distributed import batch_layout
+from regnet_jax.core.errors import ConfigError
 
 MODEL_TYPES = ("regnet", "anynet")
 STEM_TYPES = ("simple_stem_in", "res_stem_in", "res_stem_cifar")
@@ -33,10 +40,6 @@ OPTIONAL_MODEL_FIELDS: dict[str, Any] = {
     "param_dtype": "float32",
 }
 QUANT = 8
-
-
-class ConfigError(ValueError):
-    """A config value is missing, unknown or out of range; the message names the field and the fix."""
 
 
 def _as_dict(model: Any) -> dict[str, Any]:
@@ -150,19 +153,17 @@ SCHEDULES: dict[str, dict[str, Any]] = {
     "10ep": dict(num_epochs=10, batch_size=128, lr_per_128=0.05, warmup_epochs=0, bn_group_size=128),
 }
 LR_PER_128 = 0.1  # the reference recipe's linear scaling rule: lr 0.1 per 128 images of the global batch
-
-
-def _lr_per_128(config: ml_collections.ConfigDict) -> float:
-    return config.optim.get("lr_per_128", LR_PER_128)  # configs written before the field existed: the recipe's
+PRECISE_BN_IMAGES = 8192  # images used by precise BN (pycls's BN.NUM_SAMPLES_PRECISE)
 
 
 def _rule_lr(config: ml_collections.ConfigDict) -> float:
-    return _lr_per_128(config) * config.batch_size / 128
+    return config.optim.lr_per_128 * config.batch_size / 128
 
 
 def base_lr(config: ml_collections.ConfigDict) -> float:
     """The learning rate the schedule starts from: ``optim.base_lr`` when it is set (> 0), else the linear scaling
-    rule ``optim.lr_per_128 * batch_size / 128``, so that changing the batch changes the lr with it."""
+    rule ``optim.lr_per_128 * batch_size / 128``, so that changing the batch changes the lr with it. (Here, not in
+    the optimizer: comparing two configs, ``config.diff``, compares their resolved learning rates.)"""
     return float(config.optim.base_lr) if config.optim.base_lr else _rule_lr(config)
 
 
@@ -171,22 +172,7 @@ def describe_lr(config: ml_collections.ConfigDict) -> str:
     rule = _rule_lr(config)
     if config.optim.base_lr:
         return f"base lr {base_lr(config):g}, pinned by config.optim.base_lr (the rule lr_per_128 x batch / 128 would give {rule:g})"
-    return f"base lr {rule:g} = config.optim.lr_per_128 {_lr_per_128(config):g} x batch {config.batch_size} / 128"
-
-
-# Recipe fields added after the first configs were written (sweep configs and workdirs' config.json may lack them:
-# absent = these defaults, the behaviour those configs were trained with).
-RECIPE_DEFAULTS: dict[str, Any] = dict(
-    grad_accum_steps=1,  # micro-batches per optimizer step (k of them = the math of k times as many devices)
-    bn_group_size=0,  # images per BatchNorm statistics group; 0 = the whole global batch
-    precise_bn=False,  # recompute the BN running statistics on training images after every epoch (pycls option)
-    precise_bn_images=8192,  # images used by precise BN (pycls's BN.NUM_SAMPLES_PRECISE)
-)
-
-
-def recipe_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """``config``'s RECIPE_DEFAULTS fields, the defaults where it lacks them."""
-    return {k: config.get(k, v) for k, v in RECIPE_DEFAULTS.items()}
+    return f"base lr {rule:g} = config.optim.lr_per_128 {config.optim.lr_per_128:g} x batch {config.batch_size} / 128"
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, on [0, 1] pixels (reference.md §4.2)
@@ -211,8 +197,10 @@ def base_config(model: Mapping[str, Any], batch_size: int = 1024, schedule: str 
     c.schedule = schedule
     c.num_epochs = preset["num_epochs"]
     c.batch_size = bs  # global, over all devices of all processes, per optimizer step
-    c.update(RECIPE_DEFAULTS)  # grad_accum_steps, precise_bn, precise_bn_images (documented at RECIPE_DEFAULTS)
-    c.bn_group_size = preset["bn_group_size"]
+    c.grad_accum_steps = 1  # micro-batches per optimizer step (k of them = the math of k times as many devices)
+    c.bn_group_size = preset["bn_group_size"]  # images per BatchNorm statistics group; 0 = the whole global batch
+    c.precise_bn = False  # recompute the BN running statistics on training images after every epoch (pycls option)
+    c.precise_bn_images = PRECISE_BN_IMAGES
     c.eval_batch_size = 0  # 0 = same as batch_size
     c.seed = 0
     c.dataset = ml_collections.ConfigDict(
@@ -259,7 +247,7 @@ def base_config(model: Mapping[str, Any], batch_size: int = 1024, schedule: str 
     c.keep_checkpoints = 3  # the last N are kept, plus the best by top-1 error
     c.init_from = ""  # fine-tuning: a weights directory (regnet_jax.convert) or a training workdir
     c.freeze_trunk = False  # with init_from: train only the head (linear probe; the trunk's BN stays in eval mode)
-    c.profile_steps = ()  # (start, end): a jax.profiler trace of those steps into the workdir (regnet_jax.profiling)
+    c.profile_steps = ()  # (start, end): a jax.profiler trace of those steps into the workdir (regnet_jax.training.profiling)
     return c
 
 
@@ -273,20 +261,51 @@ def _is_step_window(steps: Any) -> bool:
     return len(steps) == 0 or (len(steps) == 2 and all(_is_int(s) for s in steps) and 0 <= steps[0] < steps[1])
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Check a full training config (model and training fields); raise ConfigError naming the field and the fix."""
+# Fields added after the first configs were written. A config without one (an older config file, the config.json of
+# an older run, a sweep's) was trained with this value: ``complete_config`` fills it in.
+ADDED_FIELDS: dict[str, Any] = {
+    "grad_accum_steps": 1,
+    "bn_group_size": 0,  # the whole global batch
+    "precise_bn": False,
+    "precise_bn_images": PRECISE_BN_IMAGES,
+    "profile_steps": (),
+    "dataset.max_bad_image_fraction": MAX_BAD_IMAGE_FRACTION,
+    "optim.lr_per_128": LR_PER_128,
+}
+
+
+def complete_config(config: ml_collections.ConfigDict | Mapping[str, Any]) -> Any:
+    """A copy of ``config`` (a ConfigDict or a plain nested dict, e.g. a workdir's config.json) with every
+    ``ADDED_FIELDS`` field it lacks filled in; a group the config has not at all (a model-only config) stays absent."""
+    config = copy.deepcopy(config)
+    unlocked = config.unlocked() if isinstance(config, ml_collections.ConfigDict) else contextlib.nullcontext()
+    with unlocked:
+        for path, default in ADDED_FIELDS.items():
+            *groups, field = path.split(".")
+            node = config
+            for group in groups:
+                node = node[group] if group in node else None
+                if node is None:
+                    break
+            if node is not None and field not in node:
+                node[field] = copy.deepcopy(default)
+    return config
+
+
+def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The complete config (``complete_config``: a copy, every field present) after checking every field, model and
+    training; raises ConfigError naming the field and the fix."""
+    config = complete_config(config)
     validate_model(config.model)
-    bad_fraction = config.dataset.get("max_bad_image_fraction", MAX_BAD_IMAGE_FRACTION)  # configs written before it existed
-    lr_per_128 = _lr_per_128(config)
-    r = recipe_options(config)
+    lr_per_128, bad_fraction = config.optim.lr_per_128, config.dataset.max_bad_image_fraction
     checks = [
         ("resolution", _is_int(config.resolution) and config.resolution >= 8, "an integer >= 8 (pixels)"),
         ("num_epochs", _is_int(config.num_epochs) and config.num_epochs >= 1, "a positive integer"),
         ("batch_size", _is_int(config.batch_size) and config.batch_size >= 1, "a positive integer (global batch)"),
-        ("grad_accum_steps", _is_int(r["grad_accum_steps"]) and r["grad_accum_steps"] >= 1, "a positive integer (1 = no accumulation)"),
-        ("bn_group_size", _is_int(r["bn_group_size"]) and r["bn_group_size"] >= 0, "0 (the whole global batch) or a positive integer (images)"),
-        ("precise_bn", isinstance(r["precise_bn"], bool), "True or False"),
-        ("precise_bn_images", _is_int(r["precise_bn_images"]) and r["precise_bn_images"] >= 1, "a positive integer (images)"),
+        ("grad_accum_steps", _is_int(config.grad_accum_steps) and config.grad_accum_steps >= 1, "a positive integer (1 = no accumulation)"),
+        ("bn_group_size", _is_int(config.bn_group_size) and config.bn_group_size >= 0, "0 (the whole global batch) or a positive integer (images)"),
+        ("precise_bn", isinstance(config.precise_bn, bool), "True or False"),
+        ("precise_bn_images", _is_int(config.precise_bn_images) and config.precise_bn_images >= 1, "a positive integer (images)"),
         ("eval_batch_size", _is_int(config.eval_batch_size) and config.eval_batch_size >= 0, "0 (= batch_size) or a positive integer"),
         ("seed", _is_int(config.seed), "an integer"),
         ("dataset.name", isinstance(config.dataset.name, str) and config.dataset.name, f"a dataset name: {', '.join(DATASET_KINDS)}"),
@@ -313,7 +332,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         ("eval_every_epochs", _is_int(config.eval_every_epochs) and config.eval_every_epochs >= 0, "0 (only at the end) or a positive integer"),
         ("checkpoint_every_steps", _is_int(config.checkpoint_every_steps) and config.checkpoint_every_steps >= 0, "0 (every epoch) or a positive integer"),
         ("keep_checkpoints", _is_int(config.keep_checkpoints) and config.keep_checkpoints >= 1, "a positive integer"),
-        ("profile_steps", _is_step_window(config.get("profile_steps", ())), "() (off) or (start, end) with 0 <= start < end, e.g. (100, 110)"),
+        ("profile_steps", _is_step_window(config.profile_steps), "() (off) or (start, end) with 0 <= start < end, e.g. (100, 110)"),
     ]
     for field, ok, allowed in checks:
         if not ok:
@@ -321,72 +340,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             for part in field.split("."):
                 value = value[part]
             raise _field_error(field, value, allowed)
-    batch_layout(config.batch_size, 1, r["grad_accum_steps"], r["bn_group_size"])  # the device-independent part
+    batch_layout(config.batch_size, 1, config.grad_accum_steps, config.bn_group_size)  # the device-independent part
     if config.freeze_trunk and not config.init_from:
         raise ConfigError("config.freeze_trunk=True needs config.init_from (a weights directory or a training workdir): a linear probe of a random trunk is meaningless")
-    if config.freeze_trunk and r["precise_bn"]:
+    if config.freeze_trunk and config.precise_bn:
         raise ConfigError("config.precise_bn=True with config.freeze_trunk=True: a linear probe keeps the trunk's BN statistics fixed; set precise_bn=False")
-
-
-@dataclasses.dataclass(frozen=True)
-class BatchLayout:
-    """How one optimizer step's global batch is split over devices, micro-batches and BatchNorm groups.
-
-    Every device runs ``micro_steps`` micro-batches of ``micro_batch`` images one after another; BatchNorm computes
-    statistics over groups of ``group_size`` images: ``groups_per_device`` slices of each device's micro-batch, or
-    (``devices_per_group`` > 1) the micro-batches of that many devices together.
-    """
-
-    global_batch: int
-    num_devices: int
-    micro_steps: int
-    group_size: int
-
-    @property
-    def micro_batch(self) -> int:
-        return self.global_batch // (self.num_devices * self.micro_steps)
-
-    @property
-    def groups_per_device(self) -> int:
-        return max(1, self.micro_batch // self.group_size)
-
-    @property
-    def devices_per_group(self) -> int:
-        return max(1, self.group_size // self.micro_batch)
-
-    @property
-    def num_groups(self) -> int:
-        """Statistics groups per optimizer step (over all devices and micro-batches)."""
-        return self.global_batch // self.group_size
-
-
-def batch_layout(global_batch: int, num_devices: int, grad_accum_steps: int = 1, bn_group_size: int = 0) -> BatchLayout:
-    """The ``BatchLayout`` of ``config.batch_size`` / ``grad_accum_steps`` / ``bn_group_size`` on ``num_devices``
-    devices, or a ConfigError naming the field and the values that would work."""
-    b, d, k, g = global_batch, num_devices, grad_accum_steps, bn_group_size
-    if b % (d * k):
-        across = f"the {d} devices" + (f" x config.grad_accum_steps={k} micro-batches" if k > 1 else "")
-        raise ConfigError(f"config.batch_size={b} is not divisible by {across}: use a multiple of {d * k}")
-    micro = b // k  # images per micro-step over all devices
-    if not g:
-        if k > 1:
-            raise ConfigError(
-                f"config.bn_group_size=0 (BatchNorm over the whole global batch) cannot be combined with "
-                f"config.grad_accum_steps={k}: micro-batches run one after another. Set config.bn_group_size to the "
-                f"images per statistics group, at most {micro} (e.g. {micro}, or 128 as pycls's 8-GPU recipe)"
-            )
-        g = b
-    if micro % g:
-        raise ConfigError(
-            f"config.bn_group_size={g} does not divide the {micro} images of a micro-batch (config.batch_size={b} / "
-            f"config.grad_accum_steps={k}): use a divisor of {micro}, or 0 for the whole batch"
-        )
-    per_device = micro // d
-    if per_device % g and g % per_device:
-        fits = [n for n in range(1, micro + 1) if micro % n == 0 and (per_device % n == 0 or n % per_device == 0)]
-        raise ConfigError(
-            f"config.bn_group_size={g} cannot be formed from the {d} devices' micro-batches of {per_device} images: a "
-            f"group must be a slice of one device's micro-batch or several whole ones. Possible sizes here: {fits}; "
-            "or change config.batch_size / config.grad_accum_steps / the device count"
-        )
-    return BatchLayout(b, d, k, g)
+    return config

@@ -3,13 +3,17 @@
 The docs harness (tests/test_docs.py) runs every documented command this way, and you can too, to check a command
 line in seconds before starting the real run (docs/training.md, "Smoke runs"). With the variable set:
 
-* every ``--config`` is shrunk as it is loaded (``shrink_config``): the model becomes the canonical tiny model of
-  its kind (``shrink_model``), training runs 1 epoch of 2 steps of 8 images at 16 px and evaluates 8 images, and a
-  TFDS dataset (ImageNet, tf_flowers, ...) is replaced by synthetic images; folder and quickstart data stay;
-* ``sweep setup`` samples at most 2 models and ``sweep analyze`` bootstraps 100 times;
-* ``benchmark`` times 1 step of 2 images at 16 px (``--zoo``: the first 2 models, shrunk).
+* every config a command loads is shrunk (``shrink_loaded``: a ``--config``, a workdir's config.json that ``evaluate``
+  falls back to, a sweep's model trained in-process, a zoo model benchmarked): the model becomes the canonical tiny
+  model of its kind (``shrink_model``), training runs 1 epoch of 2 steps of 8 images at 16 px and evaluates 8
+  images, and a TFDS dataset (ImageNet, tf_flowers, ...) is replaced by synthetic images; folder and quickstart data
+  stay;
+* a command's other work sizes are capped (``limits``, the table ``LIMITS``): ``sweep setup`` samples at most 2
+  models, ``sweep analyze`` bootstraps 100 times, ``benchmark`` times 1 step of 2 images at 16 px (``--zoo``: the
+  first 2 models), its ``--input_pipeline`` mode 2 batches of 4 at 16 px.
 
-Every tool that shrinks its work says so in one line on stderr.
+These two functions are the only hooks: the rest of the package never asks whether smoke mode is on. Every command
+that shrinks its work says so in one line on stderr.
 """
 
 from __future__ import annotations
@@ -26,10 +30,13 @@ RESOLUTION = 16
 BATCH = 8  # divisible by 1, 2, 4 and 8 devices
 TRAIN_EXAMPLES = 2 * BATCH
 EVAL_EXAMPLES = BATCH
-MAX_SWEEP_MODELS = 2
-BOOTSTRAP_REPEATS = 100
-BENCHMARK = dict(batch=2, steps=1, warmup=0, resolution=RESOLUTION)
-BENCHMARK_ZOO_MODELS = 2
+# The work sizes each command caps (``limits``): a value above the cap (or 0, "the default") becomes the cap.
+LIMITS: dict[str, dict[str, int]] = {
+    "benchmark": dict(batch=2, steps=1, warmup=0, resolution=RESOLUTION, models=2),  # models: of --zoo
+    "input-pipeline benchmark": dict(batch=4, steps=2, resolution=RESOLUTION),
+    "sweep setup": dict(n=2),
+    "sweep analyze": dict(bootstrap=100),
+}
 # Sources that are offline and small; any other dataset name is a TFDS dataset, replaced by synthetic images.
 KEPT_DATASETS = ("quickstart", "synthetic", "folder")
 
@@ -86,3 +93,19 @@ def shrink_config(config: Any) -> Any:
             d.name = "synthetic"
     announce(f"shrunk the config: tiny model, {RESOLUTION} px, 1 epoch of {TRAIN_EXAMPLES // BATCH} steps of {BATCH} images, small or synthetic data")
     return config
+
+
+def shrink_loaded(config: Any) -> Any:
+    """A config a command has just loaded: shrunk (``shrink_config``) in smoke mode, else unchanged."""
+    return shrink_config(config) if active() else config
+
+
+def limits(command: str, **sizes: int) -> dict[str, int]:
+    """``sizes`` (the command's work sizes: batch, steps, models, ...), capped by ``LIMITS[command]`` in smoke mode
+    (announced), else unchanged."""
+    if not active():
+        return sizes
+    caps = LIMITS[command]
+    capped = {k: min(v, caps[k]) if v and k in caps else caps.get(k, v) for k, v in sizes.items()}
+    announce(f"{command}: " + ", ".join(f"{k}={v}" for k, v in capped.items() if k in caps))
+    return capped

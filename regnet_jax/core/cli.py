@@ -1,65 +1,61 @@
-"""Shared plumbing of the command-line tools: the ``--config`` flag, and one-line errors (exit status 2) for bad input.
+"""The runner every command shares: flags defined on demand, ``--NAME.FIELD=VALUE`` overrides, one error pattern.
 
-    define_config_flag("config", "A config file, e.g. configs/regnetx_400mf.py[:25ep].")
-    run(main)     # FLAGS.config is the loaded ConfigDict, with every --config.FIELD=VALUE applied
+Every command (``regnet_jax/<command>.py``) has the same shape, and importing it defines no flags::
+
+    def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+        define_config_flag("config", "...", flag_values=flag_values)     # regnet_jax.config.files
+        flags.DEFINE_string("workdir", None, "...", flag_values=flag_values)
+
+    def main(argv: list[str]) -> int | None:    # reads flags.FLAGS: flags, call, print; returns the exit status
+        ...
+
+    if __name__ == "__main__":
+        run(main, define_flags)
 
 A mistake in the command line (an unknown flag, a missing or broken config file, an unknown or misspelt config
-field, a value of the wrong type) and a ``ConfigError`` raised by ``main`` print ``error: <one line>`` on stderr
-and exit with status 2. With ``REGNET_JAX_SMOKE=1`` every config is shrunk as it is loaded (``regnet_jax.smoke``).
+field, a value of the wrong type) and any ``UserError`` raised by ``main`` print ``error: <one line>`` on stderr and
+exit with status 2; anything else keeps its traceback. Only this runner ends the process.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
-import ml_collections
 from absl import app, flags
 
-from regnet_jax import smoke
-from regnet_jax.config import ConfigError
-from regnet_jax.config_file import Override, apply_overrides, load_config_file
+from regnet_jax.core.errors import ConfigError, UserError
 
-EXIT_USAGE = 2
+EXIT_USAGE = 2  # bad input: a config, a file, an argument (any UserError)
 
 
-class _ConfigFileFlag(flags.Flag):
-    """``--NAME=FILE[:ARG]``: its value is the file's config with the ``--NAME.FIELD=VALUE`` overrides applied."""
+@dataclasses.dataclass(frozen=True)
+class Override:
+    """One ``--config.PATH=TEXT``; ``text`` is None for a bare ``--config.PATH`` (or ``--noconfig.PATH``: negated)."""
 
-    def __init__(self, name: str, help_string: str, lock: bool):
-        super().__init__(flags.ArgumentParser(), flags.ArgumentSerializer(), name, None, help_string)
-        self.lock = lock
-        self.path: str | None = None  # as given, with any ':ARG'
-        self.overrides: list[Override] = []  # set by parse_flags before absl parses the command line
+    path: str
+    text: str | None
+    negated: bool = False
+    flag: str = "config"
 
-    def _parse(self, argument):
-        if argument is None or isinstance(argument, ml_collections.ConfigDict):
-            return argument
-        self.path = argument
-        config = load_config_file(argument)
-        if isinstance(config, Mapping) and not isinstance(config, ml_collections.ConfigDict):  # a .json file
-            config = ml_collections.ConfigDict(config)
-        config = apply_overrides(config, self.overrides)
-        if smoke.active():
-            config = smoke.shrink_config(config)
-        if self.lock and isinstance(config, ml_collections.ConfigDict):
-            config.lock()
-        return config
+    def __str__(self) -> str:
+        if self.text is None:
+            return f"--{'no' if self.negated else ''}{self.flag}.{self.path}"
+        return f"--{self.flag}.{self.path}={self.text}"
 
 
-def define_config_flag(name: str, help_string: str, lock: bool = True, flag_values: flags.FlagValues = flags.FLAGS) -> None:
-    """Define ``--NAME`` (a config file; its ``--NAME.FIELD=VALUE`` overrides are applied by ``parse_flags``)."""
-    flags.DEFINE_flag(_ConfigFileFlag(name, help_string, lock), flag_values)
+class OverridableFlag(flags.Flag):
+    """A flag ``--NAME=...`` that takes ``--NAME.FIELD=VALUE`` overrides: ``parse_flags`` takes them out of the
+    command line and sets ``overrides`` before absl parses the flag's value (``regnet_jax.config.files``'s
+    ``--config`` is one)."""
 
-
-def config_path(flag_values: flags.FlagValues, name: str = "config") -> str:
-    """The file (and ':arg') a config flag was given as."""
-    return flag_values[name].path
+    overrides: list[Override] = []
 
 
 def _split_overrides(argv: list[str], names: list[str]) -> tuple[list[str], dict[str, list[Override]]]:
-    """Take every ``--NAME.FIELD[=VALUE]`` / ``--noNAME.FIELD`` of a config flag NAME out of ``argv``."""
+    """Take every ``--NAME.FIELD[=VALUE]`` / ``--noNAME.FIELD`` of an overridable flag NAME out of ``argv``."""
     pattern = re.compile(rf"^--?(no)?({'|'.join(map(re.escape, names))})\.([^=]*)(=(.*))?$", re.S)
     rest, overrides = [], {n: [] for n in names}
     for i, arg in enumerate(argv):
@@ -78,10 +74,10 @@ def _split_overrides(argv: list[str], names: list[str]) -> tuple[list[str], dict
 
 
 def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
-    """absl's flag parsing plus the config flags' overrides; any mistake is a one-line error and exit status 2.
+    """absl's flag parsing plus the overridable flags' overrides; any mistake is a one-line error and exit status 2.
     Returns the positional arguments (with the program name first)."""
     try:
-        names = [n for n in flag_values if isinstance(flag_values[n], _ConfigFileFlag) and flag_values[n].name == n]
+        names = [n for n in flag_values if isinstance(flag_values[n], OverridableFlag) and flag_values[n].name == n]
         argv, overrides = _split_overrides(argv, names)
         for name in names:
             flag_values[name].overrides = overrides[name]
@@ -90,7 +86,7 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) ->
             if overrides[name] and flag_values[name].value is None:
                 raise ConfigError(f"{overrides[name][0]} needs a config file to override: add --{name}=FILE")
         return rest
-    except (ConfigError, flags.Error) as e:
+    except (UserError, flags.Error) as e:
         _exit_usage(e)
 
 
@@ -99,14 +95,16 @@ def _exit_usage(e: Exception) -> None:
     sys.exit(EXIT_USAGE)
 
 
-def run(main: Callable[[list[str]], None], user_errors: tuple[type[Exception], ...] = ()) -> None:
-    """``absl.app.run(main)``, turning command-line mistakes, ConfigError (and ``user_errors``) into 'error: ...'
-    and exit status 2."""
+def run(main: Callable[[list[str]], int | None], define_flags: Callable[[flags.FlagValues], None] | None = None) -> None:
+    """Define the command's flags, then ``absl.app.run(main)``: command-line mistakes and any ``UserError`` become
+    'error: ...' and exit status 2; ``main``'s return value is the exit status (None: 0)."""
+    if define_flags is not None:
+        define_flags(flags.FLAGS)
 
-    def wrapped(argv: list[str]) -> None:
+    def wrapped(argv: list[str]) -> int | None:
         try:
-            main(argv)
-        except (ConfigError, *user_errors) as e:
+            return main(argv)
+        except UserError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(EXIT_USAGE)
 

@@ -10,7 +10,10 @@ Every ``python -m regnet_jax.<tool>`` calls ``quiet_tool()`` from the package's 
   'tpu'", orbax's lines per checkpoint). Their warnings and errors, Python ``warnings``, and every record that
   regnet_jax itself logs are kept.
 
-An environment variable that is already set wins over these defaults. ``REGNET_JAX_VERBOSE=1`` turns all of it off.
+The library entry points (``train_and_evaluate``, ``evaluate``) call ``quiet_library_logs()`` too, and the data pipeline
+sets TensorFlow's log level (``quiet_environment("TF_CPP_MIN_LOG_LEVEL")``) before it imports TensorFlow: this module
+is the one place that sets these variables. An environment variable that is already set wins over these defaults.
+``REGNET_JAX_VERBOSE=1`` turns all of it off.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import sysconfig
 VERBOSE_ENV = "REGNET_JAX_VERBOSE"
 QUIET_ENVIRONMENT = {"TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "0"}
 
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep  # regnet_jax/
 
 
 def verbose() -> bool:
@@ -41,11 +44,13 @@ def started_as_tool() -> bool:
     return sys.argv[:1] == ["-m"]
 
 
-def quiet_environment() -> None:
-    """Set the environment defaults of QUIET_ENVIRONMENT (before TensorFlow is imported), unless verbose."""
+def quiet_environment(*names: str) -> None:
+    """Set the environment defaults of QUIET_ENVIRONMENT (``names`` only, if given; before TensorFlow is imported),
+    unless verbose."""
     if not verbose():
         for name, value in QUIET_ENVIRONMENT.items():
-            os.environ.setdefault(name, value)
+            if not names or name in names:
+                os.environ.setdefault(name, value)
 
 
 def _library_dirs() -> tuple[str, ...]:
@@ -70,12 +75,17 @@ class LibraryChatterFilter(logging.Filter):
 
 
 def quiet_library_logs() -> None:
-    """Filter library INFO/DEBUG records out of absl's log handler (what the tools log through), unless verbose."""
+    """Filter library INFO/DEBUG records (orbax's lines per checkpoint, gcsfs's per file, JAX's back-end notices) out of
+    absl's log handler, what the tools and the trainer log through, unless verbose. Idempotent."""
     from absl import logging as absl_logging
 
-    handler = absl_logging.get_absl_handler()
-    if not verbose() and not any(isinstance(f, LibraryChatterFilter) for f in handler.filters):
-        handler.addFilter(LibraryChatterFilter())
+    if verbose():
+        return
+    # The handler: records that reach the console through the root logger (JAX's, gcsfs's); the "absl" logger: what
+    # libraries log through absl itself (orbax), also kept out of other handlers of that logger (a sweep's train.log).
+    for target in (absl_logging.get_absl_handler(), logging.getLogger("absl")):
+        if not any(isinstance(f, LibraryChatterFilter) for f in target.filters):
+            target.addFilter(LibraryChatterFilter())
 
 
 def quiet_tool() -> None:

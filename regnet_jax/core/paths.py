@@ -9,7 +9,7 @@ through TensorFlow's (see docs/training.md, "TPU pod").
 * ``write_bytes/text/json`` replace a file whole: locally through a temporary file renamed over it; on object storage
   an object appears only when its upload completes, so it is written directly (a rename there is a copy).
 * ``append_bytes/text`` append all or nothing locally (a short write is truncated away); object storage has no
-  appends, so there the object is rewritten (buffer and call it rarely: ``metrics.JsonlLog`` does).
+  appends, so there the object is rewritten (buffer and call it rarely: ``training.records.JsonlLog`` does).
 * A full disk, a quota, a read-only or forbidden location, a missing bucket raise ``StorageError`` naming the path
   and, on local disks, the free space.
 """
@@ -35,7 +35,7 @@ os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 import fsspec  # noqa: E402
 from etils import epath  # noqa: E402
 
-from regnet_jax.config import ConfigError  # noqa: E402
+from regnet_jax.core.errors import ConfigError  # noqa: E402
 
 # Several processes (hosts, the launcher and its trainers) read what the others write: never answer from a stale
 # listing of a bucket prefix.

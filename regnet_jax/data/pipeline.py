@@ -10,8 +10,9 @@
 Bad images: a training image that cannot be read or decoded (corrupt, truncated where the crop needs it, not an image) is
 skipped, its file logged once, and the batch filled up with the next image (a second pass over the process's rows
 of the epoch supplies them); more than ``config.dataset.max_bad_image_fraction`` of an epoch's images stops the run
-with ``BadImagesError``. Evaluation promises every example once, so an undecodable evaluation image is an error
-naming it (``EvalInput.undecodable_images`` checks a split up front).
+with ``BadImagesError``. ``TrainInput`` keeps the count of skipped images per epoch (all processes: ``skipped_images``,
+what a checkpoint saves and the run's summary reports). Evaluation promises every example once, so an undecodable
+evaluation image is an error naming it (``EvalInput.undecodable_images`` checks a split up front).
 
 Order: for in-memory, folder and synthetic data the epoch's order is ``permutation(seed, epoch)``; global batch t is
 rows [t*B, (t+1)*B) of it and process p reads rows [t*B + p*L, t*B + (p+1)*L), so the global batches are the same
@@ -23,23 +24,24 @@ resuming skips the records already consumed before decoding them.
 from __future__ import annotations
 
 import collections
+import contextlib
 import math
-import os
 from collections.abc import Iterator
 from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only feeds data here: keep its C++ INFO lines out of the log
+from regnet_jax.core import logs
 
-import jax
-import numpy as np
-import tensorflow as tf
-from absl import logging
+logs.quiet_environment("TF_CPP_MIN_LOG_LEVEL")  # TensorFlow only feeds data here: keep its C++ INFO lines out of the log
 
-from regnet_jax.config import MAX_BAD_IMAGE_FRACTION, ConfigError
-from regnet_jax.data import augment
-from regnet_jax.data.sources import DatasetNotReadyError, IndexedSource, TfdsSource, open_source, quickstart_arrays
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import logging  # noqa: E402
 
-__all__ = ["BadImagesError", "DatasetNotReadyError", "EvalInput", "TrainInput", "check_dataset", "device_prefetch", "quickstart_arrays"]
+from regnet_jax.core.distributed import divide_batch, process_sum, shard_batch  # noqa: E402
+from regnet_jax.core.errors import ConfigError  # noqa: E402
+from regnet_jax.data.augment import decode, eval_preprocess, plain_preprocess, train_preprocess  # noqa: E402
+from regnet_jax.data.sources import IndexedSource, TfdsSource, open_source  # noqa: E402
 
 _INDEX = "stream_index"  # position in the epoch's stream of examples, to find the skipped ones
 
@@ -82,10 +84,10 @@ class TrainInput:
     def __init__(self, config, process_index: int = 0, process_count: int = 1):
         self.config = config
         self.process_index, self.process_count = process_index, process_count
-        if config.batch_size % process_count:
-            raise ConfigError(f"config.batch_size={config.batch_size} is not divisible by the {process_count} processes")
         self.global_batch = config.batch_size
-        self.local_batch = config.batch_size // process_count
+        self.local_batch = divide_batch(
+            config.batch_size, process_count, f"config.batch_size={config.batch_size} is not divisible by the {process_count} processes"
+        )
         self.source = open_source(config, config.dataset.train_split, config.dataset.num_train_examples)
         _check_classes(config, self.source)
         if isinstance(self.source, TfdsSource):
@@ -107,6 +109,7 @@ class TrainInput:
             )
         self.num_examples = self.source.num_examples
         self.skipped: list[str] = []  # this epoch's undecodable images (this process)
+        self.skipped_images: dict[str, int] = {}  # epoch -> images skipped in it, all processes (restored on resume)
         self._logged: set[str] = set()
         self._stream_rows: np.ndarray | None = None
 
@@ -118,9 +121,9 @@ class TrainInput:
         def preprocess(index, element):
             position, ex = element
             if self.source.presized:
-                image = augment.plain_preprocess(ex["image"], cfg, res)
+                image = plain_preprocess(ex["image"], cfg, res)
             else:
-                image = augment.train_preprocess(ex["image"], tf.random.experimental.stateless_fold_in(base, position), cfg, res)
+                image = train_preprocess(ex["image"], tf.random.experimental.stateless_fold_in(base, position), cfg, res)
             return {"image": image, "label": ex["label"], _INDEX: index}
 
         ds = ds.enumerate().map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -170,7 +173,7 @@ class TrainInput:
         skipped (``self.skipped`` lists this epoch's, on this process) and logged once per run; too many raise
         BadImagesError."""
         needed = (self.steps_per_epoch - start_step) * self.local_batch
-        fraction = self.config.dataset.get("max_bad_image_fraction", MAX_BAD_IMAGE_FRACTION)  # older configs lack it
+        fraction = self.config.dataset.max_bad_image_fraction
         self.skipped = []
         expected, produced = 0, 0
         for batch in self.dataset(epoch, start_step).as_numpy_iterator():
@@ -198,6 +201,29 @@ class TrainInput:
             self._logged.add(name)
             logging.warning("skipped an image that cannot be read or decoded: %s", name)
 
+    def skipped_counts(self, epoch: int) -> dict[str, int]:
+        """``skipped_images`` plus the images skipped in ``epoch`` so far on all processes (every process must call
+        it): what a checkpoint taken now saves."""
+        counts = dict(self.skipped_images)
+        if n := process_sum(len(self.skipped)):
+            counts[str(epoch)] = counts.get(str(epoch), 0) + n
+        return counts
+
+    def end_epoch(self, epoch: int) -> int:
+        """Count ``epoch``'s skipped images into ``skipped_images`` (every process must call it); returns them."""
+        self.skipped_images = self.skipped_counts(epoch)
+        self.skipped = []
+        return self.skipped_images.get(str(epoch), 0)
+
+    @contextlib.contextmanager
+    def rereading(self) -> Iterator[None]:
+        """Read images again (precise BN) without counting their undecodable ones twice."""
+        skipped = self.skipped
+        try:
+            yield
+        finally:
+            self.skipped = skipped
+
 
 class EvalInput:
     """This process's evaluation batches: its contiguous share of the split, padded to a common number of batches."""
@@ -205,9 +231,9 @@ class EvalInput:
     def __init__(self, config, process_index: int = 0, process_count: int = 1, split: str | None = None):
         self.config = config
         batch = config.eval_batch_size or config.batch_size
-        if batch % process_count:
-            raise ConfigError(f"eval batch {batch} is not divisible by the {process_count} processes: set config.eval_batch_size")
-        self.local_batch = batch // process_count
+        self.local_batch = divide_batch(
+            batch, process_count, f"eval batch {batch} is not divisible by the {process_count} processes: set config.eval_batch_size"
+        )
         self.source = open_source(config, split or config.dataset.eval_split, config.dataset.num_eval_examples)
         _check_classes(config, self.source)
         self.num_examples = self.source.num_examples
@@ -231,7 +257,7 @@ class EvalInput:
 
     def dataset(self) -> tf.data.Dataset:
         cfg, res = self.config.dataset, self.config.resolution
-        fn = augment.plain_preprocess if self.source.presized else augment.eval_preprocess
+        fn = plain_preprocess if self.source.presized else eval_preprocess
         ds = self._records().map(lambda ex: {"image": fn(ex["image"], cfg, res), "label": ex["label"]}, num_parallel_calls=tf.data.AUTOTUNE)
         return _options(ds.batch(self.local_batch).prefetch(tf.data.AUTOTUNE))
 
@@ -239,7 +265,7 @@ class EvalInput:
         """This process's evaluation images that cannot be read or decoded (each is decoded once, nothing else is done)."""
         if not self.source.encoded:
             return []
-        ds = self._records().enumerate().map(lambda i, ex: (i, tf.shape(augment.decode(ex["image"]))), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = self._records().enumerate().map(lambda i, ex: (i, tf.shape(decode(ex["image"]))), num_parallel_calls=tf.data.AUTOTUNE)
         decoded = {int(i) for i, _ in _options(ds.ignore_errors()).as_numpy_iterator()}
         return [self._describe(i) for i in range(self.local_examples) if i not in decoded]
 
@@ -289,8 +315,6 @@ def _pad(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
 
 def device_prefetch(iterator: Iterator[dict[str, np.ndarray]], mesh: jax.sharding.Mesh, size: int = 2) -> Iterator[dict[str, Any]]:
     """Turn process-local numpy batches into global arrays sharded over ``mesh``'s batch axis, ``size`` batches ahead."""
-    from regnet_jax.parallel import shard_batch
-
     queue: collections.deque = collections.deque()
     for batch in iterator:
         queue.append(shard_batch(batch, mesh))

@@ -22,8 +22,8 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
-from regnet_jax import paths
-from regnet_jax.config import ConfigError
+from regnet_jax.core import paths
+from regnet_jax.core.errors import ConfigError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 QUICKSTART_UPSCALE = 4  # 8x8 digits are stored at 32x32 so that crops are not a few pixels wide
@@ -165,7 +165,7 @@ def _folder_split_dir(root: str, split: str) -> paths.Path:
 def list_folder(root: str, split: str) -> tuple[list[str], np.ndarray, list[str]]:
     """(paths, labels, class names) of ROOT/SPLIT/<class>/<image>, classes sorted by name, files sorted.
 
-    ROOT may be local or ``gs://`` (listed through ``regnet_jax.paths``: one listing per class folder)."""
+    ROOT may be local or ``gs://`` (listed through ``regnet_jax.core.paths``: one listing per class folder)."""
     split_dir = _folder_split_dir(root, split)
     classes = [d for d in paths.listdir(split_dir) if paths.isdir(split_dir / d)]
     files, labels = [], []

@@ -121,7 +121,7 @@ def analyze_rows(rows: list[dict[str, Any]], *, frac: float = 0.25, repeats: int
         legend=edf_label(rows[0]["sweep"], errors),
         edf={"x": x.tolist(), "y": y.tolist()},
         bootstrap=boot,
-        e_fit={"spearman_vs_error": _spearman([r["e_fit"] for r in done], errors), "mean": float(np.mean([r["e_fit"] for r in done]))},
+        e_fit={"spearman_vs_error": spearman([r["e_fit"] for r in done], errors), "mean": float(np.mean([r["e_fit"] for r in done]))},
         best=[_brief(r) for r in order[:5]],
         worst=[_brief(r) for r in order[-5:][::-1]],
     )
@@ -135,7 +135,7 @@ def _counts(items: Any) -> dict[str, int]:
     return out
 
 
-def _spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
+def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
     """Rank correlation (average ranks for ties); None when undefined (fewer than 3 models or a constant input)."""
     if len(a) < 3:
         return None

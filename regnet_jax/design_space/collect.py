@@ -17,14 +17,13 @@ import io
 import json
 from typing import Any, Callable
 
-from regnet_jax import paths
-
-from regnet_jax.complexity import count
 from regnet_jax.config import validate_model
+from regnet_jax.core import paths
 from regnet_jax.design_space.launch import is_done, is_running
 from regnet_jax.design_space.layout import SweepDir, read_json
-from regnet_jax.metrics import EVAL_EMA_FILE, EVAL_FILE, read_jsonl
+from regnet_jax.models.complexity import count
 from regnet_jax.models.spec import model_spec
+from regnet_jax.training.records import EVAL_EMA_FILE, EVAL_FILE, read_jsonl
 
 # The other config.model fields (a fork of a space may fix any of them, e.g. --model=activation=silu).
 MODEL_COLUMNS = ("stem_type", "stem_w", "block_type", "activation", "zero_init_last_bn", "dtype", "num_classes")
@@ -63,26 +62,26 @@ def model_fields(model: dict[str, Any], resolution: int) -> dict[str, Any]:
     return row
 
 
-def _status(sd: SweepDir, mid: str, evals: list[dict[str, Any]], attempts: list[dict[str, Any]]) -> str:
-    if is_done(sd, mid):
+def _status(sweep_dir: SweepDir, mid: str, evals: list[dict[str, Any]], attempts: list[dict[str, Any]]) -> str:
+    if is_done(sweep_dir, mid):
         return "done"
-    if is_running(sd, mid):
+    if is_running(sweep_dir, mid):
         return "running"
     if attempts and attempts[-1]["result"] != "preempted" and attempts[-1]["result"] != "done":
         return "failed"
-    return "incomplete" if evals or paths.exists(paths.join(sd.run_dir(mid), "checkpoints")) else "pending"
+    return "incomplete" if evals or paths.exists(paths.join(sweep_dir.run_dir(mid), "checkpoints")) else "pending"
 
 
-def model_row(sd: SweepDir, mid: str, name: str) -> dict[str, Any]:
+def model_row(sweep_dir: SweepDir, mid: str, name: str) -> dict[str, Any]:
     """The table row of one model."""
-    config = sd.config(mid)
-    run = sd.run_dir(mid)
+    config = sweep_dir.config(mid)
+    run = sweep_dir.run_dir(mid)
     evals = _evals(paths.join(run, EVAL_FILE))
     ema = _evals(paths.join(run, EVAL_EMA_FILE))
     launch_path = paths.join(run, "launch.json")
     attempts = read_json(launch_path)["attempts"] if launch_path.exists() else []
-    summary = read_json(paths.join(run, "summary.json")) if is_done(sd, mid) else {}
-    row: dict[str, Any] = {"id": mid, "sweep": name, "status": _status(sd, mid, evals, attempts), "attempts": len(attempts)}
+    summary = read_json(paths.join(run, "summary.json")) if is_done(sweep_dir, mid) else {}
+    row: dict[str, Any] = {"id": mid, "sweep": name, "status": _status(sweep_dir, mid, evals, attempts), "attempts": len(attempts)}
     row.update(model_fields(config["model"], config["resolution"]))
     last = evals[-1] if evals else {}
     source = ema if ema else evals
@@ -102,10 +101,10 @@ def model_row(sd: SweepDir, mid: str, name: str) -> dict[str, Any]:
 
 def collect(sweep_dir: str, log: Callable[[str], None] | None = print) -> list[dict[str, Any]]:
     """Build the table of ``sweep_dir``, write results.csv / results.jsonl, print a summary; returns the rows."""
-    sd = SweepDir(sweep_dir).require()
-    info = sd.spec()
-    rows = [model_row(sd, mid, info["spec"]["name"]) for mid in sd.model_ids()]
-    _write_table(sd, rows)
+    sweep = SweepDir(sweep_dir).require()
+    info = sweep.spec()
+    rows = [model_row(sweep, mid, info["spec"]["name"]) for mid in sweep.model_ids()]
+    _write_table(sweep, rows)
     if log:
         counts: dict[str, int] = {}
         for r in rows:
@@ -115,27 +114,27 @@ def collect(sweep_dir: str, log: Callable[[str], None] | None = print) -> list[d
         if done:
             best = min(done, key=lambda r: r["error"])
             line += f"; best {best['id']} error {best['error']:.2f}%, mean {sum(r['error'] for r in done) / len(done):.2f}%"
-        log(line + f" -> {sd.results_csv}")
+        log(line + f" -> {sweep.results_csv}")
     return rows
 
 
-def _write_table(sd: SweepDir, rows: list[dict[str, Any]]) -> None:
-    paths.write_text(sd.results_jsonl, "".join(json.dumps(r) + "\n" for r in rows))
+def _write_table(sweep_dir: SweepDir, rows: list[dict[str, Any]]) -> None:
+    paths.write_text(sweep_dir.results_jsonl, "".join(json.dumps(r) + "\n" for r in rows))
     buf = io.StringIO(newline="")
     w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
     w.writeheader()
     for r in rows:
         w.writerow({k: json.dumps(v, separators=(",", ":")) if isinstance(v, list) else ("" if v is None else v) for k, v in r.items()})
-    paths.write_text(sd.results_csv, buf.getvalue())
+    paths.write_text(sweep_dir.results_csv, buf.getvalue())
 
 
 def read_results(sweep_dir: str) -> list[dict[str, Any]]:
     """The rows of a sweep: collected afresh if the directory holds the sweep, else read from its results.jsonl."""
-    sd = SweepDir(sweep_dir)
-    if sd.exists():
+    sweep = SweepDir(sweep_dir)
+    if sweep.exists():
         return collect(sweep_dir, log=None)
-    if paths.exists(sd.results_jsonl):
-        return read_jsonl(sd.results_jsonl)
-    sd.require()
+    if paths.exists(sweep.results_jsonl):
+        return read_jsonl(sweep.results_jsonl)
+    sweep.require()
     return []
 

@@ -5,12 +5,12 @@ or, with ``in_process``, inside the launcher (saves the ~20 s of imports per mod
 
 * Resumable: a model whose ``runs/ID/summary.json`` says ``done`` is skipped; an interrupted one resumes from its
   checkpoints (the trainer does that). A per-model lock (``runs/ID/launcher.lock.json``, a
-  ``regnet_jax.workdir_lock``) keeps two launchers, e.g. on several machines sharing the directory or a bucket, from
+  ``regnet_jax.training.workdir_lock``) keeps two launchers, e.g. on several machines sharing the directory or a bucket, from
   training the same model at once.
 * Failures are retried up to ``max_retry`` times per launch; exit status 2 (bad config or data) is not retried,
   because it would fail the same way. Every attempt is recorded in ``runs/ID/launch.json``, its output in
   ``runs/ID/train.log``.
-* The sweep directory may be on ``gs://`` (``regnet_jax.paths``): the trainers then read a local copy of their config
+* The sweep directory may be on ``gs://`` (``regnet_jax.core.paths``): the trainers then read a local copy of their config
   and their output is collected in a local file, appended to ``runs/ID/train.log`` when the attempt ends.
 * Devices: ``auto`` runs one model per GPU (``CUDA_VISIBLE_DEVICES``) when ``nvidia-smi`` lists GPUs, else one
   model at a time; ``gpu:0,1,2,3`` / ``tpu:0,1,2,3`` name them; ``none`` leaves the environment alone.
@@ -34,13 +34,17 @@ import time
 import traceback
 from typing import Any, Callable
 
-from regnet_jax import paths, smoke, workdir_lock
-from regnet_jax.config import ConfigError
+from regnet_jax.config import ConfigError, smoke
+from regnet_jax.core import paths
+from regnet_jax.core.cli import EXIT_USAGE
+from regnet_jax.core.errors import UserError
 from regnet_jax.design_space.layout import SweepDir, SweepError, model_id, read_json, write_json
-from regnet_jax.metrics import TRAIN_FILE, format_eta, read_jsonl
+from regnet_jax.training import workdir_lock
+from regnet_jax.training.preemption import EXIT_PREEMPTED, Preempted
+from regnet_jax.training.progress import format_eta
+from regnet_jax.training.records import SUMMARY_FILE, TRAIN_FILE, read_jsonl
 
-EXIT_BAD_INPUT = 2  # the trainer's status for a bad config, missing data or an unusable checkpoint
-EXIT_PREEMPTED = 3
+EXIT_BAD_INPUT = EXIT_USAGE  # the trainer's status for a bad config, missing data or an unusable checkpoint
 TPU_BASE_PORT = 8476
 LAUNCH_LOCK = "launcher.lock.json"
 
@@ -60,22 +64,22 @@ class LaunchOptions:
     poll_s: float = 0.5
 
 
-def is_done(sd: SweepDir, mid: str) -> bool:
+def is_done(sweep_dir: SweepDir, mid: str) -> bool:
     """Whether the model's run finished (its summary.json says done)."""
     try:
-        return read_json(paths.join(sd.run_dir(mid), "summary.json")).get("status") == "done"
+        return read_json(paths.join(sweep_dir.run_dir(mid), SUMMARY_FILE)).get("status") == "done"
     except (OSError, ValueError):
         return False
 
 
-def select_models(sd: SweepDir, only: tuple[str, ...] = (), shard: str = "") -> list[str]:
+def select_models(sweep_dir: SweepDir, only: tuple[str, ...] = (), shard: str = "") -> list[str]:
     """The sweep's model ids restricted to ``only`` (ids or indices) and to shard 'i/n'."""
-    ids = sd.model_ids()
+    ids = sweep_dir.model_ids()
     if only:
         wanted = {model_id(int(x)) for x in only}
         missing = sorted(wanted - set(ids))
         if missing:
-            raise ConfigError(f"--only names models {missing} that {sd.root} does not have (it has {ids[0]}..{ids[-1]})")
+            raise ConfigError(f"--only names models {missing} that {sweep_dir.root} does not have (it has {ids[0]}..{ids[-1]})")
         ids = [i for i in ids if i in wanted]
     if shard:
         try:
@@ -128,8 +132,8 @@ def device_slots(devices: str, parallel: int) -> tuple[list[dict[str, str]], str
 class ModelLock:
     """A launcher's claim on one model: the lock ``runs/ID/launcher.lock.json`` (dead holders are taken over)."""
 
-    def __init__(self, sd: SweepDir, mid: str):
-        self.lock = workdir_lock.WorkdirLock(sd.run_dir(mid), LAUNCH_LOCK)
+    def __init__(self, sweep_dir: SweepDir, mid: str):
+        self.lock = workdir_lock.WorkdirLock(sweep_dir.run_dir(mid), LAUNCH_LOCK)
 
     def acquire(self) -> bool:
         """True if this process now holds the lock, False if another live one does."""
@@ -143,13 +147,13 @@ class ModelLock:
         self.lock.release()
 
 
-def is_running(sd: SweepDir, mid: str) -> bool:
+def is_running(sweep_dir: SweepDir, mid: str) -> bool:
     """Whether a live launcher or trainer holds this model's run directory right now."""
-    return any(workdir_lock.WorkdirLock(sd.run_dir(mid), name).holder() for name in (LAUNCH_LOCK, workdir_lock.LOCK_FILE))
+    return any(workdir_lock.WorkdirLock(sweep_dir.run_dir(mid), name).holder() for name in (LAUNCH_LOCK, workdir_lock.LOCK_FILE))
 
 
-def _record_attempt(sd: SweepDir, mid: str, attempt: dict[str, Any]) -> None:
-    path = paths.join(sd.run_dir(mid), "launch.json")
+def _record_attempt(sweep_dir: SweepDir, mid: str, attempt: dict[str, Any]) -> None:
+    path = paths.join(sweep_dir.run_dir(mid), "launch.json")
     rec = read_json(path) if path.exists() else {"attempts": []}
     rec["attempts"].append(attempt)
     write_json(path, rec)
@@ -170,8 +174,8 @@ def _with_parent_death_signal(cmd: list[str]) -> list[str]:
     return [sys.executable, "-c", _PDEATHSIG_SHIM, str(os.getpid()), *cmd]
 
 
-def _progress_of(sd: SweepDir, mid: str, num_epochs: int) -> str:
-    recs = read_jsonl(paths.join(sd.run_dir(mid), TRAIN_FILE))
+def _progress_of(sweep_dir: SweepDir, mid: str, num_epochs: int) -> str:
+    recs = read_jsonl(paths.join(sweep_dir.run_dir(mid), TRAIN_FILE))
     return f"{mid} epoch {recs[-1]['epoch']:.1f}/{num_epochs}" if recs else f"{mid} starting"
 
 
@@ -190,40 +194,40 @@ class Launcher:
     """Runs the selected models through their attempts, printing progress and an ETA."""
 
     def __init__(self, sweep_dir: str, opts: LaunchOptions, log: Callable[[str], None] = print):
-        self.sd = SweepDir(sweep_dir).require()
+        self.sweep_dir = SweepDir(sweep_dir).require()
         self.opts, self.log = opts, log
-        self.ids = select_models(self.sd, tuple(opts.only), opts.shard)
-        self.num_epochs = int(self.sd.spec().get("num_epochs", 0))
-        self.done = [m for m in self.ids if is_done(self.sd, m)]
+        self.ids = select_models(self.sweep_dir, tuple(opts.only), opts.shard)
+        self.num_epochs = int(self.sweep_dir.spec().get("num_epochs", 0))
+        self.done = [m for m in self.ids if is_done(self.sweep_dir, m)]
         self.failed: list[str] = []
         self.busy_elsewhere: list[str] = []
         self.times: list[float] = []
         self.attempts: collections.Counter[str] = collections.Counter()
-        self.remote = paths.is_url(self.sd.path)
+        self.remote = paths.is_url(self.sweep_dir.path)
         self._local = tempfile.mkdtemp(prefix="regnet_jax_sweep_") if self.remote else ""
 
     def _trainer_cmd(self, mid: str) -> list[str]:
         base = shlex.split(self.opts.trainer) if self.opts.trainer else [sys.executable, "-m", "regnet_jax.train", "--nodistributed"]
-        return [*base, f"--config={self._config_file(mid)}", f"--workdir={self.sd.run_dir(mid)}"]
+        return [*base, f"--config={self._config_file(mid)}", f"--workdir={self.sweep_dir.run_dir(mid)}"]
 
     def _config_file(self, mid: str) -> str:
         """The model's config file; for a sweep on object storage a local copy (config files are imported)."""
         if not self.remote:
-            return str(self.sd.config_py(mid))
-        for src in (self.sd.config_json(mid), self.sd.config_py(mid)):
+            return str(self.sweep_dir.config_py(mid))
+        for src in (self.sweep_dir.config_json(mid), self.sweep_dir.config_py(mid)):
             paths.write_bytes(os.path.join(self._local, os.path.basename(src)), paths.read_bytes(src))
-        return os.path.join(self._local, os.path.basename(self.sd.config_py(mid)))
+        return os.path.join(self._local, os.path.basename(self.sweep_dir.config_py(mid)))
 
     def _log_file(self, mid: str, header: str) -> str:
         """The local file an attempt's output goes to (starting with ``header``): runs/ID/train.log itself, or for a
         sweep on object storage a local file that ``_keep_log`` appends to it."""
-        path = os.path.join(self._local, f"{mid}.log") if self.remote else os.path.join(self.sd.run_dir(mid), "train.log")
+        path = os.path.join(self._local, f"{mid}.log") if self.remote else os.path.join(self.sweep_dir.run_dir(mid), "train.log")
         paths.append_text(path, header)
         return path
 
     def _keep_log(self, job: _Job) -> None:
         if self.remote and job.log:
-            paths.append_bytes(paths.join(self.sd.run_dir(job.mid), "train.log"), paths.read_bytes(job.log))
+            paths.append_bytes(paths.join(self.sweep_dir.run_dir(job.mid), "train.log"), paths.read_bytes(job.log))
             os.remove(job.log)
 
     def _eta(self, remaining: int, slots: int) -> str:
@@ -233,16 +237,16 @@ class Launcher:
 
     def _finish(self, job: _Job, rc: int, todo: collections.deque, slots: int, running: int) -> None:
         seconds = time.time() - job.start
-        ok = rc == 0 and is_done(self.sd, job.mid)
+        ok = rc == 0 and is_done(self.sweep_dir, job.mid)
         result = "done" if ok else {EXIT_BAD_INPUT: "bad config or data", EXIT_PREEMPTED: "preempted"}.get(rc, "failed")
-        _record_attempt(self.sd, job.mid, {"start": job.start, "seconds": round(seconds, 1), "rc": rc, "result": result,
+        _record_attempt(self.sweep_dir, job.mid, {"start": job.start, "seconds": round(seconds, 1), "rc": rc, "result": result,
                                            "host": socket.gethostname(), "attempt": job.attempt})  # fmt: skip
         self._keep_log(job)
-        log_path = paths.join(self.sd.run_dir(job.mid), "train.log")
+        log_path = paths.join(self.sweep_dir.run_dir(job.mid), "train.log")
         if ok:
             self.done.append(job.mid)
             self.times.append(seconds)
-            err = read_json(paths.join(self.sd.run_dir(job.mid), "summary.json")).get("best_top1_err")
+            err = read_json(paths.join(self.sweep_dir.run_dir(job.mid), SUMMARY_FILE)).get("best_top1_err")
             what = f"done in {seconds:.0f}s, best top-1 err {err:.2f}%"
         elif rc != EXIT_BAD_INPUT and job.attempt <= self.opts.max_retry:
             todo.appendleft(job.mid)
@@ -258,7 +262,7 @@ class Launcher:
         """Train every selected model that is not done; returns counts (done, failed, skipped, busy_elsewhere)."""
         slots, desc = device_slots(self.opts.devices, 1 if self.opts.in_process else self.opts.parallel)
         todo = collections.deque(m for m in self.ids if m not in self.done)
-        self.log(f"launch: {len(self.ids)} models in {self.sd.root}: {len(self.done)} done already (skipped), {len(todo)} to train; "
+        self.log(f"launch: {len(self.ids)} models in {self.sweep_dir.root}: {len(self.done)} done already (skipped), {len(todo)} to train; "
                  f"{'in this process' if self.opts.in_process else desc}; up to {self.opts.max_retry} retries each")  # fmt: skip
         skipped = len(self.done)
         try:
@@ -272,17 +276,17 @@ class Launcher:
         summary = {"done": len(self.done), "failed": self.failed, "skipped": skipped, "busy_elsewhere": self.busy_elsewhere, "total": len(self.ids)}
         self.log(f"launch: {len(self.done)}/{len(self.ids)} done, {len(self.failed)} failed"
                  + (f", {len(self.busy_elsewhere)} being trained by another launcher" if self.busy_elsewhere else "")
-                 + f". Next: python -m regnet_jax.sweep collect --out={self.sd.root}")  # fmt: skip
+                 + f". Next: python -m regnet_jax.sweep collect --out={self.sweep_dir.root}")  # fmt: skip
         return summary
 
     def _claim(self, mid: str, slot: int) -> _Job | None:
         """A new attempt of ``mid`` holding its lock, or None if another launcher is training it."""
-        lock = ModelLock(self.sd, mid)
+        lock = ModelLock(self.sweep_dir, mid)
         if not lock.acquire():
             self.busy_elsewhere.append(mid)
             self.log(f"{mid}: another launcher is training it; skipped")
             return None
-        if is_done(self.sd, mid):  # another launcher finished it since this one started
+        if is_done(self.sweep_dir, mid):  # another launcher finished it since this one started
             lock.release()
             self.done.append(mid)
             return None
@@ -317,7 +321,7 @@ class Launcher:
                         self._finish(job, rc, todo, len(slots), len(running))
                 if running and time.time() - last_beat > self.opts.heartbeat_s:
                     last_beat = time.time()
-                    self.log("running: " + "; ".join(_progress_of(self.sd, j.mid, self.num_epochs) for j in running.values()))
+                    self.log("running: " + "; ".join(_progress_of(self.sweep_dir, j.mid, self.num_epochs) for j in running.values()))
                 time.sleep(self.opts.poll_s)
         finally:  # interrupted (Ctrl-C, SIGTERM): let the trainers checkpoint and stop
             for job in running.values():
@@ -346,7 +350,7 @@ class Launcher:
         import ml_collections
         from absl import logging as absl_logging
 
-        from regnet_jax import train as train_lib
+        from regnet_jax.training.trainer import train_and_evaluate
 
         job.log = self._log_file(job.mid, f"\n=== attempt {job.attempt} (in process) at {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n")
         handler = logging.FileHandler(job.log)
@@ -357,15 +361,13 @@ class Launcher:
         absl_handler.setLevel(logging.WARNING)  # the console shows the sweep's progress, not every model's steps
         absl_logging.set_verbosity(absl_logging.INFO)
         try:
-            config = ml_collections.ConfigDict(self.sd.config(job.mid))
-            if smoke.active():  # as the trainer's --config flag does in a subprocess
-                smoke.shrink_config(config)
-            train_lib.train_and_evaluate(config, self.sd.run_dir(job.mid))
+            config = smoke.shrink_loaded(ml_collections.ConfigDict(self.sweep_dir.config(job.mid)))  # as the trainer's --config flag
+            train_and_evaluate(config, self.sweep_dir.run_dir(job.mid))
             return 0
-        except ConfigError as e:
+        except UserError as e:
             logging.getLogger("absl").error("error: %s", e)
             return EXIT_BAD_INPUT
-        except train_lib.Preempted:
+        except Preempted:
             raise  # SIGTERM: stop the whole launch; the checkpoint is saved and a relaunch resumes
         except Exception:  # any training failure is retried, like a crashed subprocess
             logging.getLogger("absl").error("%s", traceback.format_exc())
@@ -400,14 +402,14 @@ exec {python} -m regnet_jax.sweep launch --out={root} --only=$SLURM_ARRAY_TASK_I
 def write_slurm_script(sweep_dir: str, *, partition: str = "", gpus: int = 1, cpus: int = 10, time_limit: str = "24:00:00",
                        max_jobs: int = 128, max_retry: int = 3) -> str:  # fmt: skip
     """Write DIR/slurm_array.sh (one array task per model) and return its path; submitting it is left to the user."""
-    sd = SweepDir(sweep_dir).require()
-    if paths.is_url(sd.path):
-        raise SweepError(f"--slurm needs the sweep directory on a file system the cluster's nodes share, not {sd.root}")
-    n = len(sd.model_ids())
-    root = str(sd.path)
+    sweep = SweepDir(sweep_dir).require()
+    if paths.is_url(sweep.path):
+        raise SweepError(f"--slurm needs the sweep directory on a file system the cluster's nodes share, not {sweep.root}")
+    n = len(sweep.model_ids())
+    root = str(sweep.path)
     path = os.path.join(root, "slurm_array.sh")
     os.makedirs(os.path.join(root, "slurm"), exist_ok=True)
-    text = SLURM_TEMPLATE.format(root=root, path=path, name=sd.spec()["spec"]["name"], last=n - 1, max_jobs=max_jobs, gpus=gpus,
+    text = SLURM_TEMPLATE.format(root=root, path=path, name=sweep.spec()["spec"]["name"], last=n - 1, max_jobs=max_jobs, gpus=gpus,
                                  cpus=cpus, time=time_limit, partition=f"#SBATCH --partition={partition}" if partition else "",
                                  cwd=os.getcwd(), python=sys.executable, retry=max_retry)  # fmt: skip
     with open(path, "w") as f:

@@ -8,7 +8,7 @@
     DIR/results.csv, results.jsonl    the table written by ``collect``
     DIR/analysis/                the report written by ``analyze`` (analysis.html, analysis.json, *.png)
 
-DIR may be local or ``gs://`` (``regnet_jax.paths``).
+DIR may be local or ``gs://`` (``regnet_jax.core.paths``).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from regnet_jax import paths
-from regnet_jax.config import ConfigError
+from regnet_jax.core import paths
+from regnet_jax.core.errors import ConfigError
 
 
 class SweepError(ConfigError):

@@ -23,12 +23,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from regnet_jax import paths
+from regnet_jax.core import paths
 from regnet_jax.design_space import analysis as an
 from regnet_jax.design_space.collect import read_results
 from regnet_jax.design_space.efit import block_widths_of
 from regnet_jax.design_space.layout import SweepDir, SweepError, write_json
-from regnet_jax.metrics import EVAL_FILE, read_jsonl, save_figure
+from regnet_jax.training.plots import save_figure
+from regnet_jax.training.records import EVAL_FILE, read_jsonl
 
 
 def _plt():
@@ -92,7 +93,7 @@ def plot_efit(sweeps: Sequence[tuple[str, list[dict[str, Any]]]], path: paths.Pa
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for name, rows in sweeps:
-        rho = an._spearman([r["e_fit"] for r in rows], [r["error"] for r in rows])
+        rho = an.spearman([r["e_fit"] for r in rows], [r["error"] for r in rows])
         label = f"{name} (Spearman {rho:.2f})" if rho is not None else name
         ax.scatter([r["e_fit"] for r in rows], [r["error"] for r in rows], s=16, alpha=0.8, label=label)
     ax.set(xlabel="e_fit (mean |log ratio| of linear-rule to actual block widths)", ylabel="error (%)", title="linear fit vs error")

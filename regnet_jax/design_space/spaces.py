@@ -30,9 +30,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from regnet_jax.complexity import count
 from regnet_jax.config import ConfigError, validate_model
 from regnet_jax.design_space.distributions import Dist, as_dist
+from regnet_jax.models.complexity import count
 from regnet_jax.models.regnet import adjust_block_compatibility, generate_regnet
 from regnet_jax.models.spec import model_spec
 
@@ -59,8 +59,8 @@ class Constraint:
 def relative_cx_limits() -> tuple[Constraint, Constraint]:
     """The RegNet sweep limits of reference.md §5.1 with F = the model's flops in B: params < 3 + 5.5F (M), acts < 6.5 sqrt(F) (M)."""
     return (
-        Constraint("params < (3 + 5.5 F) M", lambda m, cx: cx["params"] < 3e6 + 5.5e-3 * cx["flops"]),
-        Constraint("acts < 6.5 sqrt(F) M", lambda m, cx: cx["acts"] < 6.5e6 * math.sqrt(cx["flops"] / 1e9)),
+        Constraint("params < (3 + 5.5 F) M", lambda m, counts: counts["params"] < 3e6 + 5.5e-3 * counts["flops"]),
+        Constraint("acts < 6.5 sqrt(F) M", lambda m, counts: counts["acts"] < 6.5e6 * math.sqrt(counts["flops"] / 1e9)),
     )
 
 
@@ -208,12 +208,12 @@ class SampleResult:
 Regime = Mapping[str, Sequence[float]]  # metric -> (lo, hi); 0 means unbounded on that side
 
 
-def regime_violation(cx: Mapping[str, int], regime: Regime | None) -> str | None:
+def regime_violation(counts: Mapping[str, int], regime: Regime | None) -> str | None:
     """The first complexity metric outside ``regime`` (e.g. ``'flops'``), or None."""
     for metric, (lo, hi) in (regime or {}).items():
         if metric not in CX_METRICS:
             raise ConfigError(f"regime metric {metric!r} is unknown: use {CX_METRICS}")
-        if (lo and cx[metric] < lo) or (hi and cx[metric] > hi):
+        if (lo and counts[metric] < lo) or (hi and counts[metric] > hi):
             return metric
     return None
 
@@ -268,12 +268,12 @@ def sample_space(
         if problems:
             rejected["outside the space after width/group adjustment" if space.kind == "anynet" else "outside the space"] += 1
             continue
-        cx = count(model, resolution)
-        bad = regime_violation(cx, regime)
+        counts = count(model, resolution)
+        bad = regime_violation(counts, regime)
         if bad:
             rejected[f"{bad} outside the regime"] += 1
             continue
-        failed = next((c.name for c in space.constraints if not c.check(model, cx)), None)
+        failed = next((c.name for c in space.constraints if not c.check(model, counts)), None)
         if failed:
             rejected[failed] += 1
             continue
@@ -282,7 +282,7 @@ def sample_space(
             rejected["duplicate"] += 1
             continue
         seen.add(key)
-        samples.append(Sample(model, _plain(values), cx))
+        samples.append(Sample(model, _plain(values), counts))
         if log and time.perf_counter() - last_log > 5:
             last_log = time.perf_counter()
             log(f"sampling {space.name}: {len(samples)}/{n} accepted of {draws:,} draws ({draws / (last_log - t0):,.0f} draws/s)")

@@ -20,6 +20,7 @@ the defaults in ``SPEC_DEFAULTS``:
 
 from __future__ import annotations
 
+import ast
 import copy
 import json
 import time
@@ -28,11 +29,12 @@ from typing import Any, Callable, Mapping
 import ml_collections
 import numpy as np
 
-from regnet_jax import paths, zoo
-from regnet_jax.config import SCHEDULES, ConfigError, base_config, recipe_options, validate_config
-from regnet_jax.config_file import flat_fields, load_config_file, set_field
+from regnet_jax.config import SCHEDULES, ConfigError, base_config, complete_config, validate_config
+from regnet_jax.config.files import flat_fields, load_config_file, set_field
+from regnet_jax.core import paths
 from regnet_jax.design_space.layout import SweepDir, SweepError, model_id, write_json
 from regnet_jax.design_space.spaces import CX_METRICS, DesignSpace, SampleResult, get_space, sample_space
+from regnet_jax.models.zoo import ZOO
 
 SPEC_DEFAULTS: dict[str, Any] = dict(
     name="",
@@ -119,9 +121,9 @@ def training_template(spec: Mapping[str, Any]) -> ml_collections.ConfigDict:
         config = load_config_file(spec["base"])
         if not isinstance(config, ml_collections.ConfigDict) or "model" not in config:
             raise ConfigError(f"base config {spec['base']!r} must return a complete training ConfigDict (with a model)")
-        config = copy.deepcopy(config)
+        config = complete_config(config)  # a copy, with the fields an older config file lacks
     else:
-        config = base_config(zoo.ZOO["regnetx_200mf"].model, schedule=spec["schedule"])
+        config = base_config(ZOO["regnetx_200mf"].model, schedule=spec["schedule"])
     if spec["dataset"]:
         config.dataset.name = spec["dataset"]
     if spec["num_epochs"]:
@@ -133,7 +135,7 @@ def training_template(spec: Mapping[str, Any]) -> ml_collections.ConfigDict:
         if config.optim.base_lr:  # pinned by the base config: keep it the same per image (the lr rule does the rest)
             config.optim.base_lr = config.optim.base_lr * spec["batch_size"] / config.batch_size
         config.batch_size = int(spec["batch_size"])
-        if recipe_options(config)["bn_group_size"] > config.batch_size:  # a batch below one BN statistics group: one group
+        if config.bn_group_size > config.batch_size:  # a batch below one BN statistics group: one group
             config.bn_group_size = config.batch_size
     if "num_classes" in spec["model"]:
         config.model.num_classes = int(spec["model"]["num_classes"])
@@ -146,8 +148,7 @@ def model_config(template: ml_collections.ConfigDict, model: Mapping[str, Any]) 
     """The complete, validated training config (as a plain dict) of one sampled model."""
     config = copy.deepcopy(template)
     config.model = ml_collections.ConfigDict(dict(model))
-    validate_config(config)
-    return json.loads(config.to_json_best_effort())
+    return json.loads(validate_config(config).to_json_best_effort())
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -159,18 +160,18 @@ def _regime(spec: Mapping[str, Any]) -> dict[str, list[float]]:
     return {m: spec[m] for m in CX_METRICS if any(spec[m])}
 
 
-def _check_existing(sd: SweepDir, spec: dict[str, Any]) -> int:
-    """How many models ``sd`` already holds for this spec (0 if new); raises if it holds a different sweep."""
-    if not sd.exists():
+def _check_existing(sweep_dir: SweepDir, spec: dict[str, Any]) -> int:
+    """How many models ``sweep_dir`` already holds for this spec (0 if new); raises if it holds a different sweep."""
+    if not sweep_dir.exists():
         return 0
-    old = sd.spec()["spec"]
+    old = sweep_dir.spec()["spec"]
     diff = sorted(k for k in set(old) | set(spec) if k != "n" and old.get(k) != spec.get(k))
     if diff:
         detail = ", ".join(f"{k}: {old.get(k)!r} -> {spec.get(k)!r}" for k in diff)
-        raise SweepError(f"{sd.root} already holds a different sweep ({detail}); choose a new --out (nothing was changed)")
-    have = len(sd.model_ids())
+        raise SweepError(f"{sweep_dir.root} already holds a different sweep ({detail}); choose a new --out (nothing was changed)")
+    have = len(sweep_dir.model_ids())
     if spec["n"] < have:
-        raise SweepError(f"{sd.root} already holds {have} models, more than n={spec['n']}; use --n={have} or more (models are never removed)")
+        raise SweepError(f"{sweep_dir.root} already holds {have} models, more than n={spec['n']}; use --n={have} or more (models are never removed)")
     return have
 
 
@@ -182,11 +183,11 @@ def setup_sweep(spec: Mapping[str, Any], out: str, log: Callable[[str], None] = 
     """
     spec = normalize_spec(spec)
     spec["name"] = spec["name"] or paths.resolve(out).name
-    sd = SweepDir(out)
-    have = _check_existing(sd, spec)
+    sweep_dir = SweepDir(out)
+    have = _check_existing(sweep_dir, spec)
     if have == spec["n"]:
         log(f"setup: {out} already holds the {have} models of this sweep; nothing to do")
-        return sd.spec()
+        return sweep_dir.spec()
     space = space_for(spec)
     template = training_template(spec)
     resolution, num_classes = int(template.resolution), int(template.model.num_classes)
@@ -194,13 +195,13 @@ def setup_sweep(spec: Mapping[str, Any], out: str, log: Callable[[str], None] = 
                           regime=_regime(spec), max_draws=spec["max_draws"], log=log)  # fmt: skip
     configs = [model_config(template, s.model) for s in result.samples]
     for i in range(have):
-        if sd.config(model_id(i)) != configs[i]:
+        if sweep_dir.config(model_id(i)) != configs[i]:
             raise SweepError(f"{out}: model {model_id(i)} on disk differs from what this spec samples now (was the code or a config file changed?); use a new --out")
     for i in range(have, spec["n"]):
         mid = model_id(i)
-        write_json(sd.config_json(mid), configs[i])
-        paths.write_text(sd.config_py(mid), CONFIG_PY.format(mid=mid, name=spec["name"], space=space.name, py=sd.config_py(mid), workdir=sd.run_dir(mid)))
-    write_json(sd.summary_path, _summary(result))
+        write_json(sweep_dir.config_json(mid), configs[i])
+        paths.write_text(sweep_dir.config_py(mid), CONFIG_PY.format(mid=mid, name=spec["name"], space=space.name, py=sweep_dir.config_py(mid), workdir=sweep_dir.run_dir(mid)))
+    write_json(sweep_dir.summary_path, _summary(result))
     info = {
         "spec": spec,
         "space": space.describe(),
@@ -210,7 +211,7 @@ def setup_sweep(spec: Mapping[str, Any], out: str, log: Callable[[str], None] = 
         "sampling": {"draws": result.draws, "rejected": result.rejected, "seconds": round(result.seconds, 3)},
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    write_json(sd.spec_path, info)
+    write_json(sweep_dir.spec_path, info)
     fl = _stats([s.complexity["flops"] for s in result.samples])
     log(
         f"setup: {spec['n']} models of {space.name} ({spec['n'] - have} new) in {out}/configs: flops {fl['min'] / 1e6:.3g}-"
@@ -238,3 +239,44 @@ def _summary(result: SampleResult) -> dict[str, Any]:
 def read_spec_file(path: str) -> dict[str, Any]:
     """A sweep spec from a JSON file or an ml_collections config file (``file.py[:arg]``)."""
     return _plain(load_config_file(path))
+
+
+# ---------------------------------------------------------------- spec values written on the command line
+
+_SUFFIX = {"k": 1e3, "m": 1e6, "g": 1e9, "b": 1e9}
+
+
+def parse_number(text: str) -> float:
+    """'360e6', '360M', '0.4G' -> a float."""
+    t = text.strip().lower()
+    scale = _SUFFIX.get(t[-1:], 1.0)
+    try:
+        return float(t[:-1] if t[-1:] in _SUFFIX else t) * scale
+    except ValueError:
+        raise ConfigError(f"{text!r} is not a number (write e.g. 360e6 or 360M)") from None
+
+
+def parse_range(text: str, what: str) -> list[float]:
+    """'LO,HI' (each a ``parse_number``) -> [lo, hi]; ``what`` names the flag in errors."""
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise ConfigError(f"--{what}={text!r}: write LO,HI, e.g. --{what}=360e6,400e6 (0 = unbounded)")
+    return [parse_number(p) for p in parts]
+
+
+def _literal(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_pairs(items: list[str], flag: str, literal: bool) -> dict[str, Any]:
+    """['KEY=VALUE', ...] -> {KEY: VALUE} (VALUE a Python literal where it reads as one, with ``literal``)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--{flag}={item!r}: write KEY=VALUE")
+        out[key.strip()] = _literal(value) if literal else value
+    return out

@@ -7,14 +7,17 @@ from __future__ import annotations
 
 from absl import flags
 
-from regnet_jax.cli import config_path, define_config_flag, run
-from regnet_jax.complexity import count
+from regnet_jax.config import config_path, define_config_flag
+from regnet_jax.core.cli import run
+from regnet_jax.models.complexity import count
 from regnet_jax.models.regnet import generate_regnet
 from regnet_jax.models.spec import ModelSpec, model_spec
 
-define_config_flag("config", "A config file, e.g. configs/regnety_4gf.py.")
-flags.DEFINE_string("plot", "", "Also save the per-block width curve as this PNG.")
-FLAGS = flags.FLAGS
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    define_config_flag("config", "A config file, e.g. configs/regnety_4gf.py.", flag_values=flag_values)
+    flags.DEFINE_string("plot", "", "Also save the per-block width curve as this PNG.", flag_values=flag_values)
+    flags.mark_flag_as_required("config", flag_values=flag_values)
 
 
 def summary(spec: ModelSpec, resolution: int = 224) -> str:
@@ -33,8 +36,8 @@ def summary(spec: ModelSpec, resolution: int = 224) -> str:
             f"{stage[0]['groups']:>6} {spec.bot_muls[i]:>7g} {stage[0]['w_b']:>6} {'/'.join(map(str, w_se)):>10}"
         )
     lines.append("per-block widths: " + " ".join(str(b["w_out"]) for b in blocks))
-    cx = count(spec, resolution)
-    lines.append(f"params {cx['params']:,}  flops {cx['flops']:,} (mult-adds at {resolution} px)  acts {cx['acts']:,}")
+    counts = count(spec, resolution)
+    lines.append(f"params {counts['params']:,}  flops {counts['flops']:,} (mult-adds at {resolution} px)  acts {counts['acts']:,}")
     return "\n".join(lines)
 
 
@@ -62,15 +65,15 @@ def plot_widths(spec: ModelSpec, model_cfg, path: str) -> None:
 
 def main(argv: list[str]) -> None:
     del argv
-    cfg = FLAGS.config
-    spec = model_spec(cfg.model)
+    FLAGS = flags.FLAGS
+    config = FLAGS.config
+    spec = model_spec(config.model)
     print(config_path(FLAGS))
-    print(summary(spec, cfg.get("resolution", 224)))
+    print(summary(spec, config.resolution))
     if FLAGS.plot:
-        plot_widths(spec, cfg.model, FLAGS.plot)
+        plot_widths(spec, config.model, FLAGS.plot)
         print(f"width curve written to {FLAGS.plot}")
 
 
 if __name__ == "__main__":
-    flags.mark_flag_as_required("config")
-    run(main)
+    run(main, define_flags)

@@ -9,13 +9,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from regnet_jax.models.blocks import STEMS, Head, ResidualBlock, VanillaBlock, _Layers
+from regnet_jax.models.blocks import STEMS, Head, RegNetModule, ResidualBlock, VanillaBlock
 from regnet_jax.models.spec import ModelSpec, model_spec
 
 Dtype = Any
 
 
-class AnyStage(_Layers):
+class AnyStage(RegNetModule):
     """``depth`` blocks named b1..bd; the first has the stage's stride and the previous stage's width as input."""
 
     block_type: str = "res_bottleneck_block"
@@ -50,7 +50,7 @@ class AnyStage(_Layers):
         return x
 
 
-class AnyNet(_Layers):
+class AnyNet(RegNetModule):
     """stem -> stages s1..sN -> head, named as in pycls. Input NHWC; logits are float32.
 
     ``bn_axis_name``: the mapped axis over which BatchNorm averages batch statistics (synchronised BN), or None.
@@ -86,9 +86,9 @@ def _dtype(name: str) -> Dtype:
 def resolve_model_config(config_or_name: Any) -> ml_collections.ConfigDict:
     """``config.model`` from a full config, a model config, a mapping, or a zoo name such as 'regnety_4gf'."""
     if isinstance(config_or_name, str):
-        from regnet_jax import zoo
+        from regnet_jax.models.zoo import get_config
 
-        return zoo.get_config(config_or_name).model
+        return get_config(config_or_name).model
     if isinstance(config_or_name, ml_collections.ConfigDict):
         return config_or_name.model if "model" in config_or_name else config_or_name
     if "model" in config_or_name:
@@ -116,6 +116,6 @@ def create_model(config_or_name: Any, *, bn_axis_name: str | None = None, **over
 
 def list_models() -> list[str]:
     """Names of the zoo models (usable with ``create_model`` and as ``configs/<name>.py``)."""
-    from regnet_jax import zoo
+    from regnet_jax.models.zoo import ZOO
 
-    return list(zoo.ZOO)
+    return list(ZOO)

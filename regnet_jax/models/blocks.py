@@ -18,8 +18,9 @@ from regnet_jax.models.layers import ACTIVATIONS, BatchNorm, Conv, conv_kernel_i
 Dtype = Any
 
 
-class _Layers(nn.Module):
-    """Shared fields and layer factories of every module below."""
+class RegNetModule(nn.Module):
+    """The base of every module of the network: the fields they share (dtypes, BatchNorm's axis, momentum and epsilon,
+    the activation), passed down with ``layer_kwargs()``, and the conv / BN / activation factories that use them."""
 
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
@@ -57,7 +58,7 @@ class _Layers(nn.Module):
         )
 
 
-class SimpleStemIn(_Layers):
+class SimpleStemIn(RegNetModule):
     """3x3 conv stride 2, BN, activation (RegNet's stem; no max-pool)."""
 
     width: int = 32
@@ -68,7 +69,7 @@ class SimpleStemIn(_Layers):
         return self.act(self.bn(name="bn")(x, train))
 
 
-class ResStemIn(_Layers):
+class ResStemIn(RegNetModule):
     """ResNet stem: 7x7 conv stride 2, BN, activation, 3x3 max-pool stride 2."""
 
     width: int = 64
@@ -80,7 +81,7 @@ class ResStemIn(_Layers):
         return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
 
-class ResStemCifar(_Layers):
+class ResStemCifar(RegNetModule):
     """CIFAR stem: 3x3 conv stride 1, BN, activation."""
 
     width: int = 16
@@ -91,7 +92,7 @@ class ResStemCifar(_Layers):
         return self.act(self.bn(name="bn")(x, train))
 
 
-class SE(_Layers):
+class SE(RegNetModule):
     """Squeeze-and-excitation: avg-pool, 1x1 conv to ``w_se`` (bias), act, 1x1 conv back (bias), sigmoid, scale.
 
     The two 1x1 convs act on a 1x1 map, so they are dense layers here (kernel (c_in, c_out) = OIHW transposed).
@@ -109,7 +110,7 @@ class SE(_Layers):
         return x * s[:, None, None, :]
 
 
-class VanillaBlock(_Layers):
+class VanillaBlock(RegNetModule):
     """[3x3 conv, BN, act] x 2, no shortcut."""
 
     width: int = 0
@@ -121,7 +122,7 @@ class VanillaBlock(_Layers):
         return self.act(self.bn(name="b_bn")(self.conv(self.width, 3, name="b")(x), train))
 
 
-class BasicTransform(_Layers):
+class BasicTransform(RegNetModule):
     """3x3 conv (stride here), BN, act, 3x3 conv, final BN."""
 
     width: int = 0
@@ -134,7 +135,7 @@ class BasicTransform(_Layers):
         return self.bn(name="b_bn", zero_init=self.zero_init_last_bn)(self.conv(self.width, 3, name="b")(x), train)
 
 
-class BottleneckTransform(_Layers):
+class BottleneckTransform(RegNetModule):
     """1x1 conv to w_b, BN, act; 3x3 group conv (stride here), BN, act; [SE]; 1x1 conv to w_out, final BN."""
 
     width: int = 0
@@ -155,7 +156,7 @@ class BottleneckTransform(_Layers):
         return self.bn(name="c_bn", zero_init=self.zero_init_last_bn)(self.conv(self.width, 1, name="c")(x), train)
 
 
-class ResidualBlock(_Layers):
+class ResidualBlock(RegNetModule):
     """act(shortcut(x) + f(x)); the shortcut is a 1x1 conv + BN iff the width or resolution changes."""
 
     transform: str = "bottleneck"  # 'basic' or 'bottleneck'

@@ -11,7 +11,7 @@ from typing import Any
 
 import ml_collections
 
-from regnet_jax.config import base_config
+from regnet_jax.config.schema import base_config
 
 
 RECIPE_GPUS = 8  # the zoo's 100-epoch runs: 8 GPUs, BatchNorm per GPU

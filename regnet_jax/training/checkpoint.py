@@ -6,19 +6,17 @@
 * Kept: the last ``keep`` checkpoints plus the best one by evaluation top-1 error.
 * ``restore_latest`` tries the newest checkpoint first; one that cannot be read is reported, moved aside to
   ``<step>.corrupt-<time>`` (never deleted) and the previous one is used.
-* The workdir may be local or ``gs://`` (``regnet_jax.paths``). Every process takes part in saves and restores
+* The workdir may be local or ``gs://`` (``regnet_jax.core.paths``). Every process takes part in saves and restores
   (orbax writes each array once); a full disk or an unwritable location stops the run with a ``StorageError`` naming
   the directory and the space needed, before the save when the free space is known to be short (local disks).
 
-Starting points for fine-tuning and evaluation: ``load_pretrained(path)`` reads a weights directory
-(``regnet_jax.weights``) or a training workdir into a ``Pretrained`` (variables, model config, input conventions);
-``merge_pretrained`` puts them into a new model's variables, re-initialising the head if the class count differs.
+``abstract_train_state(config, mesh)`` is the restore target of the state a config trains (how a workdir's weights
+are read without training: ``regnet_jax.weights.pretrained``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import logging
 import time
@@ -27,11 +25,11 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 import orbax.checkpoint as ocp
 
-from regnet_jax import paths
-from regnet_jax.config import ConfigError
+from regnet_jax.core import paths
+from regnet_jax.core.distributed import sync_processes
+from regnet_jax.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +159,7 @@ class Checkpointer:
                 if move_corrupt:
                     if jax.process_index() == 0:
                         paths.rename(path, moved)
-                    _sync(f"moved_corrupt_{step}")
+                    sync_processes(f"moved_corrupt_{step}")
                     self.manager.reload()
         if steps:
             raise CheckpointError(
@@ -169,9 +167,6 @@ class Checkpointer:
                 + (" (each was moved aside as <step>.corrupt-*); run again to start from scratch" if move_corrupt else "")
             )
         return None
-
-    def metrics(self, step: int) -> dict[str, float] | None:
-        return self.manager.metrics(step)
 
     def wait(self) -> None:
         """Wait for the running save; raises StorageError if it failed for lack of space or permission."""
@@ -183,13 +178,6 @@ class Checkpointer:
             self.manager.close()
 
 
-def _sync(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
-
-
 def state_signature(tree: Any) -> str:
     """A short hash of a pytree's paths, shapes and dtypes: two states restore into each other iff they match."""
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
@@ -197,114 +185,19 @@ def state_signature(tree: Any) -> str:
     return hashlib.sha1("\n".join(desc).encode()).hexdigest()[:16]
 
 
-def host(x: Any) -> np.ndarray:
-    """A replicated (possibly multi-process) array as numpy, from this process's first shard."""
-    return np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else np.asarray(x)
-
-
-@dataclasses.dataclass
-class Pretrained:
-    """Variables to start from, with the model config they belong to and the input conventions they expect."""
-
-    variables: dict[str, Any]
-    model: dict[str, Any]
-    input: dict[str, Any]
-    source: str
-
-
-def read_workdir_config(workdir: paths.PathLike) -> ml_collections.ConfigDict:
-    path = paths.join(workdir, "config.json")
-    try:
-        return ml_collections.ConfigDict(paths.read_json(path))
-    except FileNotFoundError:
-        raise CheckpointError(f"{workdir} is not a training workdir (no config.json) nor a weights directory (no meta.json)") from None
-
-
 def abstract_train_state(config: ml_collections.ConfigDict, mesh: Any) -> Any:
     """ShapeDtypeStructs (replicated on ``mesh``) of the train state that ``config`` trains: a restore target."""
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    from regnet_jax import optim, parallel
     from regnet_jax.models import create_model
+    from regnet_jax.training.optimizer import make_optimizer
+    from regnet_jax.training.steps import init_variables, state_from_variables
 
     model = create_model(config)
     shape = (config.resolution, config.resolution, 3)
-    variables = jax.eval_shape(lambda: parallel.init_variables(model, jax.random.key(0), shape))
-    tx = optim.make_optimizer(config, 1, variables["params"])
-    state = jax.eval_shape(lambda v: parallel.state_from_variables(v, tx, config.optim.ema_decay > 0), variables)
+    variables = jax.eval_shape(lambda: init_variables(model, jax.random.key(0), shape))
+    tx = make_optimizer(config, 1, variables["params"])
+    state = jax.eval_shape(lambda v: state_from_variables(v, tx, config.optim.ema_decay > 0), variables)
     sharding = NamedSharding(mesh, P())
     return jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), state)
-
-
-def load_pretrained(path: paths.PathLike, *, ema: bool = False) -> Pretrained:
-    """Variables from a weights directory (``regnet_jax.weights``) or from the newest good checkpoint of a workdir
-    (local or ``gs://``)."""
-    from regnet_jax import parallel, weights
-
-    path = paths.resolve(path)
-    if weights.is_weights_dir(path):
-        if ema:
-            raise CheckpointError(f"{path} is a weights directory (one set of weights, no EMA copy): drop --ema")
-        variables, meta = weights.load_weights(path)
-        return Pretrained(variables, dict(meta["model"]), dict(meta["input"]), f"weights {path}")
-    config = read_workdir_config(path)
-    if ema and config.optim.ema_decay <= 0:
-        raise CheckpointError(f"{path} was trained without EMA (config.optim.ema_decay=0): drop --ema")
-    ckpt = Checkpointer(path, read_only=True)
-    try:
-        restored = ckpt.restore_latest(abstract_train_state(config, parallel.make_mesh()), move_corrupt=False)
-    finally:
-        ckpt.close()
-    if restored is None:
-        raise CheckpointError(f"training workdir {path} has no checkpoint yet in {checkpoint_dir(path)}")
-    state, meta = restored
-    variables = jax.tree_util.tree_map(host, state.variables(ema))
-    d = config.dataset
-    conventions = weights.input_spec(d.channel_order, tuple(d.mean), tuple(d.std), config.resolution, d.eval_crop_fraction)
-    return Pretrained(variables, config.model.to_dict(), conventions, f"workdir {path} step {meta['step']}")
-
-
-
-def _spec_without_classes(model: Any):
-    from regnet_jax.models import model_spec
-
-    spec = model_spec(dict(model))
-    return dataclasses.replace(spec, num_classes=0), spec.num_classes
-
-
-def merge_pretrained(fresh: dict[str, Any], pre: Pretrained, model: Any) -> tuple[dict[str, Any], bool]:
-    """``fresh`` (a new model's variables) with every array replaced by ``pre``'s; the head keeps its fresh
-    initialisation when the number of classes differs. Returns (variables, head_reinitialised).
-
-    Raises CheckpointError naming the fields or keys on any other difference (architecture, missing or extra keys,
-    shapes).
-    """
-    from flax import traverse_util
-
-    want, want_classes = _spec_without_classes(model)
-    have, have_classes = _spec_without_classes(pre.model)
-    if want != have:
-        diffs = [f"{f.name}: {getattr(have, f.name)} (pretrained) vs {getattr(want, f.name)} (config)" for f in dataclasses.fields(want) if getattr(want, f.name) != getattr(have, f.name)]
-        raise CheckpointError(f"{pre.source} is a different architecture than config.model: " + "; ".join(diffs))
-    reinit_head = want_classes != have_classes
-    merged = {}
-    for coll in ("params", "batch_stats"):
-        flat_new = traverse_util.flatten_dict(fresh.get(coll, {}))
-        flat_pre = traverse_util.flatten_dict(pre.variables.get(coll, {}))
-        keep = {k for k in flat_new if reinit_head and k[0] == "head"}
-        missing = sorted("/".join(k) for k in flat_new.keys() - flat_pre.keys() - keep)
-        extra = sorted("/".join(k) for k in flat_pre.keys() - flat_new.keys() if not (reinit_head and k[0] == "head"))
-        if missing or extra:
-            raise CheckpointError(f"{pre.source}: {coll} keys missing: {missing[:10]}; unexpected: {extra[:10]}")
-        out = {}
-        for k, v in flat_new.items():
-            if k in keep:
-                out[k] = v
-                continue
-            p = np.asarray(flat_pre[k])
-            if p.shape != tuple(v.shape):
-                raise CheckpointError(f"{pre.source}: {coll} {'/'.join(k)} has shape {p.shape}, the model needs {tuple(v.shape)}")
-            out[k] = p.astype(v.dtype)
-        merged[coll] = traverse_util.unflatten_dict(out)
-    return merged, reinit_head

@@ -1,8 +1,8 @@
 """Optimisation as in the pycls recipe (reference.md §4.1): the lr schedule, SGD with weight decay, the loss.
 
-* ``epoch_lr(config, epoch)``: cosine decay from ``regnet_jax.config.base_lr(config)`` (the linear scaling rule unless
-  pinned) to 0 with linear warmup from ``warmup_factor``; pycls evaluates it at the integer epoch index (the lr is
-  set once per epoch); ``optim.lr_per_step`` evaluates it at fractional epochs.
+* ``lr_schedule(config, steps_per_epoch)``: cosine decay from ``regnet_jax.config.base_lr(config)`` (the linear
+  scaling rule unless pinned) to 0 with linear warmup from ``warmup_factor``; pycls evaluates it at the integer epoch
+  index (the lr is set once per epoch); ``optim.lr_per_step`` evaluates it at fractional epochs.
 * ``make_optimizer(config, steps_per_epoch, params)``: PyTorch-style SGD (L2 weight decay added to the gradient,
   v = mu * v + g, Nesterov update g + mu * v, p -= lr * update), optionally without decay on BN and bias parameters,
   optionally with everything but the head frozen (linear probe).
@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import jax
@@ -23,18 +22,9 @@ from flax import traverse_util
 from regnet_jax.config import base_lr
 
 
-def epoch_lr(config: ml_collections.ConfigDict, epoch: float) -> float:
-    """The learning rate at ``epoch`` (an integer epoch index for pycls's per-epoch schedule)."""
-    o = config.optim
-    lr = base_lr(config) * 0.5 * (1.0 + math.cos(math.pi * epoch / config.num_epochs))
-    if epoch < o.warmup_epochs:
-        alpha = epoch / o.warmup_epochs
-        lr *= o.warmup_factor * (1.0 - alpha) + alpha
-    return lr
-
-
 def lr_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
-    """``epoch_lr`` as a function of the optimizer step (jit-friendly, float32).
+    """The learning rate as a function of the optimizer step (jit-friendly, float32): cosine decay from ``base_lr`` to
+    0 over the epochs, with linear warmup over ``warmup_epochs`` from ``warmup_factor`` times it.
 
     0.5 * (1 + cos(pi * e / E)) is evaluated as sin(pi/2 * (E - e) / E)^2 with E - e from exact integer step
     counts: the plain form loses ~1e-4 relative precision to cancellation in float32 near the end of training.

@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from regnet_jax.parallel import TrainState
+from regnet_jax.training.steps import TrainState
 
 
 def num_batches(num_images: int, global_batch: int, steps_per_epoch: int) -> int:
@@ -26,7 +26,7 @@ def num_batches(num_images: int, global_batch: int, steps_per_epoch: int) -> int
 
 
 def recompute_batch_stats(stats_step: Callable, variables: dict[str, Any], batches: Iterable[dict[str, Any]], count: int) -> Any:
-    """The mean of ``stats_step(variables, batch)`` (``parallel.make_bn_stats_step``) over the first ``count`` batches."""
+    """The mean of ``stats_step(variables, batch)`` (``steps.make_bn_stats_step``) over the first ``count`` batches."""
     total, seen = None, 0
     for batch in itertools.islice(batches, count):
         stats = stats_step(variables, batch)

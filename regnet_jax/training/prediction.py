@@ -1,32 +1,31 @@
-"""Classify images with converted or trained weights: the top-5 classes with names and probabilities.
+"""Classify images with converted or trained weights: the top-k classes with names and probabilities.
 
-    python -m regnet_jax.predict --checkpoint=DIR IMAGE [IMAGE ...] [--top_k=5] [--json]
+    results = predict(checkpoint, ["cat.jpg"], k=5)     # python -m regnet_jax.predict
 
-``--checkpoint`` is a weights directory (``python -m regnet_jax.convert``) or a training workdir (its newest good
+``checkpoint`` is a weights directory (``python -m regnet_jax.convert``) or a training workdir (its newest good
 checkpoint). Preprocessing is the evaluation transform: resize the shorter side to ``resolution / crop_fraction``,
 centre-crop ``resolution``, then the channel order and mean/std the weights expect (pycls weights: BGR). The
 resolution and crop fraction are the model's own (a workdir's config, a weights directory's meta.json; 224 and
-0.875 for weights that do not record them); ``--resolution`` / ``--crop_fraction`` override them. Class names: the 1000 ImageNet classes shipped in
-``regnet_jax/assets/imagenet_classes.tsv``, or ``--labels=FILE`` (one name per line) for other heads.
+0.875 for weights that do not record them); ``resolution`` / ``crop_fraction`` override them. Class names: the 1000
+ImageNet classes shipped in ``regnet_jax/assets/imagenet_classes.tsv``, or ``labels_file`` (one name per line) for
+other heads.
 """
 
 from __future__ import annotations
 
-import json
-import sys
-import time
 from importlib import resources
 from typing import Any
 
 import numpy as np
 
-from regnet_jax import paths
+from regnet_jax.core import paths
+from regnet_jax.core.errors import UserError
 
 IMAGENET_CLASSES = "imagenet_classes.tsv"
 DEFAULT_RESOLUTION, DEFAULT_CROP_FRACTION = 224, 224 / 256  # for weights that do not record theirs (ImageNet's)
 
 
-class PredictError(ValueError):
+class PredictError(UserError):
     """Bad images, labels or arguments; the message names the file and the fix."""
 
 
@@ -57,7 +56,7 @@ def preprocess(path: str, conventions: dict[str, Any], resolution: int, crop_fra
     import ml_collections
     import tensorflow as tf
 
-    from regnet_jax.data import augment
+    from regnet_jax.data.augment import eval_preprocess
 
     if not paths.isfile(path):
         raise PredictError(f"image {path} does not exist")
@@ -66,7 +65,7 @@ def preprocess(path: str, conventions: dict[str, Any], resolution: int, crop_fra
              channel_order=conventions["channel_order"], output_dtype="float32")
     )  # fmt: skip
     try:
-        return augment.eval_preprocess(tf.constant(paths.read_bytes(path)), cfg, resolution).numpy()
+        return eval_preprocess(tf.constant(paths.read_bytes(path)), cfg, resolution).numpy()
     except tf.errors.OpError as e:
         raise PredictError(f"cannot decode {path} as an image (JPEG, PNG, GIF or BMP): {e.message.splitlines()[0]}") from e
 
@@ -101,8 +100,8 @@ def predict(
     ``crop_fraction`` 0 = the model's own (see the module docstring)."""
     import jax
 
-    from regnet_jax.checkpoint import load_pretrained
     from regnet_jax.models import create_model
+    from regnet_jax.weights.pretrained import load_pretrained
 
     if not images:
         raise PredictError("give one or more image files after the flags")
@@ -111,54 +110,19 @@ def predict(
     missing = [p for p in images if not paths.isfile(p)]
     if missing:  # before the (slow) loading of the weights
         raise PredictError(f"{len(missing)} of the images do not exist: {', '.join(missing[:3])}")
-    pre = load_pretrained(checkpoint, ema=ema)
-    resolution = resolution or pre.input.get("resolution", DEFAULT_RESOLUTION)
-    crop_fraction = crop_fraction or pre.input.get("crop_fraction", DEFAULT_CROP_FRACTION)
-    names = class_names(pre.model["num_classes"], labels_file)
-    model = create_model(pre.model)
+    pretrained = load_pretrained(checkpoint, ema=ema)
+    resolution = resolution or pretrained.input.get("resolution", DEFAULT_RESOLUTION)
+    crop_fraction = crop_fraction or pretrained.input.get("crop_fraction", DEFAULT_CROP_FRACTION)
+    names = class_names(pretrained.model["num_classes"], labels_file)
+    model = create_model(pretrained.model)
     apply = jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, x, train=False).astype("float32"), axis=-1))
-    variables = jax.device_put(pre.variables)
+    variables = jax.device_put(pretrained.variables)
     out = []
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
-        x = np.stack([preprocess(p, pre.input, resolution, crop_fraction) for p in chunk])
+        x = np.stack([preprocess(p, pretrained.input, resolution, crop_fraction) for p in chunk])
         pad = batch_size - len(chunk) if len(images) > batch_size else 0  # one compiled shape for every chunk
         x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
         probs = np.asarray(apply(variables, x))[: len(chunk)]
         out += [{"image": p, "top": top_k(pr, names, min(k, len(names)))} for p, pr in zip(chunk, probs)]
     return out
-
-
-def main(argv: list[str]) -> None:
-    from absl import flags
-
-    FLAGS = flags.FLAGS
-    if not FLAGS.checkpoint:
-        raise PredictError("--checkpoint is required (a weights directory or a training workdir)")
-    t = time.perf_counter()
-    results = predict(
-        FLAGS.checkpoint, argv[1:], k=FLAGS.top_k, resolution=FLAGS.resolution, crop_fraction=FLAGS.crop_fraction,
-        labels_file=FLAGS.labels, ema=FLAGS.ema, batch_size=FLAGS.batch_size,
-    )  # fmt: skip
-    print(json.dumps(results) if FLAGS.json else format_results(results))
-    dt = time.perf_counter() - t
-    print(f"{len(results)} images in {dt:.1f} s ({len(results) / dt:.1f} images/s, including loading and compiling)", file=sys.stderr)
-    sys.stdout.flush()
-
-
-if __name__ == "__main__":
-    from absl import flags
-
-    from regnet_jax.cli import run
-    from regnet_jax.weights import WeightsError
-
-    flags.DEFINE_string("checkpoint", None, "A weights directory (regnet_jax.convert) or a training workdir.")
-    flags.DEFINE_integer("top_k", 5, "How many classes to print per image.")
-    flags.DEFINE_integer("resolution", 0, "Crop size fed to the network (0: the model's own, 224 if it does not record one).")
-    flags.DEFINE_float("crop_fraction", 0.0, "Centre-crop fraction: the shorter side is resized to resolution / this "
-                       "(0: the model's own, 0.875 if it does not record one).")
-    flags.DEFINE_string("labels", "", "File with one class name per line (default: ImageNet's for 1000-class heads).")
-    flags.DEFINE_bool("ema", False, "Use the EMA weights of a training workdir.")
-    flags.DEFINE_integer("batch_size", 32, "Images per forward pass.")
-    flags.DEFINE_bool("json", False, "Print the results as one JSON list.")
-    run(main, user_errors=(PredictError, WeightsError))

@@ -1,25 +1,20 @@
-"""Data parallelism with pmap semantics, written as ``jax.jit(jax.shard_map(...))``, with pycls's per-GPU BatchNorm
-statistics and gradient accumulation on any number of devices.
+"""The train, BatchNorm-statistics and evaluation steps: data parallelism with pmap semantics, written as
+``jax.jit(jax.shard_map(...))``, with pycls's per-GPU BatchNorm statistics and gradient accumulation on any number of
+devices. (The mesh, sharding and the processes are ``regnet_jax.core.distributed``'s.)
 
 Public API (usable outside the trainer, e.g. by benchmarks)::
 
-    maybe_initialize_distributed(enabled=None, coordinator_address='', num_processes=0, process_id=-1,
-                                 heartbeat_timeout_s=100) -> bool
-    make_mesh(devices=None, axis_name='batch') -> Mesh           # all devices of all processes, one named axis
-    shard_batch(local_batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]   # process-local rows -> global
-    replicate(tree, mesh) -> tree of replicated global arrays      # host values identical on every process
     create_train_state(model, tx, rng, image_shape, mesh, ema=False) -> TrainState  # initialised replicated
     make_train_step(model, tx, mesh, *, num_classes, label_smoothing=0.0, ema_decay=0.0, bn_train=True,
                     bn_group_size=0, grad_accum_steps=1, accumulation='auto')
         -> step(state, batch) -> (state, metrics)   # state donated; metrics: loss, correct, count, finite (loss and params)
     make_bn_stats_step(model, mesh, *, bn_group_size=0, grad_accum_steps=1) -> step(variables, batch) -> batch_stats
     make_eval_step(model, mesh, *, num_classes) -> step(variables, batch) -> {loss, top1, top5, count} (sums)
-    group_mesh(mesh, devices_per_group) -> Mesh                  # the train step's 2-D view (GROUPS, AXIS)
 
 ``model`` must be built with ``create_model(config, bn_axis_name=AXIS)``: BatchNorm averages its batch statistics
 over the mesh axis AXIS. The state is replicated (``P()``), batches are sharded on their leading axis.
 
-BatchNorm statistics groups (``bn_group_size``, ``config.batch_layout``): each BN layer normalises over groups of
+BatchNorm statistics groups (``bn_group_size``, ``core.distributed.batch_layout``): each BN layer normalises over groups of
 ``bn_group_size`` images, whatever the device count (0: one group, the whole global batch). The train step views the
 1-D mesh as a 2-D mesh (GROUPS, AXIS) whose inner axis AXIS holds the devices of one group, so BN's ``pmean`` over AXIS
 averages within a group only; a group smaller than a device's batch is a slice of it (``vmap`` over the slices).
@@ -50,7 +45,6 @@ first or on how the groups are laid out over devices and micro-batches, so 8 dev
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -62,81 +56,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from regnet_jax.config import BatchLayout, ConfigError, batch_layout
-from regnet_jax.optim import cross_entropy
-
-AXIS = "batch"  # the model's BN axis: the devices of one statistics group (all devices on a 1-D mesh)
-GROUPS = "groups"  # the train step's outer axis: one entry per group of devices
-DATA_AXES = (GROUPS, AXIS)
-HEARTBEAT_TIMEOUT_S = 100  # jax.distributed's default
-
-
-def _cluster_detected() -> bool:
-    """A multi-process launch that ``jax.distributed.initialize()`` can configure itself: ``JAX_COORDINATOR_ADDRESS``
-    is set, or one of JAX's own cluster environments (``jax._src.clusters``, what ``initialize()`` auto-detects) is
-    present with more than one process: SLURM, Open MPI, or a Cloud TPU slice, found through ``TPU_WORKER_HOSTNAMES``
-    (GKE) or, on a TPU VM reached with ``gcloud ... ssh --worker=all``, the TPU metadata server (its worker list).
-    Kubernetes is left to ``--distributed`` (JAX's check needs the cluster API and warns in every plain pod)."""
-    if os.environ.get("JAX_COORDINATOR_ADDRESS"):
-        return True
-    from jax._src import clusters  # private, but exactly the detection jax.distributed.initialize() performs
-
-    for env in (clusters.OmpiCluster, clusters.SlurmCluster, clusters.GceTpuCluster, clusters.GkeTpuCluster):  # JAX's order
-        try:
-            if env.is_env_present():
-                return env.get_process_count() > 1
-        except Exception as e:  # e.g. the TPU metadata server did not answer: never guess on a possible pod slice
-            raise ConfigError(
-                f"could not tell whether this is a multi-process launch ({env.__name__}: {type(e).__name__}: {e}); "
-                "pass --distributed (with --coordinator_address/--num_processes/--process_id if needed) or "
-                "--nodistributed for a single process"
-            ) from None
-    return False
-
-
-def maybe_initialize_distributed(
-    enabled: bool | None = None, coordinator_address: str = "", num_processes: int = 0, process_id: int = -1,
-    heartbeat_timeout_s: int = HEARTBEAT_TIMEOUT_S,
-) -> bool:
-    """Call ``jax.distributed.initialize`` if asked (``enabled=True``) or, with ``enabled=None``, if a cluster launch
-    is detected. Empty/zero/negative arguments are left to JAX's auto-detection. Returns whether it initialised.
-
-    A process that stops sending heartbeats for ``heartbeat_timeout_s`` is taken for dead by JAX's coordination
-    service, which then ends every other process (so a dead host never leaves the others hanging)."""
-    if enabled is False or (enabled is None and not _cluster_detected()):
-        return False
-    kwargs: dict[str, Any] = {"heartbeat_timeout_seconds": heartbeat_timeout_s}
-    if coordinator_address:
-        kwargs["coordinator_address"] = coordinator_address
-    if num_processes:
-        kwargs["num_processes"] = num_processes
-    if process_id >= 0:
-        kwargs["process_id"] = process_id
-    jax.distributed.initialize(**kwargs)
-    return True
-
-
-def make_mesh(devices: list[jax.Device] | None = None, axis_name: str = AXIS) -> Mesh:
-    """A 1-D mesh over ``devices`` (default: all devices of all processes, in id order)."""
-    devices = sorted(devices or jax.devices(), key=lambda d: d.id)
-    return Mesh(np.asarray(devices), (axis_name,))
-
-
-def shard_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """Assemble global arrays from each process's rows (process p's rows follow process p-1's in the global batch)."""
-    sharding = NamedSharding(mesh, P(mesh.axis_names[0]))
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
-
-
-def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Host values (the same on every process) as arrays replicated on every device of ``mesh``."""
-    sharding = NamedSharding(mesh, P())
-
-    def put(x):
-        x = np.asarray(x)
-        return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
-
-    return jax.tree_util.tree_map(put, tree)
+from regnet_jax.core.distributed import DATA_AXES, GROUPS, BatchLayout, batch_layout, group_mesh
+from regnet_jax.training.optimizer import cross_entropy
 
 
 @flax.struct.dataclass
@@ -179,18 +100,6 @@ def create_train_state(
         return state_from_variables(init_variables(model, rng, image_shape), tx, ema)
 
     return jax.jit(init, out_shardings=NamedSharding(mesh, P()))(rng)
-
-
-def group_mesh(mesh: Mesh, devices_per_group: int) -> Mesh:
-    """``mesh``'s devices, in order, as a 2-D mesh (GROUPS, AXIS) whose inner axis holds one BN group's devices.
-
-    A batch sharded over ``mesh``'s axis is sharded the same way over ``P((GROUPS, AXIS))`` here (row blocks stay on
-    their devices), so the train step can use this view without moving data.
-    """
-    devices = np.asarray(mesh.devices).reshape(-1)
-    if devices.size % devices_per_group:
-        raise ValueError(f"{devices_per_group} devices per BatchNorm group do not divide the {devices.size} devices")
-    return Mesh(devices.reshape(-1, devices_per_group), (GROUPS, AXIS))
 
 
 def _apply_grouped(model, variables: dict[str, Any], images: jax.Array, layout: BatchLayout) -> tuple[jax.Array, Any]:

@@ -23,8 +23,8 @@ import time
 import uuid
 from typing import Any
 
-from regnet_jax import paths
-from regnet_jax.config import ConfigError
+from regnet_jax.core import paths
+from regnet_jax.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,9 @@
-"""Export trained or converted weights as one portable file, with the config beside it.
+"""Trained or converted weights as one portable file, with the config beside it (``python -m regnet_jax.export``).
 
-    python -m regnet_jax.export --checkpoint=DIR --output=regnety_400mf.safetensors [--layout=flax|pycls|torchvision|timm] [--ema]
-    python -m regnet_jax.export --checkpoint=DIR --output=regnety_400mf.msgpack
+    export_variables(variables, model, conventions, "regnety_400mf.safetensors", layout="torchvision")
+    weights, meta = read_export("regnety_400mf.safetensors")
 
-``--checkpoint`` is a weights directory (``python -m regnet_jax.convert``) or a training workdir (its newest good
-checkpoint). Two files are written (neither may exist already):
+Two files are written (neither may exist already):
 
 * ``FILE.safetensors``: the tensors, named ``params/s1/b1/f/a/kernel`` (``--layout=flax``, Flax shapes) or by the
   PyTorch state-dict keys of pycls, torchvision or timm (PyTorch shapes: load it with ``safetensors.torch.load_file``
@@ -18,21 +17,21 @@ checkpoint). Two files are written (neither may exist already):
 from __future__ import annotations
 
 import json
-import sys
-import time
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from regnet_jax import paths
-from regnet_jax.formats import FormatError, read_safetensors, write_safetensors
+from regnet_jax.core import paths
+from regnet_jax.core.errors import UserError
+from regnet_jax.weights.formats import read_safetensors, write_safetensors
+from regnet_jax.weights.layouts import check_layout_fits, to_layout
 
 FORMAT = "regnet_jax.export/1"
 EXPORT_LAYOUTS = ("flax", "pycls", "torchvision", "timm")
 
 
-class ExportError(ValueError):
+class ExportError(UserError):
     """Bad export arguments or an unreadable export (the message says which and what to do)."""
 
 
@@ -72,8 +71,6 @@ def export_variables(
     source: str = "",
 ) -> tuple[str, str]:
     """Write ``variables`` to ``output`` (.safetensors or .msgpack) and the config to its .json; returns both paths."""
-    from regnet_jax import convert
-
     output = paths.resolve(output)
     ext = output.suffix
     if ext not in (".safetensors", ".msgpack"):
@@ -83,7 +80,7 @@ def export_variables(
     if ext == ".msgpack" and layout != "flax":
         raise ExportError("msgpack exports hold the Flax variable tree: use --layout=flax, or a .safetensors output for PyTorch layouts")
     if layout != "flax":
-        convert.check_layout_fits(model, layout)
+        check_layout_fits(model, layout)
     sidecar = _sidecar(output)
     for path in (output, sidecar):
         if path.exists():
@@ -94,7 +91,7 @@ def export_variables(
 
         paths.write_bytes(output, serialization.msgpack_serialize(_flax_tree(_flax_flat(variables))))
     else:
-        tensors = _flax_flat(variables) if layout == "flax" else convert.to_layout(variables, layout)
+        tensors = _flax_flat(variables) if layout == "flax" else to_layout(variables, layout)
         write_safetensors(output, tensors, {"regnet_jax": json.dumps(meta)})
     paths.write_json(sidecar, meta)
     return str(output), str(sidecar)
@@ -115,34 +112,3 @@ def read_export(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
         return {c: tree.get(c, {}) for c in ("params", "batch_stats")}, meta
     tensors, _ = read_safetensors(path)
     return (_flax_tree(tensors) if meta["layout"] == "flax" else tensors), meta
-
-
-def main(argv: list[str]) -> None:
-    from absl import flags
-
-    from regnet_jax.checkpoint import load_pretrained
-
-    del argv
-    FLAGS = flags.FLAGS
-    if not FLAGS.checkpoint or not FLAGS.output:
-        raise ExportError("--checkpoint and --output are both required")
-    t = time.perf_counter()
-    pre = load_pretrained(FLAGS.checkpoint, ema=FLAGS.ema)
-    out, sidecar = export_variables(pre.variables, pre.model, pre.input, FLAGS.output, layout=FLAGS.layout, source=pre.source)
-    size = paths.resolve(out).stat().length / 2**20
-    print(f"exported {pre.source} ({FLAGS.layout} layout, {size:.1f} MiB) in {time.perf_counter() - t:.1f} s -> {out} + {sidecar}")
-    sys.stdout.flush()
-
-
-if __name__ == "__main__":
-    from absl import flags
-
-    from regnet_jax.cli import run
-    from regnet_jax.convert import ConversionError
-    from regnet_jax.weights import WeightsError
-
-    flags.DEFINE_string("checkpoint", None, "A weights directory or a training workdir.")
-    flags.DEFINE_string("output", None, "File to write: NAME.safetensors or NAME.msgpack (its config, NAME.safetensors.json or NAME.msgpack.json, beside it).")
-    flags.DEFINE_enum("layout", "flax", list(EXPORT_LAYOUTS), "Tensor names and shapes: Flax, or a PyTorch state dict of pycls/torchvision/timm.")
-    flags.DEFINE_bool("ema", False, "Export the EMA weights of a training workdir.")
-    run(main, user_errors=(ExportError, FormatError, WeightsError, ConversionError))

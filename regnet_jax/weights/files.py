@@ -6,7 +6,7 @@ Layout of such a directory (what ``convert`` writes and ``train``/``evaluate``/`
                        "crop_fraction"}, "source"}   (weights written before resolution/crop_fraction lack them)
     DIR/variables/     orbax checkpoint of {"params": ..., "batch_stats": ...}
 
-DIR may be local or ``gs://`` (``regnet_jax.paths``).
+DIR may be local or ``gs://`` (``regnet_jax.core.paths``).
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ from typing import Any
 import jax
 import numpy as np
 
-from regnet_jax import paths
+from regnet_jax.config import IMAGENET_MEAN, IMAGENET_STD
+from regnet_jax.core import paths
+from regnet_jax.core.errors import UserError
 
 FORMAT = "regnet_jax.weights/1"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, on [0, 1] pixels
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError):
     """A weights directory is missing, incomplete or not in this format."""
 
 

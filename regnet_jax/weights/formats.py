@@ -16,12 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from regnet_jax import paths
+from regnet_jax.core import paths
+from regnet_jax.core.errors import UserError
 
 _MAX_HEADER = 100 * 1024 * 1024
 
 
-class FormatError(ValueError):
+class FormatError(UserError):
     """A file cannot be read as the format its name says, or data cannot be stored in a format (the message names
     the file and what to do)."""
 
@@ -83,7 +84,6 @@ def read_safetensors(path: paths.PathLike) -> tuple[dict[str, np.ndarray], dict[
     return tensors, dict(metadata)
 
 
-
 # ---------------------------------------------------------------- state dicts
 
 
@@ -106,11 +106,11 @@ def _unwrap(obj: Any, path: str) -> Mapping[str, Any]:
     return obj
 
 
-def _strip_module_prefix(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _strip_module_prefix(state_dict: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """State dicts saved from DistributedDataParallel prefix every key with 'module.'."""
-    if sd and all(k.startswith("module.") for k in sd):
-        return {k[len("module."):]: v for k, v in sd.items()}
-    return sd
+    if state_dict and all(k.startswith("module.") for k in state_dict):
+        return {k[len("module."):]: v for k, v in state_dict.items()}
+    return state_dict
 
 
 def _torch_load(path: str, unsafe_pickle: bool) -> Any:
@@ -148,5 +148,5 @@ def read_state_dict(path: str, unsafe_pickle: bool = False) -> dict[str, np.ndar
         obj, _ = read_safetensors(path)
     else:
         obj = _torch_load(path, unsafe_pickle)
-    sd = _unwrap(obj, path)
-    return _strip_module_prefix({k: _as_numpy(v) for k, v in sd.items()})
+    state_dict = _unwrap(obj, path)
+    return _strip_module_prefix({k: _as_numpy(v) for k, v in state_dict.items()})

@@ -1,6 +1,8 @@
 """Weight layouts: pycls, torchvision and timm (PyTorch) state dicts <-> Flax variables of ``create_model(config)``.
 
-    python -m regnet_jax.convert --from=pycls|torchvision|timm --checkpoint=FILE [--config=CONFIG] --output=DIR
+    variables = from_pycls(state_dict, config)          # and from_torchvision, from_timm, from_layout
+    state_dict = to_torchvision(variables)              # and to_pycls, to_timm, to_layout
+    convert_file("pycls", "model.pyth", config, "weights_dir")     # python -m regnet_jax.convert
 
 Flax module names mirror pycls (``s1/b1/f/a_bn``), so a key maps by renaming and a transpose:
 conv OIHW -> HWIO, linear and SE (O, I[, 1, 1]) -> (I, O), BN weight/bias/running_mean/running_var ->
@@ -16,8 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import sys
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,9 +26,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from regnet_jax import paths
-from regnet_jax.config import ConfigError
-from regnet_jax.formats import FormatError, read_state_dict
+from regnet_jax.config import IMAGENET_MEAN, IMAGENET_STD, ConfigError, validate_model
+from regnet_jax.core import paths
+from regnet_jax.core.errors import UserError
+from regnet_jax.weights.files import WeightsError, input_spec, save_weights
+from regnet_jax.weights.formats import read_state_dict
 
 LAYOUTS = ("pycls", "torchvision", "timm")
 # pycls trains on BGR input (reference.md §4.3); timm flipped the stem of the pycls weights it ships to RGB.
@@ -56,7 +58,7 @@ _OTHER_RENAMES = {"torchvision": {"stem.conv": "stem.0", "stem.bn": "stem.1", "h
 _LAYOUT_MARKERS = {"torchvision": "trunk_output.", "timm": ".conv1.conv.", "pycls": ".f.a_bn."}
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError):
     """A state dict does not fit the model: the message names the key and what was expected."""
 
 
@@ -168,28 +170,28 @@ def from_layout(state_dict: Mapping[str, Any], config: Any, layout: str) -> dict
     _check_layout(layout)
     check_layout_fits(config, layout)
     template = variable_shapes(config)
-    sd = {k: np.asarray(v) for k, v in state_dict.items() if not k.endswith(_TORCH_ONLY)}
+    arrays = {k: np.asarray(v) for k, v in state_dict.items() if not k.endswith(_TORCH_ONLY)}
     out, used, missing, wrong = {}, set(), [], []
     for col in ("params", "batch_stats"):
         flat = {}
         for path, leaf in traverse_util.flatten_dict(template[col]).items():
             key = torch_name(path, layout)
-            if key not in sd:
+            if key not in arrays:
                 missing.append(repr(key))
                 continue
             used.add(key)
-            value = _to_flax(sd[key], leaf.shape)
+            value = _to_flax(arrays[key], leaf.shape)
             if value.shape != leaf.shape:
-                wrong.append(f"{key!r} has shape {sd[key].shape}, the model needs {_torch_shape(leaf.shape, path)}")
+                wrong.append(f"{key!r} has shape {arrays[key].shape}, the model needs {_torch_shape(leaf.shape, path)}")
                 continue
             flat[path] = value.astype(leaf.dtype)
         out[col] = traverse_util.unflatten_dict(flat)
-    extra = [repr(k) for k in sorted(set(sd) - used)]
+    extra = [repr(k) for k in sorted(set(arrays) - used)]
     if missing or wrong or extra:
         problems = [f"{len(missing)} keys missing ({_examples(missing)})"] if missing else []
         problems += [f"{len(wrong)} keys of the wrong shape ({_examples(wrong, 2)})"] if wrong else []
         problems += [f"{len(extra)} keys the model does not use ({_examples(extra)})"] if extra else []
-        hint = _layout_hint(sd, layout)
+        hint = _layout_hint(arrays, layout)
         if layout != "pycls" and wrong and not missing and not extra:
             hint += f" (or {layout}'s width rounding: resolve_model(state_dict, config, {layout!r}) builds that variant; the CLI does so itself)"
         raise ConversionError(f"the {layout} state dict does not fit the model of this config: {'; '.join(problems)}{hint}")
@@ -199,11 +201,11 @@ def from_layout(state_dict: Mapping[str, Any], config: Any, layout: str) -> dict
 def to_layout(variables: Mapping[str, Any], layout: str) -> dict[str, np.ndarray]:
     """The ``layout`` state dict (numpy, PyTorch shapes) of Flax ``{'params', 'batch_stats'}``."""
     _check_layout(layout)
-    sd = {}
+    state_dict = {}
     for col in ("params", "batch_stats"):
         for path, leaf in traverse_util.flatten_dict(dict(variables.get(col, {}))).items():
-            sd[torch_name(path, layout)] = _to_torch(np.asarray(leaf), path)
-    return sd
+            state_dict[torch_name(path, layout)] = _to_torch(np.asarray(leaf), path)
+    return state_dict
 
 
 def from_pycls(state_dict: Mapping[str, Any], config: Any) -> dict[str, Any]:
@@ -239,9 +241,9 @@ def to_timm(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------- architecture from the weights
 
 
-def _shape(sd: Mapping[str, Any], path: tuple[str, ...], layout: str) -> tuple[int, ...] | None:
+def _shape(state_dict: Mapping[str, Any], path: tuple[str, ...], layout: str) -> tuple[int, ...] | None:
     key = torch_name(path, layout)
-    return tuple(np.shape(sd[key])) if key in sd else None
+    return tuple(np.shape(state_dict[key])) if key in state_dict else None
 
 
 def _se_ratio(w_ins: list[int], w_ses: list[int]) -> float:
@@ -258,8 +260,6 @@ def infer_model(state_dict: Mapping[str, Any], layout: str) -> dict[str, Any]:
     Assumes what the weights cannot tell and every torchvision/timm RegNet has: a simple stem (3x3, stride 2),
     residual bottleneck blocks, stride 2 in every stage, ReLU.
     """
-    from regnet_jax.config import validate_model
-
     _check_layout(layout)
     stem = _shape(state_dict, ("stem", "conv", "kernel"), layout)
     if stem is None or len(stem) != 4 or stem[2:] != (3, 3):
@@ -358,67 +358,18 @@ def convert_file(
     channel_order: str = "",
     unsafe_pickle: bool = False,
 ) -> dict[str, Any]:
-    """Convert a PyTorch checkpoint file to a weights directory (``regnet_jax.weights``); returns a summary."""
-    from regnet_jax import weights
-
+    """Convert a PyTorch checkpoint file to a weights directory (``weights.files``); returns a summary."""
     _check_layout(layout)
     output = paths.resolve(output)
     if output.exists():  # checked first: a long conversion should not end in this error
-        raise weights.WeightsError(f"{output} already exists: choose a new --output directory (nothing is overwritten)")
-    sd = read_state_dict(checkpoint, unsafe_pickle)
-    model, note = resolve_model(sd, config, layout)
-    variables = from_layout(sd, model, layout)
+        raise WeightsError(f"{output} already exists: choose a new --output directory (nothing is overwritten)")
+    state_dict = read_state_dict(checkpoint, unsafe_pickle)
+    model, note = resolve_model(state_dict, config, layout)
+    variables = from_layout(state_dict, model, layout)
     size = (config.resolution, config.dataset.eval_crop_fraction) if config is not None and "dataset" in config else ()
-    conventions = weights.input_spec(channel_order or CHANNEL_ORDER[layout], weights.IMAGENET_MEAN, weights.IMAGENET_STD, *size)
+    conventions = input_spec(channel_order or CHANNEL_ORDER[layout], IMAGENET_MEAN, IMAGENET_STD, *size)
     source = f"{layout} {paths.resolve(checkpoint)}" + (f" ({note})" if note else "")
-    weights.save_weights(output, variables, model, conventions, source)
+    save_weights(output, variables, model, conventions, source)
     n_params = sum(int(np.prod(np.shape(x))) for x in jax.tree_util.tree_leaves(variables["params"]))
     n_tensors = len(jax.tree_util.tree_leaves(variables))
     return {"output": str(output), "model": model, "input": conventions, "note": note, "params": n_params, "tensors": n_tensors}
-
-
-def main(argv: list[str]) -> None:
-    from absl import flags
-
-    del argv
-    FLAGS = flags.FLAGS
-    if not FLAGS.checkpoint or not FLAGS.output:
-        raise ConfigError("--checkpoint and --output are required (and --config for --from=pycls)")
-    t = time.perf_counter()
-    out = convert_file(
-        getattr(FLAGS, "from"), FLAGS.checkpoint, FLAGS.config, FLAGS.output,
-        channel_order=FLAGS.channel_order, unsafe_pickle=FLAGS.unsafe_pickle,
-    )  # fmt: skip
-    if out["note"]:
-        print(f"note: {out['note']}")
-    print(
-        f"converted {out['tensors']} tensors ({out['params']:,} parameters) of {getattr(FLAGS, 'from')} {FLAGS.checkpoint} "
-        f"in {time.perf_counter() - t:.1f} s -> {out['output']} (input: {out['input']['channel_order'].upper()}, "
-        "ImageNet mean/std)"
-    )
-    sys.stdout.flush()
-
-
-def _define_flags() -> None:
-    from absl import flags
-
-    from regnet_jax.cli import define_config_flag
-
-    flags.DEFINE_enum("from", None, list(LAYOUTS), "Layout of the checkpoint: pycls (.pyth), torchvision or timm.")
-    flags.DEFINE_string("checkpoint", None, "A .pyth/.pth/.pt (needs torch), .safetensors or .npz file.")
-    define_config_flag(
-        "config", "Config whose model the weights are for, e.g. configs/regnety_400mf.py. Required for pycls; "
-        "for torchvision/timm, omit it to read the architecture from the weights.", lock=False,
-    )  # fmt: skip
-    flags.DEFINE_string("output", None, "Weights directory to create (must not exist).")
-    flags.DEFINE_enum("channel_order", "", ["", "rgb", "bgr"], "Override the input channel order (default: bgr for pycls, rgb otherwise).")
-    flags.DEFINE_bool("unsafe_pickle", False, "Allow torch checkpoints that pickle arbitrary Python objects (trusted files only).")
-    flags.mark_flag_as_required("from")
-
-
-if __name__ == "__main__":
-    from regnet_jax.cli import run
-    from regnet_jax.weights import WeightsError
-
-    _define_flags()
-    run(main, user_errors=(ConversionError, FormatError, WeightsError))
