@@ -23,7 +23,7 @@ from typing import Any
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-# Per-GPU batch of the 100-epoch recipe (1024 / 8 and 512 / 8 images, reference.md §1.1).
+# Per-GPU batch of the 100-epoch recipe (1024 / 8 and 512 / 8 images: pycls dds_baselines yamls, TRAIN.BATCH_SIZE over NUM_GPUS 8; docs/fidelity.md#model-zoo).
 RECIPE_BATCH = {"regnety_400mf": 128, "regnety_4gf": 64}
 
 

@@ -12,8 +12,8 @@ ImageNet) into a folder
 dataset, then times the trainer's own input pipeline over them (``regnet_jax.data.TrainInput``: file reads, JPEG
 decode fused with the Inception crop, resize to 224, flip, PCA lighting, normalisation, batching), in a subprocess
 pinned to 1, 2, ... cores. It then compares the pipeline's capacity (cores x per-core rate) with what the model
-consumes on N devices (N x per-device train images/s): by default the per-V100 rate implied by the reference's
-100-epoch training times on 8 V100s (reference.md §1.2), or ``--model_images_per_s``, or a measurement of
+consumes on N devices (N x per-device train images/s): by default the per-V100 rate implied by pycls MODEL_ZOO.md's
+100-epoch training times on 8 V100s (pycls MODEL_ZOO.md, "train (hr)"; docs/fidelity.md#model-zoo), or ``--model_images_per_s``, or a measurement of
 ``regnet_jax.benchmark`` on this host (``--measure_model``).
 """
 
@@ -33,7 +33,7 @@ from regnet_jax.core import logs
 logs.quiet_environment("TF_CPP_MIN_LOG_LEVEL")
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
-# Hours for 100 epochs on 8 V100 (pycls MODEL_ZOO, reference.md §1.2): per-GPU training images/s = 1.28M * 100 / (8 h).
+# Hours for 100 epochs on 8 V100 (pycls MODEL_ZOO.md, "train (hr)" column): per-GPU training images/s = 1.28M * 100 / (8 h).
 V100_TRAIN_HOURS = dict(
     zip(
         [f"regnetx_{s}" for s in ("200mf", "400mf", "600mf", "800mf", "1.6gf", "3.2gf", "4gf", "6.4gf", "8gf", "12gf", "16gf", "32gf")],
@@ -48,7 +48,7 @@ V100_TRAIN_HOURS = dict(
 
 
 def v100_images_per_s(model: str) -> float:
-    """Per-GPU training images/s implied by the reference's 100-epoch time on 8 V100s."""
+    """Per-GPU training images/s implied by pycls MODEL_ZOO.md's 100-epoch time on 8 V100s."""
     return IMAGENET_TRAIN_IMAGES * 100 / (V100_TRAIN_HOURS[model] * 3600) / 8
 
 
@@ -156,7 +156,7 @@ def main() -> None:
     else:
         if args.model not in V100_TRAIN_HOURS:
             sys.exit(f"error: no reference V100 rate for --model={args.model}: give --model_images_per_s or --measure_model")
-        model_ips, source = v100_images_per_s(args.model), "V100, from the reference's 100-epoch training time on 8 GPUs"
+        model_ips, source = v100_images_per_s(args.model), "V100, from pycls MODEL_ZOO.md's 100-epoch training time on 8 GPUs"
     host_cores = args.host_cores or available
     measured = rates.get(host_cores, 0.0)  # else extrapolated linearly from one core
     rows = [verdict(per_core, host_cores, model_ips, int(d), measured) for d in args.devices.split(",") if d]

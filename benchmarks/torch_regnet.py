@@ -1,5 +1,5 @@
 """A minimal PyTorch AnyNet/RegNet built from a regnet_jax ``ModelSpec``: the same widths, groups, SE and head as
-pycls (reference.md §2), with pycls's module names, so that ``regnet_jax.weights.layouts.to_pycls(variables)`` loads into it
+pycls (pycls/models/anynet.py and pycls/models/blocks.py; docs/fidelity.md#block-structure), with pycls's module names, so that ``regnet_jax.weights.layouts.to_pycls(variables)`` loads into it
 with ``load_state_dict`` and the side-by-side compares the two frameworks on the identical architecture.
 
 Only what the benchmarks need: the simple/ResNet/CIFAR stems and the bottleneck, basic and vanilla blocks.

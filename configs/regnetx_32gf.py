@@ -1,4 +1,4 @@
-"""RegNetX-32GF: the pycls dds_baselines recipe (RegNet), reference.md §1.
+"""RegNetX-32GF: the recipe of pycls's configs/dds_baselines/regnetx/RegNetX-32GF_dds_8gpu.yaml (docs/fidelity.md#model-zoo).
 
 Train (100 epochs, global batch 256, lr 0.2, cosine, 5-epoch linear warmup from 0.1x, Nesterov SGD, wd 5e-5;
 BatchNorm statistics per 32 images, as on pycls's 8 GPUs):

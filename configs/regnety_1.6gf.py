@@ -1,4 +1,4 @@
-"""RegNetY-1.6GF: the pycls dds_baselines recipe (RegNet), reference.md §1.
+"""RegNetY-1.6GF: the recipe of pycls's configs/dds_baselines/regnety/RegNetY-1.6GF_dds_8gpu.yaml (docs/fidelity.md#model-zoo).
 
 Train (100 epochs, global batch 1024, lr 0.8, cosine, 5-epoch linear warmup from 0.1x, Nesterov SGD, wd 5e-5;
 BatchNorm statistics per 128 images, as on pycls's 8 GPUs):

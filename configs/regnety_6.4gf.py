@@ -1,4 +1,4 @@
-"""RegNetY-6.4GF: the pycls dds_baselines recipe (RegNet), reference.md §1.
+"""RegNetY-6.4GF: the recipe of pycls's configs/dds_baselines/regnety/RegNetY-6.4GF_dds_8gpu.yaml (docs/fidelity.md#model-zoo).
 
 Train (100 epochs, global batch 512, lr 0.4, cosine, 5-epoch linear warmup from 0.1x, Nesterov SGD, wd 5e-5;
 BatchNorm statistics per 64 images, as on pycls's 8 GPUs):

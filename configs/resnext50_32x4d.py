@@ -1,4 +1,4 @@
-"""ResNeXt-50 32x4d: the pycls dds_baselines recipe (AnyNet baseline), reference.md §1.
+"""ResNeXt-50 32x4d: the recipe of pycls's configs/dds_baselines/resnext/X-50-32x4d_dds_8gpu.yaml, as an AnyNet (docs/fidelity.md#model-zoo).
 
 Train (100 epochs, global batch 256, lr 0.2, cosine, no warmup (as in the pycls yaml), Nesterov SGD, wd 5e-5;
 BatchNorm statistics per 32 images, as on pycls's 8 GPUs):

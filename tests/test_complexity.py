@@ -1,4 +1,4 @@
-"""Complexity counter vs the reference integers (reference.md §1.2, §1.3) and the zoo's built architectures."""
+"""Complexity counter vs pycls's integers (pycls dev/model_complexity.json) and the zoo's built architectures."""
 
 import json
 import subprocess
@@ -10,7 +10,7 @@ from regnet_jax.models import zoo
 from regnet_jax.models.complexity import count
 from regnet_jax.models import model_spec
 
-# (flops, params, acts) from pycls dev/model_complexity.json, as listed in reference.md §1.2 / §1.3.
+# (flops, params, acts) from pycls dev/model_complexity.json (docs/fidelity.md#complexity-counting).
 EXPECTED = {
     "regnetx_200mf": (199_040_872, 2_684_792, 2_164_056),
     "regnetx_400mf": (397_678_568, 5_157_512, 3_143_272),
@@ -40,7 +40,7 @@ EXPECTED = {
     "resnext50_32x4d": (4_230_480_872, 25_028_904, 14_602_216),
 }
 
-# Built stage widths / depths / group widths from reference.md §1.2 (after quantisation and compatibility).
+# Built stage widths / depths / group widths as pycls/models/regnet.py: generate_regnet_full builds them from the dds_baselines yamls (after quantisation and compatibility).
 STAGES = {
     "regnetx_200mf": ((24, 56, 152, 368), (1, 1, 4, 7), (8, 8, 8, 8)),
     "regnetx_400mf": ((32, 64, 160, 384), (1, 2, 7, 12), (16,) * 4),

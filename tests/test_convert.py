@@ -171,7 +171,7 @@ def test_architecture_read_from_the_weights(y200mf):
     assert layouts.resolve_model(tv, meta["model"], "torchvision") == (meta["model"], "")
 
 
-# torchvision's round-half-up width rounding makes different networks (reference.md §6): its stage widths and
+# torchvision's round-half-up width rounding makes different networks (torchvision/models/_utils.py: _make_divisible; docs/fidelity.md#other-implementations): its stage widths and
 # torchvision's own num_params.
 @pytest.mark.parametrize(
     "name, tv_widths, tv_params",

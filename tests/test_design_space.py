@@ -115,7 +115,7 @@ def test_every_sample_is_inside_its_space_and_regime(name):
 
 
 def _check_paper_ranges(name: str, m: dict, cx: dict) -> None:
-    """The paper's definitions (reference.md §5.1), checked here independently of DesignSpace.violations."""
+    """The paper's definitions (Radosavovic et al. 2020, §3.2-§4, Table 1; docs/fidelity.md#design-spaces), checked here independently of DesignSpace.violations."""
     if m["type"] == "anynet":
         assert len(m["depths"]) == 4 and all(1 <= d <= 16 for d in m["depths"])
         assert all(8 <= w <= 1024 and w % 8 == 0 for w in m["widths"])

@@ -1,4 +1,4 @@
-"""The pycls recipe: lr schedules of every epoch (reference.md §4.1), PyTorch SGD semantics, weight-decay groups, loss."""
+"""The pycls recipe: lr schedules of every epoch (pycls/core/optimizer.py: get_epoch_lr; docs/fidelity.md#training-recipe), PyTorch SGD semantics, weight-decay groups, loss."""
 
 import math
 
@@ -14,7 +14,7 @@ from tests.helpers_train import TINY_MODEL, tiny_config
 
 
 def reference_lr(base_lr, epoch, max_epoch, warmup_epochs, warmup_factor=0.1):
-    """reference.md §4.1, written out independently of regnet_jax.training.optimizer."""
+    """pycls/core/optimizer.py: get_epoch_lr with lr_fun_cos, written out independently of regnet_jax.training.optimizer."""
     lr = base_lr * 0.5 * (1 + math.cos(math.pi * epoch / max_epoch))
     if epoch < warmup_epochs:
         alpha = epoch / warmup_epochs

@@ -142,7 +142,7 @@ def model_config(**fields: Any) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(validate_model(fields))
 
 
-# The paper's design-space schedules (reference.md §4.4) and the zoo recipe (§1.1, §4.1). Their learning rate is
+# The paper's design-space schedules (Radosavovic et al. 2020, §3.2 fn. 5, §4, App. C) and the zoo recipe (pycls dds_baselines yamls, pycls/core/optimizer.py; docs/fidelity.md#training-recipe). Their learning rate is
 # given per 128 images (``optim.lr_per_128``): the zoo's 0.8 at batch 1024 is 0.1 per 128, the 10-epoch
 # schedule's 0.05 at batch 128 is 0.05 per 128. The design-space runs trained on one GPU at batch 128, so their
 # BatchNorm statistics groups hold 128 images; the zoo's 100-epoch runs used 8 GPUs, so zoo.get_config sets its
@@ -152,7 +152,7 @@ SCHEDULES: dict[str, dict[str, Any]] = {
     "25ep": dict(num_epochs=25, batch_size=128, lr_per_128=0.1, warmup_epochs=0, bn_group_size=128),
     "10ep": dict(num_epochs=10, batch_size=128, lr_per_128=0.05, warmup_epochs=0, bn_group_size=128),
 }
-LR_PER_128 = 0.1  # the reference recipe's linear scaling rule: lr 0.1 per 128 images of the global batch
+LR_PER_128 = 0.1  # pycls's zoo recipe as a linear scaling rule: lr 0.1 per 128 images of the global batch (0.8 at 1024; docs/fidelity.md#training-recipe)
 PRECISE_BN_IMAGES = 8192  # images used by precise BN (pycls's BN.NUM_SAMPLES_PRECISE)
 
 
@@ -175,14 +175,14 @@ def describe_lr(config: ml_collections.ConfigDict) -> str:
     return f"base lr {rule:g} = config.optim.lr_per_128 {config.optim.lr_per_128:g} x batch {config.batch_size} / 128"
 
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, on [0, 1] pixels (reference.md §4.2)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, on [0, 1] pixels (pycls/datasets/imagenet.py: _MEAN, _STD)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MAX_BAD_IMAGE_FRACTION = 0.01  # of an epoch's training images that may be undecodable (skipped) before the run stops
 DATASET_KINDS = ("imagenet2012", "folder", "synthetic", "quickstart", "<any TFDS image-classification name>")
 
 
 def base_config(model: Mapping[str, Any], batch_size: int = 1024, schedule: str = "100ep") -> ml_collections.ConfigDict:
-    """A complete training config for ``model`` with the reference recipe and the named schedule.
+    """A complete training config for ``model`` with pycls's zoo recipe (docs/fidelity.md#training-recipe) and the named schedule.
 
     ``batch_size`` is the 100-epoch batch (the zoo table's); the 10/25-epoch schedules use 128 as in the paper.
     Every field is documented in docs/training.md.
@@ -211,7 +211,7 @@ def base_config(model: Mapping[str, Any], batch_size: int = 1024, schedule: str 
             eval_split="validation",
             num_train_examples=0,  # 0 = the whole split; >0 = use only the first N (and N synthetic images)
             num_eval_examples=0,
-            channel_order="rgb",  # 'bgr' for pycls weights (reference.md §4.3)
+            channel_order="rgb",  # 'bgr' for pycls weights (pycls/datasets/imagenet.py: ImageNet._prepare_im; docs/fidelity.md#augmentation)
             mean=IMAGENET_MEAN,
             std=IMAGENET_STD,
             eval_crop_fraction=224 / 256,  # eval: resize the shorter side to resolution / this, centre-crop

@@ -1,4 +1,4 @@
-"""Train and eval preprocessing in TensorFlow, as pycls does it (reference.md §4.2), on encoded or decoded images.
+"""Train and eval preprocessing in TensorFlow, as pycls does it (pycls/datasets/imagenet.py: ImageNet._prepare_im, pycls/datasets/transforms.py; docs/fidelity.md#augmentation), on encoded or decoded images.
 
 Every random choice is a stateless op seeded by ``seed`` (a [2] int tensor derived from (config.seed, epoch, example
 position)), so augmentation is reproducible whatever the number of processes, threads or restarts.
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
-# fb.resnet.torch PCA lighting constants, RGB (reference.md §4.2).
+# fb.resnet.torch PCA lighting constants, RGB (pycls/datasets/imagenet.py: _EIG_VALS, _EIG_VECS).
 PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
 PCA_EIGVEC = (
     (-0.5675, 0.7192, 0.4009),
@@ -112,7 +112,7 @@ def train_preprocess(image: tf.Tensor, seed: tf.Tensor, cfg, resolution: int) ->
 
 
 def eval_size(resolution: int, crop_fraction: float) -> int:
-    """The shorter side before the centre crop: 256 for 224 px at the reference's 224/256."""
+    """The shorter side before the centre crop: 256 for 224 px at pycls's 224/256 (TEST.IM_SIZE 256)."""
     return round(resolution / crop_fraction)
 
 

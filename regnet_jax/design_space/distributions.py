@@ -1,4 +1,4 @@
-"""The random value types of the pycls sweep samplers (reference.md §5.2), drawn from a numpy ``Generator``.
+"""The random value types of the pycls sweep samplers (pycls/sweep/random.py, pycls/sweep/samplers.py; docs/fidelity.md#design-spaces), drawn from a numpy ``Generator``.
 
 Every type samples the closed interval [low, high] quantised to q, and returns a value of q's Python type (int or
 float), so sampled configs serialise exactly (``Decimal`` avoids 0.1-style float residues):

@@ -1,6 +1,6 @@
 """Design spaces: declared ranges + distributions + constraints, sampled into complete ``config.model`` dicts.
 
-A ``DesignSpace`` is data. The paper's spaces (reference.md §5.1) are declared at the bottom of this file in a few
+A ``DesignSpace`` is data. The paper's spaces (Radosavovic et al. 2020, §3.2-§4, Table 1; docs/fidelity.md#design-spaces) are declared at the bottom of this file in a few
 lines each, and a new one is a fork::
 
     from regnet_jax.design_space import get_space, register
@@ -57,7 +57,7 @@ class Constraint:
 
 
 def relative_cx_limits() -> tuple[Constraint, Constraint]:
-    """The RegNet sweep limits of reference.md §5.1 with F = the model's flops in B: params < 3 + 5.5F (M), acts < 6.5 sqrt(F) (M)."""
+    """The RegNet sweep limits of pycls/sweep/config.py (comment on SETUP.CONSTRAINTS.CX; docs/fidelity.md#departures) with F = the model's flops in B: params < 3 + 5.5F (M), acts < 6.5 sqrt(F) (M)."""
     return (
         Constraint("params < (3 + 5.5 F) M", lambda m, counts: counts["params"] < 3e6 + 5.5e-3 * counts["flops"]),
         Constraint("acts < 6.5 sqrt(F) M", lambda m, counts: counts["acts"] < 6.5e6 * math.sqrt(counts["flops"] / 1e9)),
@@ -302,7 +302,7 @@ def _plain(v: Any) -> Any:
     return json.loads(json.dumps(v, default=lambda x: x.item() if hasattr(x, "item") else str(x)))
 
 
-# -- the paper's design spaces (reference.md §5.1) -------------------------------------------------------------------
+# -- the paper's design spaces (Radosavovic et al. 2020, §3.2-§4, Table 1; docs/fidelity.md#design-spaces) -------------------------------------------------------------------
 
 _B = Dist("power2_uniform", 0.25, 1.0, 1 / 128)  # b in {1, 2, 4}  ->  bot_mul in {1, 1/2, 1/4}
 _G = Dist("power2_uniform", 1, 32, 1)  # g in {1, 2, 4, 8, 16, 32}

@@ -1,4 +1,4 @@
-"""Stems, blocks, squeeze-excitation and head of AnyNet as Flax linen modules (reference.md §2).
+"""Stems, blocks, squeeze-excitation and head of AnyNet as Flax linen modules (pycls/models/anynet.py and pycls/models/blocks.py; docs/fidelity.md#block-structure).
 
 Submodule names follow pycls (``stem.conv``, ``s1.b1.f.a_bn``, ``head.fc`` ...) so that weight porting is a
 renaming plus a transpose. Every module takes ``train`` and knows nothing about configs or training.

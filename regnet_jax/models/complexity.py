@@ -1,4 +1,4 @@
-"""Analytic flops / params / acts of an AnyNet, by pycls's counting rules (reference.md §3).
+"""Analytic flops / params / acts of an AnyNet, by pycls's counting rules (pycls/core/net.py: complexity and the *_cx functions of pycls/models/blocks.py; docs/fidelity.md#complexity-counting).
 
 flops are multiply-adds; BN counts 2*C params (running statistics are not parameters); acts are the outputs of
 every conv, plus the max-pool output of ResNet stems and the FC output. Counted from the ``ModelSpec`` alone

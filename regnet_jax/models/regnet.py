@@ -1,6 +1,6 @@
 """The quantised linear width rule of RegNet and the group/bottleneck compatibility adjustment.
 
-Pure Python (no JAX): these are the rules of reference.md §2.5, written so that every integer matches pycls.
+Pure Python (no JAX): these are the rules of pycls/models/regnet.py: generate_regnet and pycls/models/blocks.py: adjust_block_compatibility (docs/fidelity.md#widths-and-rounding), written so that every integer matches pycls.
 Python's ``round`` rounds half to even, exactly as pycls does (X-400MF: 392/16 = 24.5 -> 24 -> 384).
 """
 
@@ -28,7 +28,7 @@ class RegNetWidths:
 
 
 def generate_regnet(depth: int, w0: float, wa: float, wm: float, q: int = QUANT) -> RegNetWidths:
-    """Per-block and per-stage widths of the quantised linear rule (reference.md §2.5, steps 1-4)."""
+    """Per-block and per-stage widths of the quantised linear rule (Radosavovic et al. 2020, §3.3, Eqn. (2)-(4); pycls/models/regnet.py: generate_regnet)."""
     if wa < 0 or w0 <= 0 or wm <= 1 or w0 % q:
         raise ValueError(f"RegNet rule needs wa >= 0, w0 > 0, wm > 1 and w0 % {q} == 0; got w0={w0}, wa={wa}, wm={wm}")
     # numpy on purpose: the same float64 ops in the same order as pycls, so ties fall the same way.
@@ -49,7 +49,7 @@ def generate_regnet(depth: int, w0: float, wa: float, wm: float, q: int = QUANT)
 def adjust_block_compatibility(
     widths: Sequence[int], bot_muls: Sequence[float], group_ws: Sequence[int]
 ) -> tuple[list[int], list[int]]:
-    """Make each stage's bottleneck width divisible by its group width (reference.md §2.5, step 5).
+    """Make each stage's bottleneck width divisible by its group width (Radosavovic et al. 2020, App. D; pycls/models/blocks.py: adjust_block_compatibility).
 
     Returns the adjusted stage widths and group widths.
     """

@@ -1,6 +1,6 @@
 """The model zoo: the 24 RegNetX/Y models of the paper and the ResNet-50 / ResNeXt-50 baselines.
 
-Numbers are from reference.md §1.2-§1.3 (pycls ``configs/dds_baselines`` and ``MODEL_ZOO``). ``configs/<name>.py``
+Numbers are from pycls (``configs/dds_baselines``, ``MODEL_ZOO.md``, ``dev/model_error.json``) and Radosavovic et al. 2020, Figs. 15-16 (docs/fidelity.md#model-zoo). ``configs/<name>.py``
 files are thin wrappers over ``get_config(name, schedule)``.
 """
 
@@ -74,7 +74,7 @@ ZOO: dict[str, ZooEntry] = {
     name: ZooEntry(title, _regnet(d, w0, wa, wm, gw, name.startswith("regnety")), bs, err, ckpt)
     for name, title, d, w0, wa, wm, gw, bs, err, ckpt in _REGNETS
 }
-# The ResNe(X)t yamls set no warmup (reference.md §1.3 and §8.4).
+# The ResNe(X)t yamls set no warmup (pycls configs/dds_baselines/resnet and resnext yamls: no OPTIM.WARMUP_EPOCHS, default 0; MODEL_ZOO.md's text says 5).
 ZOO["resnet50"] = ZooEntry("ResNet-50", _resnet(0.25, (64, 128, 256, 512)), 256, "23.2±0.09", (23.19, 6.63), 0)
 ZOO["resnext50_32x4d"] = ZooEntry("ResNeXt-50 32x4d", _resnet(0.5, (4, 8, 16, 32)), 256, "21.9±0.10", (21.884, 6.062), 0)
 

@@ -1,4 +1,4 @@
-"""Optimisation as in the pycls recipe (reference.md §4.1): the lr schedule, SGD with weight decay, the loss.
+"""Optimisation as in the pycls recipe (pycls/core/optimizer.py, pycls/core/net.py; docs/fidelity.md#training-recipe): the lr schedule, SGD with weight decay, the loss.
 
 * ``lr_schedule(config, steps_per_epoch)``: cosine decay from ``regnet_jax.config.base_lr(config)`` (the linear
   scaling rule unless pinned) to 0 with linear warmup from ``warmup_factor``; pycls evaluates it at the integer epoch

@@ -33,7 +33,7 @@ from regnet_jax.weights.files import WeightsError, input_spec, save_weights
 from regnet_jax.weights.formats import read_state_dict
 
 LAYOUTS = ("pycls", "torchvision", "timm")
-# pycls trains on BGR input (reference.md §4.3); timm flipped the stem of the pycls weights it ships to RGB.
+# pycls trains on BGR input (pycls/datasets/imagenet.py: ImageNet._prepare_im; docs/fidelity.md#augmentation); timm flipped the stem of the pycls weights it ships to RGB.
 CHANNEL_ORDER = {"pycls": "bgr", "torchvision": "rgb", "timm": "rgb"}
 
 _LEAF_TO_TORCH = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
