@@ -6,7 +6,8 @@ Resumes from DIR's newest good checkpoint if there is one; a config that changes
 there unless ``--allow_config_change`` (``regnet_jax.config.diff``). Multi-host: every process runs the same command;
 ``jax.distributed.initialize`` is called on a detected cluster launch (SLURM, Open MPI, TPU pod) or with
 ``--distributed`` (plus ``--coordinator_address/--num_processes/--process_id`` where JAX cannot detect them).
-Exit status: 0 done, 1 failure (e.g. a NaN loss), 2 bad config/data/checkpoint, 3 preempted (checkpoint saved).
+Exit status: 0 done, 1 failure (e.g. a NaN loss), 2 bad config/data/checkpoint, 3 preempted (checkpoint saved),
+4 a multi-process run stalled (no step for ``--stall_timeout_s``).
 
 Writes into DIR (local or gs://): config.json (+ config_history.jsonl after an allowed change), checkpoints/,
 eval_metrics.jsonl (+ eval_ema_metrics.jsonl), train_metrics.jsonl, TensorBoard events, curves.png and, when
@@ -27,7 +28,7 @@ from absl import flags, logging
 
 from regnet_jax.config import ConfigError, define_config_flag
 from regnet_jax.core.cli import EXIT_USAGE, run
-from regnet_jax.core.distributed import HEARTBEAT_TIMEOUT_S, maybe_initialize_distributed
+from regnet_jax.core.distributed import HEARTBEAT_TIMEOUT_S, STALL_TIMEOUT_S, maybe_initialize_distributed, watch_progress
 from regnet_jax.core.errors import UserError
 from regnet_jax.training.preemption import EXIT_PREEMPTED, Preempted
 from regnet_jax.training.trainer import NonFiniteLossError, train_and_evaluate
@@ -50,6 +51,9 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_integer("process_id", -1, "This process's index, where JAX cannot detect it.", flag_values=flag_values)
     flags.DEFINE_integer("heartbeat_timeout_s", HEARTBEAT_TIMEOUT_S, "Multi-process: a process silent this long is taken "
                          "for dead and JAX ends the others (jax.distributed's heartbeat timeout).", flag_values=flag_values)  # fmt: skip
+    flags.DEFINE_integer("stall_timeout_s", STALL_TIMEOUT_S, "Multi-process: no training step finished for this long "
+                         "(compiling and evaluating included) ends every process with one line (exit 4) instead of a "
+                         "silent hang; 0 = never.", flag_values=flag_values)  # fmt: skip
 
 
 def _exit_multiprocess_error(e: Exception) -> NoReturn:
@@ -81,6 +85,7 @@ def main(argv: list[str]) -> int | None:
     if FLAGS.config is None or not FLAGS.workdir:
         raise ConfigError("--config and --workdir are both required, e.g. --config=configs/quickstart.py --workdir=/tmp/quickstart")
     maybe_initialize_distributed(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.heartbeat_timeout_s)
+    watch_progress(FLAGS.stall_timeout_s)
     try:
         summary = train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.allow_config_change)
     except Preempted as e:

@@ -9,6 +9,7 @@ and how a global batch is split over devices, micro-batches and BatchNorm groups
     replicate(tree, mesh) -> tree of replicated global arrays      # host values identical on every process
     to_host(x) -> np.ndarray                                       # a replicated array back on the host
     process_sum(n), broadcast_from_process_0(n), sync_processes(name), reached_preemption_sync_point(step)
+    watch_progress(timeout_s); report_progress()                   # a stalled multi-process run ends with one line
     batch_layout(global_batch, num_devices, grad_accum_steps, bn_group_size) -> BatchLayout
     divide_batch(batch, parts, error) -> batch // parts            # the one "batch divisible by devices" check
 
@@ -19,11 +20,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
+import threading
+import time
 from typing import Any
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
+from absl import logging
 from jax.sharding import PartitionSpec as P
 
 from regnet_jax.core.errors import ConfigError
@@ -32,6 +37,8 @@ AXIS = "batch"  # the model's BN axis: the devices of one statistics group (all 
 GROUPS = "groups"  # the train step's outer axis: one entry per group of devices
 DATA_AXES = (GROUPS, AXIS)
 HEARTBEAT_TIMEOUT_S = 100  # jax.distributed's default
+STALL_TIMEOUT_S = 1800  # multi-process: no finished step for this long ends the run (compiles and evaluations included)
+EXIT_STALLED = 4
 
 
 def cluster_detected() -> bool:
@@ -76,6 +83,15 @@ def maybe_initialize_distributed(
     if process_id >= 0:
         kwargs["process_id"] = process_id
     jax.distributed.initialize(**kwargs)
+    if jax.process_count() > 1 and jax.default_backend() == "cpu" and jax.config.jax_enable_compilation_cache:
+        # jaxlib 0.12.1 tags XLA:CPU's Gloo collectives with the executable's launch id, which derives from its
+        # fingerprint; an executable loaded from the persistent compilation cache has another fingerprint than a fresh
+        # compile, and on CPU only process 0 ever hits the cache (jax/_src/compiler.py writes it from process 0 only and
+        # the key holds each process's topology), so the tags differ and the first all-reduce waits forever
+        # (docs/hardware.md#multi-process-runs-and-the-compilation-cache). Every process compiles afresh instead.
+        jax.config.update("jax_enable_compilation_cache", False)
+        logging.info("multi-process CPU run: JAX's persistent compilation cache is off (a cached and a fresh executable "
+                     "cannot share Gloo collectives)")  # fmt: skip
     return True
 
 
@@ -152,6 +168,47 @@ def reached_preemption_sync_point(step: int) -> bool:
     from jax.experimental import multihost_utils
 
     return multihost_utils.reached_preemption_sync_point(step)
+
+
+class _StallWatch:
+    """Ends this process with one line when ``report_progress`` has not been called for ``timeout_s`` seconds."""
+
+    def __init__(self, timeout_s: float):
+        self.timeout_s = timeout_s
+        self.last = time.monotonic()
+        threading.Thread(target=self._watch, name="regnet_jax-stall-watch", daemon=True).start()
+
+    def _watch(self) -> None:
+        while True:
+            idle = time.monotonic() - self.last
+            if idle >= self.timeout_s:
+                print(
+                    f"error: process {jax.process_index()} of {jax.process_count()}: no training step finished in "
+                    f"{idle:.0f}s (--stall_timeout_s={self.timeout_s:g}): the processes' collectives are stuck or a peer "
+                    "stopped answering; ending the run. Rerun the same command on every host to resume from the last "
+                    "checkpoint (raise --stall_timeout_s if compiling or evaluating takes longer)",
+                    file=sys.stderr, flush=True,
+                )  # fmt: skip
+                os._exit(EXIT_STALLED)
+            time.sleep(min(10.0, self.timeout_s - idle))
+
+
+_stall_watch: _StallWatch | None = None
+
+
+def watch_progress(timeout_s: float) -> None:
+    """In a multi-process run, end this process (exit status ``EXIT_STALLED``, one line) if no step finishes within
+    ``timeout_s`` seconds of this call or of the last ``report_progress``: a stuck collective otherwise hangs every
+    process silently. No-op in one process or with ``timeout_s <= 0``."""
+    global _stall_watch
+    if jax.process_count() > 1 and timeout_s > 0 and _stall_watch is None:
+        _stall_watch = _StallWatch(timeout_s)
+
+
+def report_progress() -> None:
+    """A step (or an evaluation) finished on this process: restart the ``watch_progress`` clock."""
+    if _stall_watch is not None:
+        _stall_watch.last = time.monotonic()
 
 
 def divide_batch(batch: int, parts: int, error: str) -> int:

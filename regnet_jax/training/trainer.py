@@ -21,7 +21,7 @@ from absl import logging
 
 from regnet_jax import data
 from regnet_jax.config import ConfigError, describe_lr, validate_config
-from regnet_jax.core import logs, paths
+from regnet_jax.core import distributed, logs, paths
 from regnet_jax.core.distributed import AXIS, batch_layout, broadcast_from_process_0, divide_batch, make_mesh, process_sum, replicate, to_host
 from regnet_jax.models import create_model
 from regnet_jax.models.complexity import count
@@ -162,6 +162,7 @@ class _Trainer:
                 self.writer.append(fname, record)
             if not ema:
                 result = record
+        distributed.report_progress()
         return result
 
     def _check_finite(self, pending: list[dict[str, jax.Array]], step: int) -> None:
@@ -276,6 +277,7 @@ class _Trainer:
         )  # fmt: skip
         self.writer.scalars(step, {f"train/{k}": v for k, v in record.items() if k != "step"} | {"train/eta_s": speed["eta_s"]})
         self.writer.append(records.TRAIN_FILE, record)
+        distributed.report_progress()
 
     def _finish(self, counts: dict[str, int]) -> dict[str, Any]:
         evals = self.writer.records(records.EVAL_FILE)

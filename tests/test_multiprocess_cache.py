@@ -1,0 +1,65 @@
+"""Multi-process runs never hang silently: a warm compilation cache (jaxlib 0.12.1's Gloo tags, docs/hardware.md
+"Multi-process runs and the compilation cache") and a stalled collective (``--stall_timeout_s``)."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+from tests.helpers_train import REPO, cli_env, free_port, stop, tiny_config, write_config_file
+
+
+def _start_pair(tmp_path: pathlib.Path, name: str, args: list[str], cache_dir: pathlib.Path) -> list[subprocess.Popen]:
+    env = cli_env(num_devices=4) | {"JAX_COMPILATION_CACHE_DIR": str(cache_dir)}
+    port = free_port()
+    procs = []
+    for i in range(2):
+        log = open(tmp_path / f"{name}{i}.log", "w")
+        cmd = [sys.executable, "-m", "regnet_jax.train", *args, "--distributed", f"--coordinator_address=localhost:{port}",
+               "--num_processes=2", f"--process_id={i}"]  # fmt: skip
+        procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+    return procs
+
+
+def _wait_pair(procs: list[subprocess.Popen], timeout: float) -> list[int]:
+    try:
+        return [p.wait(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            stop(p)
+
+
+def _logs(tmp_path: pathlib.Path, name: str) -> list[str]:
+    return [(tmp_path / f"{name}{i}.log").read_text() for i in range(2)]
+
+
+def test_two_processes_resume_with_the_compilation_cache_of_an_earlier_run(tmp_path):
+    """Run two processes with a persistent cache directory, then resume them with the same directory: the resume
+    finishes (on jaxlib 0.12.1 a process-0 cache hit beside a process-1 compile hung in the first all-reduce)."""
+    cache = tmp_path / "xla"
+    config = tiny_config()
+    config.num_epochs = 1
+    workdir = tmp_path / "run"
+    first = _wait_pair(_start_pair(tmp_path, "first", [f"--config={write_config_file(tmp_path / 'c1.py', config)}",
+                                                        f"--workdir={workdir}"], cache), timeout=240)  # fmt: skip
+    assert first == [0, 0], "".join(log[-3000:] for log in _logs(tmp_path, "first"))
+    assert all("persistent compilation cache is off" in log for log in _logs(tmp_path, "first"))
+    assert not cache.exists() or not any(cache.iterdir()), "a multi-process CPU run wrote the compilation cache"
+    config.num_epochs = 2
+    args = [f"--config={write_config_file(tmp_path / 'c2.py', config)}", f"--workdir={workdir}", "--allow_config_change"]
+    second = _wait_pair(_start_pair(tmp_path, "second", args, cache), timeout=240)
+    assert second == [0, 0], "".join(log[-3000:] for log in _logs(tmp_path, "second"))
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["steps"] == 8  # 2 epochs of 128 images at batch 32
+
+
+def test_stalled_processes_end_with_one_line(tmp_path):
+    """No step within --stall_timeout_s (here: shorter than the compile) ends every process with exit 4 and one line."""
+    args = [f"--config={write_config_file(tmp_path / 'c.py', tiny_config())}", f"--workdir={tmp_path / 'run'}",
+            "--stall_timeout_s=1"]  # fmt: skip
+    codes = _wait_pair(_start_pair(tmp_path, "p", args, tmp_path / "xla"), timeout=180)
+    logs = _logs(tmp_path, "p")
+    assert codes == [4, 4], "".join(log[-3000:] for log in logs)
+    for i, log in enumerate(logs):
+        assert f"error: process {i} of 2: no training step finished in" in log
+        assert "Traceback" not in log
