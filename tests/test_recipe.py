@@ -226,8 +226,12 @@ def _rel_err(a, b) -> float:
 def test_one_step_equals_pycls_ddp_on_4_gpus():
     """Issue 12 (b): pycls's 4-GPU DDP step (tests/data/ddp_step.npz: 16 images in 4 chunks, BN per chunk, mean
     gradient, one Nesterov SGD step) with bn_group_size=4 on 1 device with 2 micro-batches (a loop) of 2 groups (the tests above
-    show that other layouts compute the same). Tolerances as tests/test_parity.py: 1e-5 loss and statistics, 1e-4
-    gradients, here the parameter updates (lr x gradient; float32 rounding of the parameters alone is ~6e-5 of them)."""
+    show that other layouts compute the same). Tolerances as tests/test_parity.py: 1e-5 loss and statistics; the
+    parameter updates (lr x gradient) to 1e-4 of their largest value plus the rounding of the parameters themselves:
+    an update is read as (p + u) - p, and both the golden p + u (stored in float32) and ours are rounded to float32,
+    so each element can be off by one float32 step of p (half a step each). For s3.b2.f.se.f_ex.0.weight
+    (max |u| 5.2e-4, max |p| 1.07) one step is 2.3e-4 of max |u|: measured 5.8e-5 (JAX 0.10.2 and 0.12.1 here) and
+    1.16e-4 on another CPU, and a float64 JAX step differs from the golden by 1.1e-4 (the golden's own rounding)."""
     devices, accum = 1, 2
     meta, want = golden.load("ddp_step")
     case_meta, case_arrays = golden.load(meta["case"])
@@ -247,8 +251,13 @@ def test_one_step_equals_pycls_ddp_on_4_gpus():
     state, metrics = step(state, distributed.shard_batch(batch, mesh))
     assert _rel_err(metrics["loss"], want["loss"]) <= 1e-5
     got = to_pycls(jax.device_get(state.variables()))
-    updates = {k: _rel_err(got[k] - before[k], want[f"param/{k}"] - before[k]) for k in golden.parameters(case_meta)}
-    assert max(updates.values()) <= 1e-4, max(updates.items(), key=lambda kv: kv[1])
+    over = {}
+    for k in golden.parameters(case_meta):
+        got_u, want_u = np.float64(got[k]) - before[k], np.float64(want[f"param/{k}"]) - before[k]
+        limit = 1e-4 * np.abs(want_u).max() + np.spacing(np.float32(np.abs(before[k]).max()))
+        if np.abs(got_u - want_u).max() > limit:
+            over[k] = (np.abs(got_u - want_u).max(), limit)
+    assert not over, over
     stats = [k for k in got if golden.is_running_stat(k)]
     chunks = [[want[f"after/c{c}/{k}"] for c in range(meta["chunks"])] for k in stats]
     assert max(_rel_err(got[k], np.mean(c, axis=0)) for k, c in zip(stats, chunks)) <= 1e-5  # the mean over the groups
