@@ -25,6 +25,7 @@ EXTRAS = {
     "test": [
         "pytest>=9,<10",
         "pytest-timeout>=2.4,<3",
+        "ruff>=0.17.6,<0.18",  # .ci/run checks formatting and lint (pyproject.toml)
         "gcsfs>=2026.9",  # tests/test_gcs_emulator.py: gs:// through the Cloud Storage emulator
         "gcp-storage-emulator>=2026.7",
     ],
