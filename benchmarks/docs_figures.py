@@ -2,10 +2,17 @@
 
     python benchmarks/docs_figures.py                 # measure everything, update the docs (run on an idle machine)
     python benchmarks/docs_figures.py --only=quickstart_5ep --dry_run     # one figure, print it, change nothing
+    python benchmarks/docs_figures.py --only=quickstart --check           # retrain, compare with the documented band
+
+Accuracy figures are the mean +- standard deviation over ``--seeds`` runs (config.seed = 0, 1, ...; default 3), with
+min and max; times are the mean of the same runs. ``--check`` changes nothing: it prints each accuracy's mean +- std
+beside the documented one and exits 1 if the new mean falls outside the documented min-max widened by twice the
+documented standard deviation (a recipe regression, as flax's ImageNet example guards its accuracy).
 
 A figure in README.md or docs/*.md is written ``<!-- figure:NAME -->TEXT<!-- /figure -->``; this script measures
 each NAME (``FIGURES`` below), replaces TEXT with the new value, and records in docs/figures.json and
-docs/figures.md the command that measured it, the date, the machine and its load average before and after.
+docs/figures.md the command that measured it, the date, the commit, the Python/JAX/jaxlib versions, the machine
+(CPU model) and its load average before and after.
 tests/test_docs.py checks that the docs carry exactly what docs/figures.json holds.
 
 Speed figures of the benchmarks (ratios to PyTorch, images/s, compile times of the zoo models) are measured by the
@@ -46,6 +53,21 @@ def _machine() -> str:
     return f"{cpus} CPU cores ({model}), {platform.system()}, {jax.device_count()} JAX {jax.default_backend().upper()} device(s)"
 
 
+def _versions() -> str:
+    import jax
+    import jaxlib
+
+    return f"Python {platform.python_version()}, JAX {jax.__version__}, jaxlib {jaxlib.__version__}"
+
+
+def _commit() -> str:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
 def _train(*overrides: str) -> tuple[dict, float, list[str]]:
     """(summary.json, process wall seconds, command) of one quickstart run in a fresh workdir."""
     with tempfile.TemporaryDirectory() as workdir:
@@ -57,16 +79,29 @@ def _train(*overrides: str) -> tuple[dict, float, list[str]]:
     return summary, wall, [c if not c.startswith("--workdir") else "--workdir=/tmp/quickstart" for c in cmd]
 
 
-def quickstart(overrides: tuple[str, ...] = ()) -> dict[str, dict]:
-    summary, wall, cmd = _train(*overrides)
+def _spread(values: list[float]) -> dict[str, float]:
+    mean = sum(values) / len(values)
+    std = (sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1)) ** 0.5
+    return {"value": mean, "std": std, "min": min(values), "max": max(values), "n": len(values)}
+
+
+def quickstart(overrides: tuple[str, ...] = (), seeds: int = 3) -> dict[str, dict]:
+    """Accuracy (mean +- std, min-max) and time (mean) of the quickstart over ``seeds`` seeds."""
+    runs = [_train(*overrides, f"--config.seed={seed}") for seed in range(seeds)]
     suffix = "_" + overrides[0].split("=")[1] + "ep" if overrides else ""
-    accuracy = 100 - summary["final"]["top1_err"]
-    command = " ".join(cmd)
+    acc = _spread([100 - summary["final"]["top1_err"] for summary, _, _ in runs])
+    wall = _spread([w for _, w, _ in runs])
+    loop = sum(summary["wall_time_s"] for summary, _, _ in runs) / seeds
+    command = " ".join(c for c in runs[0][2] if not c.startswith("--config.seed"))
     return {
-        f"quickstart{suffix}_accuracy": {"text": f"{accuracy:.2f} %", "value": accuracy, "command": command},
+        f"quickstart{suffix}_accuracy": {
+            "text": f"{acc['value']:.2f} ± {acc['std']:.2f} %", **acc, "command": command,
+            "note": f"mean ± std over config.seed = 0..{seeds - 1}; min {acc['min']:.2f} %, max {acc['max']:.2f} %",
+        },
         f"quickstart{suffix}_time": {
-            "text": f"{wall:.0f} s", "value": wall, "command": command,
-            "note": f"the whole process; the training loop and evaluations took {summary['wall_time_s']:.0f} s",
+            "text": f"{wall['value']:.0f} s", **wall, "command": command,
+            "note": f"the whole process, mean of {seeds} runs ({wall['min']:.0f}-{wall['max']:.0f} s); the training "
+            f"loop and evaluations took {loop:.0f} s",
         },
     }  # fmt: skip
 
@@ -85,10 +120,10 @@ def quickstart_model() -> dict[str, dict]:
     }
 
 
-FIGURES: dict[str, Callable[[], dict[str, dict]]] = {
-    "quickstart_model": quickstart_model,
-    "quickstart": quickstart,
-    "quickstart_5ep": lambda: quickstart(("--config.num_epochs=5",)),
+FIGURES: dict[str, Callable[[int], dict[str, dict]]] = {
+    "quickstart_model": lambda seeds: quickstart_model(),
+    "quickstart": lambda seeds: quickstart((), seeds),
+    "quickstart_5ep": lambda seeds: quickstart(("--config.num_epochs=5",), seeds),
 }
 
 
@@ -119,21 +154,43 @@ def write_docs(figures: dict[str, dict]) -> list[str]:
 
 def figures_page(figures: dict[str, dict]) -> str:
     rows = [
-        f"| `{name}` | {f['text']} | `{f['command']}` | {f['date']} | {f['machine']} | {f['load']} | {f.get('note', '')} |"
+        f"| `{name}` | {f['text']} | `{f['command']}` | {f['date']} | {f.get('commit', '')} | {f.get('versions', '')} | "
+        f"{f['machine']} | {f['load']} | {f.get('note', '')} |"
         for name, f in sorted(figures.items())
     ]
     return "\n".join([
         "# Measured figures quoted in the docs",
         "",
         "Written by `python benchmarks/docs_figures.py` (do not edit): each figure the docs quote, the command that",
-        "measured it, when, on what, and the machine's 1-minute load average before and after. Times are only",
+        "measured it, when, at which commit, with which versions, on what, and the machine's 1-minute load average",
+        "before and after. Accuracies are mean ± std over seeds 0, 1, 2 (min and max in the note). Times are only",
         "comparable at a similar load; regenerate them on an idle machine.",
         "",
-        "| figure | value | command | date | machine | load | note |",
-        "|---|---|---|---|---|---|---|",
+        "Determinism: a run is bitwise repeatable on the same machine with the same library versions and device count",
+        "(tests/test_determinism.py trains twice and compares every parameter bit for bit). Another CPU (other SIMD",
+        "kernels in XLA and TensorFlow), other JAX/jaxlib/TensorFlow versions or another device count change the",
+        "floating-point rounding, so the same seed then gives a run within the spread above, not the same digits.",
+        "",
+        "| figure | value | command | date | commit | versions | machine | load | note |",
+        "|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
     ])  # fmt: skip
+
+
+def check_bands(documented: dict[str, dict], measured: dict[str, dict], groups: list[str]) -> int:
+    """Print each re-measured accuracy beside its documented band; 1 if any mean fell outside it, else 0."""
+    failed = 0
+    for name, new in sorted(measured.items()):
+        old = documented.get(name)
+        if not name.endswith("_accuracy") or old is None or "std" not in old or new is old:
+            continue
+        low, high = old["min"] - 2 * old["std"], old["max"] + 2 * old["std"]
+        ok = low <= new["value"] <= high
+        failed |= not ok
+        print(f"{name}: {new['text']} (n={new['n']}) vs documented {old['text']} (n={old['n']}), band [{low:.2f}, "
+              f"{high:.2f}] %: {'ok' if ok else 'OUTSIDE'}")  # fmt: skip
+    return int(failed)
 
 
 def main() -> None:
@@ -141,6 +198,8 @@ def main() -> None:
     p.add_argument("--only", default="", help="comma-separated groups of FIGURES (default: all)")
     p.add_argument("--dry_run", action="store_true", help="print the figures; change no file")
     p.add_argument("--no_perf", action="store_true", help="do not run the performance figures' script afterwards")
+    p.add_argument("--seeds", type=int, default=3, help="runs per accuracy figure (config.seed = 0, 1, ...)")
+    p.add_argument("--check", action="store_true", help="change nothing; exit 1 if an accuracy left its documented band")
     args = p.parse_args()
     os.environ.pop("REGNET_JAX_SMOKE", None)  # real runs, whatever the caller's environment
     groups = [g for g in args.only.split(",") if g] or list(FIGURES)
@@ -148,13 +207,17 @@ def main() -> None:
     if unknown:
         sys.exit(f"error: unknown figure group(s) {unknown}: use {sorted(FIGURES)}")
     figures = json.loads(FIGURES_JSON.read_text()) if FIGURES_JSON.exists() else {}
+    documented = dict(figures)
+    provenance = {"commit": _commit(), "versions": _versions(), "machine": _machine()}
     for group in groups:
         before = os.getloadavg()[0]
-        measured = FIGURES[group]()
+        measured = FIGURES[group](args.seeds)
         load = f"{before:.1f} -> {os.getloadavg()[0]:.1f}"
         for name, f in measured.items():
-            figures[name] = {**f, "date": datetime.date.today().isoformat(), "machine": _machine(), "load": load}
+            figures[name] = {**f, "date": datetime.date.today().isoformat(), **provenance, "load": load}
             print(f"{name}: {f['text']}  ({f['command']}; load {load})", flush=True)
+    if args.check:
+        sys.exit(check_bands(documented, figures, groups))
     if args.dry_run:
         return
     missing = sorted(set(spans()) - set(figures))
