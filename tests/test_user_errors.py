@@ -113,3 +113,46 @@ def test_unreachable_cloud_storage_is_one_line_naming_the_bucket_within_seconds(
         assert "Check the network connection and STORAGE_EMULATOR_HOST=" in line, (name, line)
         assert ("cannot be found (DNS" in line) == name.startswith("dns") and ("cannot connect to" in line) == name.startswith("refused")
         assert result[2] < 60, (name, result[2])  # gcsfs's own retries take about a minute
+
+
+def test_synthetic_stand_ins_have_their_datasets_class_count():
+    import ml_collections
+
+    from regnet_jax.config import base_config, smoke
+    from regnet_jax.data.sources import dataset_classes, synthetic_classes
+
+    assert (dataset_classes("imagenet2012"), dataset_classes("oxford_flowers102"), dataset_classes("cifar10:3.0.2")) == (1000, 102, 10)
+    assert dataset_classes("dtd") == 47  # not in the table: TFDS's registered builder says (offline)
+    assert dataset_classes("no_such_dataset") is None
+    config = base_config({**TINY_REGNET, "num_classes": 102}, batch_size=64, schedule="25ep")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(smoke.ENV, "1")
+        shrunk = smoke.shrink_loaded(config)
+    assert (shrunk.dataset.name, shrunk.dataset.synthetic_like) == ("synthetic", "imagenet2012")
+    assert synthetic_classes(shrunk) == 1000
+    plain = ml_collections.ConfigDict(shrunk.to_dict())
+    plain.dataset.synthetic_like = ""
+    assert synthetic_classes(plain) == 102  # plain synthetic data: the model's classes
+
+
+TINY_REGNET = dict(type="regnet", stem_type="simple_stem_in", stem_w=8, block_type="res_bottleneck_block", se_ratio=0.25,
+                   depth=2, w0=8, wa=8.0, wm=2.0, group_w=8, bot_mul=1.0)  # fmt: skip
+
+
+@pytest.mark.timeout(300)
+def test_smoke_mode_refuses_a_model_with_fewer_classes_than_the_named_dataset_as_a_real_run_does(tmp_path):
+    """The README fine-tune mistake: num_classes=102 without naming the 102-class dataset trains on ImageNet (1000)."""
+    base = ["regnet_jax.train", f"--config={REPO / 'configs' / 'regnety_400mf.py'}:25ep", "--config.model.num_classes=102"]
+    results = _run_all({
+        "imagenet": [*base, f"--workdir={tmp_path / 'imagenet'}"],
+        "flowers": [*base, f"--workdir={tmp_path / 'flowers'}", "--config.dataset.name=oxford_flowers102"],
+    }, {**cli_env(1), "REGNET_JAX_SMOKE": "1"})  # fmt: skip
+    line = _one_error_line(results["imagenet"])
+    assert line == (
+        "error: dataset 'imagenet2012' (synthetic images standing in for it) has 1000 classes but "
+        "config.model.num_classes=102: set --config.model.num_classes=1000"
+    ), line
+    assert "standing in for imagenet2012 (its classes)" in results["imagenet"][1]  # the smoke-mode line says so
+    rc, out, _ = results["flowers"]
+    assert rc == 0 and "final: top-1 error" in out, out[-3000:]
+    assert not (tmp_path / "imagenet" / "checkpoints").exists()
