@@ -5,14 +5,15 @@
     python benchmarks/recipe_cost.py --config=configs/regnety_4gf.py --compile_only --conv_impl=xla --accumulation=loop \\
         --layouts=512:64:8,512:64:2,512:64:1,64:64:1,32:32:1,2:2:1   # per-device memory estimates at 224 px
 
-Each layout ``BATCH:GROUP:ACCUM`` is the trainer's step (``regnet_jax.training.steps.make_train_step``) at global batch
-BATCH with ``bn_group_size=GROUP`` and ``grad_accum_steps=ACCUM`` (``64:0:1`` is the plain synchronised-BN step). The
-timed steps alternate between the layouts round by round, so a changing machine load affects them alike; the median
-ms/step per layout is printed. The memory column is XLA's memory analysis of the compiled step per device (arguments
-+ outputs - aliased + temporaries): an estimate of peak memory that exists on every backend, also where the
-allocator reports nothing (XLA:CPU). It reflects the backend that compiled it (fusion, convolution lowering differ
-between CPU, GPU and TPU), so treat CPU figures as estimates for accelerators. ``--accumulation=loop`` is what GPUs
-and TPUs run ('auto' unrolls the micro-batches on CPU, which saves time there but no memory).
+Each layout ``BATCH:GROUP:ACCUM`` is the trainer's step (``regnet_jax.training.steps.make_train_step``) at global
+batch BATCH with ``bn_group_size=GROUP`` and ``grad_accum_steps=ACCUM`` (``64:0:1`` is the plain step: BatchNorm
+statistics over the whole batch, across the devices). The timed steps alternate between the layouts round by round, so
+a changing machine load affects them alike; the median ms/step per layout is printed. The memory column is XLA's
+memory analysis of the compiled step per device (arguments + outputs - aliased + temporaries): an estimate of peak
+memory that exists on every backend, also where the allocator reports nothing (XLA:CPU). It reflects the backend that
+compiled it (fusion, convolution lowering differ between CPU, GPU and TPU), so treat CPU figures as estimates for
+accelerators. ``--accumulation=loop`` is what GPUs and TPUs run ('auto' unrolls the micro-batches on CPU, which saves
+time there but no memory).
 """
 
 from __future__ import annotations

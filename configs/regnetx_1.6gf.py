@@ -12,6 +12,7 @@ Design-space schedules of the paper: ``--config=configs/regnetx_1.6gf.py:25ep`` 
 
 Expected ImageNet top-1 error: 23.0±0.13 % (paper, 5 runs); released pycls checkpoint 23.038 % top-1 /
 6.484 % top-5.
+Both are pycls's published numbers (the paper; pycls's MODEL_ZOO.md), not reproduced by this project.
 
 Complexity at 224 px: flops 1,602,850,792 (1.603 G multiply-adds), params 9,190,136
 (9.190 M), acts 7,933,512 (7.934 M).

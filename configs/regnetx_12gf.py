@@ -12,6 +12,7 @@ Design-space schedules of the paper: ``--config=configs/regnetx_12gf.py:25ep`` (
 
 Expected ImageNet top-1 error: 20.3±0.04 % (paper, 5 runs); released pycls checkpoint 20.288 % top-1 /
 5.284 % top-5.
+Both are pycls's published numbers (the paper; pycls's MODEL_ZOO.md), not reproduced by this project.
 
 Complexity at 224 px: flops 12,086,679,016 (12.087 G multiply-adds), params 46,106,056
 (46.106 M), acts 21,366,568 (21.367 M).

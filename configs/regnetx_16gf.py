@@ -12,6 +12,7 @@ Design-space schedules of the paper: ``--config=configs/regnetx_16gf.py:25ep`` (
 
 Expected ImageNet top-1 error: 20.0±0.11 % (paper, 5 runs); released pycls checkpoint 19.956 % top-1 /
 5.022 % top-5.
+Both are pycls's published numbers (the paper; pycls's MODEL_ZOO.md), not reproduced by this project.
 
 Complexity at 224 px: flops 15,940,756,456 (15.941 G multiply-adds), params 54,278,536
 (54.279 M), acts 25,515,496 (25.515 M).

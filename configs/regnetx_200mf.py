@@ -12,6 +12,7 @@ Design-space schedules of the paper: ``--config=configs/regnetx_200mf.py:25ep`` 
 
 Expected ImageNet top-1 error: 31.1±0.09 % (paper, 5 runs); released pycls checkpoint 31.088 % top-1 /
 11.342 % top-5.
+Both are pycls's published numbers (the paper; pycls's MODEL_ZOO.md), not reproduced by this project.
 
 Complexity at 224 px: flops 199,040,872 (0.199 G multiply-adds), params 2,684,792
 (2.685 M), acts 2,164,056 (2.164 M).

@@ -12,6 +12,7 @@ Design-space schedules of the paper: ``--config=configs/regnetx_3.2gf.py:25ep`` 
 
 Expected ImageNet top-1 error: 21.7±0.08 % (paper, 5 runs); released pycls checkpoint 21.736 % top-1 /
 5.862 % top-5.
+Both are pycls's published numbers (the paper; pycls's MODEL_ZOO.md), not reproduced by this project.
 
 Complexity at 224 px: flops 3,176,622,952 (3.177 G multiply-adds), params 15,296,552
 (15.297 M), acts 11,367,432 (11.367 M).

@@ -12,6 +12,7 @@ Design-space schedules of the paper: ``--config=configs/regnetx_32gf.py:25ep`` (
 
 Expected ImageNet top-1 error: 19.5±0.12 % (paper, 5 runs); released pycls checkpoint 19.498 % top-1 /
 4.878 % top-5.
+Both are pycls's published numbers (the paper; pycls's MODEL_ZOO.md), not reproduced by this project.
 
 Complexity at 224 px: flops 31,735,930,792 (31.736 G multiply-adds), params 107,811,560
 (107.812 M), acts 36,302,160 (36.302 M).

@@ -12,6 +12,7 @@ Design-space schedules of the paper: ``--config=configs/regnetx_400mf.py:25ep`` 
 
 Expected ImageNet top-1 error: 27.3±0.15 % (paper, 5 runs); released pycls checkpoint 27.382 % top-1 /
 9.076 % top-5.
+Both are pycls's published numbers (the paper; pycls's MODEL_ZOO.md), not reproduced by this project.
 
 Complexity at 224 px: flops 397,678,568 (0.398 G multiply-adds), params 5,157,512
 (5.158 M), acts 3,143,272 (3.143 M).

@@ -12,6 +12,7 @@ Design-space schedules of the paper: ``--config=configs/regnetx_4gf.py:25ep`` (b
 
 Expected ImageNet top-1 error: 21.4±0.19 % (paper, 5 runs); released pycls checkpoint 21.356 % top-1 /
 5.736 % top-5.
+Both are pycls's published numbers (the paper; pycls's MODEL_ZOO.md), not reproduced by this project.
 
 Complexity at 224 px: flops 3,964,499,816 (3.964 G multiply-adds), params 22,118,248
 (22.118 M), acts 12,201,608 (12.202 M).

@@ -12,6 +12,7 @@ Design-space schedules of the paper: ``--config=configs/regnetx_6.4gf.py:25ep`` 
 
 Expected ImageNet top-1 error: 20.8±0.07 % (paper, 5 runs); released pycls checkpoint 20.844 % top-1 /
 5.434 % top-5.
+Both are pycls's published numbers (the paper; pycls's MODEL_ZOO.md), not reproduced by this project.
 
 Complexity at 224 px: flops 6,460,292,264 (6.460 G multiply-adds), params 26,209,256
 (26.209 M), acts 16,369,744 (16.370 M).

@@ -12,6 +12,7 @@ Design-space schedules of the paper: ``--config=configs/regnetx_600mf.py:25ep`` 
 
 Expected ImageNet top-1 error: 25.9±0.03 % (paper, 5 runs); released pycls checkpoint 25.864 % top-1 /
 8.198 % top-5.
+Both are pycls's published numbers (the paper; pycls's MODEL_ZOO.md), not reproduced by this project.
 
 Complexity at 224 px: flops 600,891,112 (0.601 G multiply-adds), params 6,196,040
 (6.196 M), acts 3,975,096 (3.975 M).

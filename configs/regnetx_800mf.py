@@ -12,6 +12,7 @@ Design-space schedules of the paper: ``--config=configs/regnetx_800mf.py:25ep`` 
 
 Expected ImageNet top-1 error: 24.8±0.09 % (paper, 5 runs); released pycls checkpoint 24.846 % top-1 /
 7.592 % top-5.
+Both are pycls's published numbers (the paper; pycls's MODEL_ZOO.md), not reproduced by this project.
 
 Complexity at 224 px: flops 799,700,712 (0.800 G multiply-adds), params 7,259,656
 (7.260 M), acts 5,148,744 (5.149 M).

@@ -12,6 +12,7 @@ Design-space schedules of the paper: ``--config=configs/regnetx_8gf.py:25ep`` (b
 
 Expected ImageNet top-1 error: 20.7±0.07 % (paper, 5 runs); released pycls checkpoint 20.728 % top-1 /
 5.42 % top-5.
+Both are pycls's published numbers (the paper; pycls's MODEL_ZOO.md), not reproduced by this project.
 
 Complexity at 224 px: flops 7,995,133,416 (7.995 G multiply-adds), params 39,572,648
 (39.573 M), acts 14,059,688 (14.060 M).

@@ -12,6 +12,7 @@ Design-space schedules of the paper: ``--config=configs/regnety_1.6gf.py:25ep`` 
 
 Expected ImageNet top-1 error: 22.0±0.08 % (paper, 5 runs); released pycls checkpoint 22.066 % top-1 /
 6.134 % top-5.
+Both are pycls's published numbers (the paper; pycls's MODEL_ZOO.md), not reproduced by this project.
 
 Complexity at 224 px: flops 1,612,087,326 (1.612 G multiply-adds), params 11,202,430
 (11.202 M), acts 8,044,814 (8.045 M).

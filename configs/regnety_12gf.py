@@ -12,6 +12,7 @@ Design-space schedules of the paper: ``--config=configs/regnety_12gf.py:25ep`` (
 
 Expected ImageNet top-1 error: 19.7±0.06 % (paper, 5 runs); released pycls checkpoint 19.67 % top-1 /
 4.856 % top-5.
+Both are pycls's published numbers (the paper; pycls's MODEL_ZOO.md), not reproduced by this project.
 
 Complexity at 224 px: flops 12,092,395,504 (12.092 G multiply-adds), params 51,822,544
 (51.823 M), acts 21,384,496 (21.384 M).

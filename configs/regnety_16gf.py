@@ -12,6 +12,7 @@ Design-space schedules of the paper: ``--config=configs/regnety_16gf.py:25ep`` (
 
 Expected ImageNet top-1 error: 19.6±0.16 % (paper, 5 runs); released pycls checkpoint 19.608 % top-1 /
 4.944 % top-5.
+Both are pycls's published numbers (the paper; pycls's MODEL_ZOO.md), not reproduced by this project.
 
 Complexity at 224 px: flops 15,911,534,044 (15.912 G multiply-adds), params 83,590,140
 (83.590 M), acts 23,041,228 (23.041 M).

@@ -12,6 +12,7 @@ Design-space schedules of the paper: ``--config=configs/regnety_200mf.py:25ep`` 
 
 Expected ImageNet top-1 error: 29.6±0.11 % (paper, 5 runs); released pycls checkpoint 29.658 % top-1 /
 10.378 % top-5.
+Both are pycls's published numbers (the paper; pycls's MODEL_ZOO.md), not reproduced by this project.
 
 Complexity at 224 px: flops 199,519,076 (0.200 G multiply-adds), params 3,162,996
 (3.163 M), acts 2,168,052 (2.168 M).

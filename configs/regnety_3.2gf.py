@@ -12,6 +12,7 @@ Design-space schedules of the paper: ``--config=configs/regnety_3.2gf.py:25ep`` 
 
 Expected ImageNet top-1 error: 21.0±0.05 % (paper, 5 runs); released pycls checkpoint 21.074 % top-1 /
 5.454 % top-5.
+Both are pycls's published numbers (the paper; pycls's MODEL_ZOO.md), not reproduced by this project.
 
 Complexity at 224 px: flops 3,176,496,162 (3.176 G multiply-adds), params 19,436,338
 (19.436 M), acts 11,263,418 (11.263 M).

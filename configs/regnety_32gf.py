@@ -12,6 +12,7 @@ Design-space schedules of the paper: ``--config=configs/regnety_32gf.py:25ep`` (
 
 Expected ImageNet top-1 error: 19.0±0.12 % (paper, 5 runs); released pycls checkpoint 19.066 % top-1 /
 4.568 % top-5.
+Both are pycls's published numbers (the paper; pycls's MODEL_ZOO.md), not reproduced by this project.
 
 Complexity at 224 px: flops 32,279,583,362 (32.280 G multiply-adds), params 145,046,770
 (145.047 M), acts 30,261,570 (30.262 M).

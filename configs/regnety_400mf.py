@@ -12,6 +12,7 @@ Design-space schedules of the paper: ``--config=configs/regnety_400mf.py:25ep`` 
 
 Expected ImageNet top-1 error: 25.9±0.16 % (paper, 5 runs); released pycls checkpoint 25.898 % top-1 /
 8.07 % top-5.
+Both are pycls's published numbers (the paper; pycls's MODEL_ZOO.md), not reproduced by this project.
 
 Complexity at 224 px: flops 401,849,056 (0.402 G multiply-adds), params 4,344,144
 (4.344 M), acts 3,892,496 (3.892 M).

@@ -12,6 +12,7 @@ Design-space schedules of the paper: ``--config=configs/regnety_4gf.py:25ep`` (b
 
 Expected ImageNet top-1 error: 20.6±0.08 % (paper, 5 runs); released pycls checkpoint 20.64 % top-1 /
 5.336 % top-5.
+Both are pycls's published numbers (the paper; pycls's MODEL_ZOO.md), not reproduced by this project.
 
 Complexity at 224 px: flops 3,973,301,344 (3.973 G multiply-adds), params 20,646,656
 (20.647 M), acts 12,287,200 (12.287 M).

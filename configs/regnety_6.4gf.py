@@ -12,6 +12,7 @@ Design-space schedules of the paper: ``--config=configs/regnety_6.4gf.py:25ep`` 
 
 Expected ImageNet top-1 error: 20.1±0.04 % (paper, 5 runs); released pycls checkpoint 20.11 % top-1 /
 5.1 % top-5.
+Both are pycls's published numbers (the paper; pycls's MODEL_ZOO.md), not reproduced by this project.
 
 Complexity at 224 px: flops 6,355,221,876 (6.355 G multiply-adds), params 30,583,252
 (30.583 M), acts 16,407,188 (16.407 M).

@@ -12,6 +12,7 @@ Design-space schedules of the paper: ``--config=configs/regnety_600mf.py:25ep`` 
 
 Expected ImageNet top-1 error: 24.5±0.07 % (paper, 5 runs); released pycls checkpoint 24.54 % top-1 /
 7.28 % top-5.
+Both are pycls's published numbers (the paper; pycls's MODEL_ZOO.md), not reproduced by this project.
 
 Complexity at 224 px: flops 601,227,608 (0.601 G multiply-adds), params 6,055,160
 (6.055 M), acts 4,334,296 (4.334 M).

@@ -12,6 +12,7 @@ Design-space schedules of the paper: ``--config=configs/regnety_800mf.py:25ep`` 
 
 Expected ImageNet top-1 error: 23.7±0.03 % (paper, 5 runs); released pycls checkpoint 23.684 % top-1 /
 6.846 % top-5.
+Both are pycls's published numbers (the paper; pycls's MODEL_ZOO.md), not reproduced by this project.
 
 Complexity at 224 px: flops 797,183,328 (0.797 G multiply-adds), params 6,263,168
 (6.263 M), acts 5,249,888 (5.250 M).

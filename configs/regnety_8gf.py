@@ -12,6 +12,7 @@ Design-space schedules of the paper: ``--config=configs/regnety_8gf.py:25ep`` (b
 
 Expected ImageNet top-1 error: 20.1±0.09 % (paper, 5 runs); released pycls checkpoint 20.052 % top-1 /
 5.06 % top-5.
+Both are pycls's published numbers (the paper; pycls's MODEL_ZOO.md), not reproduced by this project.
 
 Complexity at 224 px: flops 7,963,074,196 (7.963 G multiply-adds), params 39,180,068
 (39.180 M), acts 17,968,916 (17.969 M).

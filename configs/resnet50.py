@@ -12,6 +12,7 @@ Design-space schedules of the paper: ``--config=configs/resnet50.py:25ep`` (batc
 
 Expected ImageNet top-1 error: 23.2±0.09 % (paper, 5 runs); released pycls checkpoint 23.19 % top-1 /
 6.63 % top-5.
+Both are pycls's published numbers (the paper; pycls's MODEL_ZOO.md), not reproduced by this project.
 
 Complexity at 224 px: flops 4,089,185,256 (4.089 G multiply-adds), params 25,557,032
 (25.557 M), acts 11,315,688 (11.316 M).

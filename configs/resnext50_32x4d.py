@@ -12,6 +12,7 @@ Design-space schedules of the paper: ``--config=configs/resnext50_32x4d.py:25ep`
 
 Expected ImageNet top-1 error: 21.9±0.10 % (paper, 5 runs); released pycls checkpoint 21.884 % top-1 /
 6.062 % top-5.
+Both are pycls's published numbers (the paper; pycls's MODEL_ZOO.md), not reproduced by this project.
 
 Complexity at 224 px: flops 4,230,480,872 (4.230 G multiply-adds), params 25,028,904
 (25.029 M), acts 14,602,216 (14.602 M).

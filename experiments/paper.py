@@ -16,9 +16,14 @@ Names:
       SE (RegNetY), Swish, and other resolutions at the same flops (Fig. 14).
   sec5_regnetx_{200mf,...,32gf}, sec5_regnety_{...}
       the best-of-25 selection of §5: 25 models with 12 <= d <= 28 per regime, trained with the full 100-epoch recipe
-      (batch 1024, lr 0.8, 5 warmup epochs); retrain the best 5 times (README). pycls ran these on 8 GPUs (128 images
-      and one BatchNorm group per GPU); the launcher gives each model one device, so the specs set
-      ``grad_accum_steps=8`` and ``bn_group_size=128``: the same math on one device, at one GPU's memory (SEC5_RECIPE).
+      at batch 1024, lr 0.8, 5 warmup epochs, in every regime; retrain the best 5 times (README). That is pycls's zoo
+      recipe up to 1.6GF only: its zoo trained the 3.2GF to 16GF models (RegNetY: to 12GF) at batch 512 (lr 0.4,
+      BatchNorm over 64 images per GPU) and RegNetX-32GF, RegNetY-16GF and RegNetY-32GF at batch 256 (lr 0.2, 32
+      per GPU), so from 3.2GF up these specs are this repository's choice; setup --batch_size=512
+      --set=bn_group_size=64 (or 256 and 32) follows the zoo (experiments/README.md, "The §5 setup deviates ...").
+      pycls ran these on 8 GPUs (128 images and one BatchNorm group per GPU at batch 1024); the launcher gives each
+      model one device, so the specs set ``grad_accum_steps=8`` and ``bn_group_size=128``: the same math on one
+      device, at one GPU's memory (SEC5_RECIPE).
 
 The 10/25-epoch studies train at batch 128 with BatchNorm over all 128 images, as pycls's one-GPU sweeps did.
 """

@@ -7,9 +7,11 @@ regnet_jax.models``), each a thin command line over the library packages ``core`
 ``regnet_jax.models.list_models``, ``regnet_jax.train.train_and_evaluate``.
 """
 
+from regnet_jax.core import interrupts as _interrupts
 from regnet_jax.core import logs as _logs
 
 __version__ = "0.2.0"
 
 if _logs.started_as_tool():  # python -m regnet_jax.<tool>: before the tool imports TensorFlow or JAX
     _logs.quiet_tool()
+    _interrupts.set_handler(_interrupts.on_interrupt_while_starting)  # Ctrl-C while importing: one line, not a traceback

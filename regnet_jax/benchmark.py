@@ -7,10 +7,12 @@
     python -m regnet_jax.benchmark --zoo --mode=infer --batch=8 --steps=3 --resolution=128 --out=zoo_bench
     python -m regnet_jax.benchmark --input_pipeline [--data_dir=DIR] [--threads=1] [--batch=64] [--steps=20]
 
-Warm-up steps are excluded; the step time is the median over ``--steps`` timed steps, each ended by a device sync.
-The batch is global and split over the devices (``--devices=0``: all local devices, data parallel; N: the first N).
-Train mode times the trainer's step (shard_map, BN statistics groups, the recipe's SGD). GFLOPs are analytic
-multiply-adds (a train step counts 3x the forward); TFLOP/s counts 2 FLOPs per multiply-add.
+Warm-up steps are excluded; the step time is the median over ``--steps`` timed steps, each ended by a device sync. The
+batch is global and split over the devices (``--devices=0``: all local devices, data parallel; N: the first N). Train
+mode times the trainer's step (shard_map, the recipe's SGD) with the config's ``grad_accum_steps`` and BatchNorm
+statistics over groups of its ``bn_group_size`` images (a zoo config's 100 epochs: its batch / 8; at a ``--batch``
+below one group, the whole batch). GFLOPs are analytic multiply-adds (a train step counts 3x the forward); TFLOP/s
+counts 2 FLOPs per multiply-add.
 
 ``--input_pipeline`` times the training input pipeline (decode + inception crop + flip + lighting + normalise) on a
 folder dataset (DIR/train/<class>/<image>.jpg), by default a temporary folder of ImageNet-sized synthetic JPEGs

@@ -6,8 +6,9 @@ Resumes from DIR's newest good checkpoint if there is one; a config that changes
 there unless ``--allow_config_change`` (``regnet_jax.config.diff``). Multi-host: every process runs the same command;
 ``jax.distributed.initialize`` is called on a detected cluster launch (SLURM, Open MPI, TPU pod) or with
 ``--distributed`` (plus ``--coordinator_address/--num_processes/--process_id`` where JAX cannot detect them).
-Exit status: 0 done, 1 failure (e.g. a NaN loss), 2 bad config/data/checkpoint, 3 preempted (checkpoint saved),
-4 a multi-process run stalled (no step for ``--stall_timeout_s``).
+Exit status: 0 done, 1 failure (e.g. a NaN loss), 2 bad config/data/checkpoint, 3 preempted (SIGTERM: checkpoint
+saved), 4 a multi-process run stalled (no step for ``--stall_timeout_s``), 130 interrupted (Ctrl-C: a checkpoint
+saved at the next step; a second Ctrl-C stops at once without saving).
 
 Writes into DIR (local or gs://): config.json (+ config_history.jsonl after an allowed change), checkpoints/,
 eval_metrics.jsonl (+ eval_ema_metrics.jsonl), train_metrics.jsonl, TensorBoard events, curves.png and, when

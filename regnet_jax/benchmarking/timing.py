@@ -3,11 +3,14 @@
     result = benchmark(config, mode="train", batch=32)      # python -m regnet_jax.benchmark
     prep = prepare(config, mode="train", batch=32); times = time_steps(prep.run, steps=10, warmup=2)
 
-Warm-up steps are excluded; the step time is the median over ``steps`` timed steps, each ended by a device sync.
-The batch is global and split over the devices (``num_devices=0``: all local devices, data parallel; N: the first
-N). Train mode times the trainer's step (``regnet_jax.training.steps``: shard_map, BN statistics groups, the recipe's
-SGD); infer mode a shard_map forward pass. GFLOPs are analytic multiply-adds from ``regnet_jax.models.complexity``
-(a train step counts 3x the forward); TFLOP/s counts 2 FLOPs per multiply-add.
+Warm-up steps are excluded; the step time is the median over ``steps`` timed steps, each ended by a device sync. The
+batch is global and split over the devices (``num_devices=0``: all local devices, data parallel; N: the first N).
+Train mode times the trainer's step (``regnet_jax.training.steps``: shard_map, the recipe's SGD) with the config's
+``grad_accum_steps`` micro-batches and BatchNorm statistics over groups of its ``bn_group_size`` images (a zoo
+config's 100 epochs: its batch / 8, pycls's per-GPU groups; its :25ep/:10ep: 128; 0: the whole batch), capped at one
+micro-batch: at a ``batch`` below one group, BatchNorm spans the whole (micro-)batch, across the devices. Infer mode
+times a shard_map forward pass. GFLOPs are analytic multiply-adds from ``regnet_jax.models.complexity`` (a train step
+counts 3x the forward); TFLOP/s counts 2 FLOPs per multiply-add.
 """
 
 from __future__ import annotations
@@ -140,7 +143,9 @@ def _infer_step(config: ml_collections.ConfigDict, dtype: str, mesh, data: dict[
 
 
 def _parallel_train_step(config: ml_collections.ConfigDict, dtype: str, mesh, data: dict[str, jax.Array]) -> tuple[Callable, tuple]:
-    """The trainer's step (regnet_jax.training.steps + optimizer): BN statistics groups, the recipe's SGD."""
+    """The trainer's step (regnet_jax.training.steps + optimizer, the recipe's SGD) with ``config.grad_accum_steps``
+    micro-batches and BatchNorm statistics over groups of ``config.bn_group_size`` images (0: the whole batch), at most
+    one micro-batch: a smaller batch is one group."""
     from regnet_jax.training import steps
     from regnet_jax.training.optimizer import make_optimizer
 

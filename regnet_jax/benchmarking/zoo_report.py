@@ -19,6 +19,7 @@ import numpy as np
 
 from regnet_jax.benchmarking.timing import TRAIN_FLOPS_FACTOR, Result, benchmark
 from regnet_jax.config import ConfigError, smoke
+from regnet_jax.core import paths
 from regnet_jax.models.zoo import ZOO, get_config
 
 
@@ -75,7 +76,7 @@ def write_zoo_outputs(results: list[Result], out_dir: str) -> dict[str, str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    os.makedirs(out_dir, exist_ok=True)
+    paths.makedirs(out_dir)
     rows = [dataclasses.asdict(r) for r in results]
     files = {
         k: os.path.join(out_dir, f)

@@ -238,6 +238,18 @@ def apply_overrides(config: Any, overrides: Iterable[Override]) -> Any:
     return config
 
 
+def _not_a_config(path_arg: str, value: Any) -> ConfigError:
+    """A config file that gave something other than a config (a mapping of fields)."""
+    path, sep, arg = path_arg.partition(":")
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    source = "its content is" if path.endswith(".json") else f"its get_config({repr(arg) if sep else ''}) returned"
+    expected = ("a JSON object of config fields" if path.endswith(".json")
+                else "an ml_collections.ConfigDict (e.g. `return ml_collections.ConfigDict(...)`; see configs/quickstart.py)")  # fmt: skip
+    hint = " (does get_config() end with `return config`?)" if value is None and not path.endswith(".json") else ""
+    return ConfigError(f"{path} is not a config: {source} {shown} (type {type(value).__name__}){hint}; expected {expected}")
+
+
 class _ConfigFileFlag(OverridableFlag):
     """``--NAME=FILE[:ARG]``: its value is the file's config with the ``--NAME.FIELD=VALUE`` overrides applied."""
 
@@ -254,6 +266,8 @@ class _ConfigFileFlag(OverridableFlag):
         config = load_config_file(argument)
         if isinstance(config, Mapping) and not isinstance(config, ml_collections.ConfigDict):  # a .json file
             config = ml_collections.ConfigDict(config)
+        if not isinstance(config, ml_collections.ConfigDict):
+            raise _not_a_config(argument, config)
         config = shrink_loaded(apply_overrides(config, self.overrides))
         if self.lock and isinstance(config, ml_collections.ConfigDict):
             config.lock()

@@ -224,6 +224,7 @@ def base_config(model: Mapping[str, Any], batch_size: int = 1024, schedule: str 
             output_dtype="float32",  # or 'bfloat16'
             prefetch=2,  # batches on device ahead of the step
             max_bad_image_fraction=MAX_BAD_IMAGE_FRACTION,  # undecodable training images are skipped; more per epoch stop the run
+            synthetic_like="",  # name='synthetic': stand in for this dataset (its number of classes); smoke mode sets it
         )
     )
     c.optim = ml_collections.ConfigDict(
@@ -271,6 +272,7 @@ ADDED_FIELDS: dict[str, Any] = {
     "profile_steps": (),
     "dataset.max_bad_image_fraction": MAX_BAD_IMAGE_FRACTION,
     "optim.lr_per_128": LR_PER_128,
+    "dataset.synthetic_like": "",
 }
 
 
@@ -310,6 +312,7 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
         ("seed", _is_int(config.seed), "an integer"),
         ("dataset.name", isinstance(config.dataset.name, str) and config.dataset.name, f"a dataset name: {', '.join(DATASET_KINDS)}"),
         ("dataset.channel_order", config.dataset.channel_order in ("rgb", "bgr"), "'rgb' or 'bgr'"),
+        ("dataset.synthetic_like", isinstance(config.dataset.synthetic_like, str), "'' or a dataset name, e.g. 'imagenet2012'"),
         ("dataset.mean", len(config.dataset.mean) == 3, "3 numbers (RGB, on [0, 1] pixels)"),
         ("dataset.std", len(config.dataset.std) == 3 and all(s > 0 for s in config.dataset.std), "3 positive numbers (RGB)"),
         ("dataset.eval_crop_fraction", 0 < config.dataset.eval_crop_fraction <= 1, "in (0, 1], e.g. 0.875 = 224/256"),

@@ -6,7 +6,8 @@ line in seconds before starting the real run (docs/training.md, "Smoke runs"). W
 * every config a command loads is shrunk (``shrink_loaded``: a ``--config``, a workdir's config.json that ``evaluate``
   falls back to, a sweep's model trained in-process, a zoo model benchmarked): the model becomes the canonical tiny
   model of its kind (``shrink_model``), training runs 1 epoch of 2 steps of 8 images at 16 px and evaluates 8
-  images, and a TFDS dataset (ImageNet, tf_flowers, ...) is replaced by synthetic images; folder and quickstart data
+  images, and a TFDS dataset (ImageNet, tf_flowers, ...) is replaced by synthetic images with its number of classes
+  (``dataset.synthetic_like``: a model with fewer classes is refused, as in a real run); folder and quickstart data
   stay;
 * a command's other work sizes are capped (``limits``, the table ``LIMITS``): ``sweep setup`` samples at most 2
   models, ``sweep analyze`` bootstraps 100 times, ``benchmark`` times 1 step of 2 images at 16 px (``--zoo``: the
@@ -89,9 +90,11 @@ def shrink_config(config: Any) -> Any:
                 config[field] = value
         d = config.dataset
         d.num_train_examples, d.num_eval_examples = TRAIN_EXAMPLES, EVAL_EXAMPLES
-        if d.name not in KEPT_DATASETS:
-            d.name = "synthetic"
-    announce(f"shrunk the config: tiny model, {RESOLUTION} px, 1 epoch of {TRAIN_EXAMPLES // BATCH} steps of {BATCH} images, small or synthetic data")
+        replaced = d.name not in KEPT_DATASETS
+        if replaced:  # synthetic images with the dataset's classes: a class-count mistake fails as in a real run
+            d.synthetic_like, d.name = d.name, "synthetic"
+    data = f"synthetic images standing in for {d.synthetic_like} (its classes)" if replaced else "small data"
+    announce(f"shrunk the config: tiny model, {RESOLUTION} px, 1 epoch of {TRAIN_EXAMPLES // BATCH} steps of {BATCH} images, {data}")
     return config
 
 

@@ -14,7 +14,8 @@ Every command (``regnet_jax/<command>.py``) has the same shape, and importing it
 
 A mistake in the command line (an unknown flag, a missing or broken config file, an unknown or misspelt config
 field, a value of the wrong type) and any ``UserError`` raised by ``main`` print ``error: <one line>`` on stderr and
-exit with status 2; anything else keeps its traceback. Only this runner ends the process.
+exit with status 2; Ctrl-C prints ``interrupted: <one line>`` and exits with status 130 (``core.interrupts``: a second
+Ctrl-C ends the process at once); anything else keeps its traceback. Only this runner ends the process.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from collections.abc import Callable
 
 from absl import app, flags
 
+from regnet_jax.core import interrupts
 from regnet_jax.core.errors import ConfigError, UserError
 
 EXIT_USAGE = 2  # bad input: a config, a file, an argument (any UserError)
@@ -88,6 +90,9 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) ->
         return rest
     except (UserError, flags.Error) as e:
         _exit_usage(e)
+    except KeyboardInterrupt as e:  # while a config file runs
+        print(interrupts.message(e), file=sys.stderr)
+        sys.exit(interrupts.EXIT_INTERRUPTED)
 
 
 def _exit_usage(e: Exception) -> None:
@@ -97,7 +102,9 @@ def _exit_usage(e: Exception) -> None:
 
 def run(main: Callable[[list[str]], int | None], define_flags: Callable[[flags.FlagValues], None] | None = None) -> None:
     """Define the command's flags, then ``absl.app.run(main)``: command-line mistakes and any ``UserError`` become
-    'error: ...' and exit status 2; ``main``'s return value is the exit status (None: 0)."""
+    'error: ...' and exit status 2, Ctrl-C (``KeyboardInterrupt``, ``core.interrupts.Interrupted``) 'interrupted: ...'
+    and exit status 130; ``main``'s return value is the exit status (None: 0)."""
+    interrupts.set_handler(interrupts.on_first_interrupt)
     if define_flags is not None:
         define_flags(flags.FLAGS)
 
@@ -107,5 +114,10 @@ def run(main: Callable[[list[str]], int | None], define_flags: Callable[[flags.F
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(EXIT_USAGE)
+        except KeyboardInterrupt as e:
+            interrupts.set_handler(interrupts.on_interrupt_again)
+            print(interrupts.message(e), file=sys.stderr, flush=True)
+            interrupts.set_handler(interrupts.on_interrupt_after_report)  # the exit may wait for threads: Ctrl-C ends it now
+            sys.exit(interrupts.EXIT_INTERRUPTED)
 
     app.run(wrapped, flags_parser=parse_flags)

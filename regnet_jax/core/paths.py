@@ -10,8 +10,11 @@ through TensorFlow's (see docs/training.md, "TPU pod").
   an object appears only when its upload completes, so it is written directly (a rename there is a copy).
 * ``append_bytes/text`` append all or nothing locally (a short write is truncated away); object storage has no
   appends, so there the object is rewritten (buffer and call it rarely: ``training.records.JsonlLog`` does).
-* A full disk, a quota, a read-only or forbidden location, a missing bucket raise ``StorageError`` naming the path
-  and, on local disks, the free space.
+* A full disk, a quota, a read-only or forbidden location, a file where a directory is needed, a missing bucket raise
+  ``StorageError`` naming the path and, on local disks, the free space.
+* Cloud Storage that cannot be reached (no network, a name that does not resolve, no credentials) is found by the
+  first operation on a bucket, from one request without retries (``check_reachable``), and raises ``StorageError``
+  naming the bucket, what failed and what to check, at once rather than after a minute of gcsfs's retries.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import errno
 import functools
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import uuid
@@ -43,6 +47,15 @@ fsspec.config.conf.setdefault("gcs", {}).setdefault("use_listings_cache", False)
 
 Path = epath.Path
 PathLike = str | os.PathLike
+
+
+def _without_traceback(record: logging.LogRecord) -> bool:
+    """gcsfs logs the traceback of a request that ran out of retries; the error it raises then is reported (one line)."""
+    record.exc_info = record.exc_text = None
+    return True
+
+
+logging.getLogger("gcsfs").addFilter(_without_traceback)
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 _UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
@@ -82,38 +95,114 @@ def join(path: PathLike, *parts: str) -> Path:
     return resolve(path).joinpath(*parts)
 
 
+def _reached(path: PathLike) -> Path:
+    """``resolve(path)``, after checking that its bucket can be reached (``check_reachable``: once per bucket)."""
+    p = resolve(path)
+    check_reachable(p)
+    return p
+
+
 def exists(path: PathLike) -> bool:
-    return resolve(path).exists()
+    return _reached(path).exists()
 
 
 def isdir(path: PathLike) -> bool:
-    return resolve(path).is_dir()
+    return _reached(path).is_dir()
 
 
 def isfile(path: PathLike) -> bool:
-    p = resolve(path)
+    p = _reached(path)
     return p.exists() and not p.is_dir()
 
 
 def listdir(path: PathLike) -> list[str]:
     """The names in a directory (on object storage: under a prefix), sorted."""
-    return sorted(child.name for child in resolve(path).iterdir())
+    return sorted(child.name for child in _reached(path).iterdir())
 
 
 def makedirs(path: PathLike) -> None:
-    """Create a local directory and its parents; nothing to do on object storage (no directories there)."""
-    p = resolve(path)
-    if not is_url(p):
-        with writing(p):
-            p.mkdir(parents=True, exist_ok=True)
+    """Create a local directory and its parents; on object storage (no directories there) only check that its bucket
+    can be reached."""
+    p = _reached(path)
+    if is_url(p):
+        return
+    with writing(p):
+        p.mkdir(parents=True, exist_ok=True)
+
+
+REACH_TIMEOUT_S = 20  # the one request of check_reachable
+_REACHED: set[tuple[str, str]] = set()  # (bucket, endpoint) answered once: not checked again
+
+
+def check_reachable(path: PathLike) -> None:
+    """For a ``gs://`` path: one request to Cloud Storage (list at most one object under it), without gcsfs's retries.
+    No network, a name that does not resolve, no answer, missing or refused credentials: a one-line ``StorageError``
+    naming the bucket, what failed and what to check, within seconds, where gcsfs would retry for a minute and end in
+    a traceback. Once per bucket and process; nothing for local paths (or TensorFlow's client, ``EPATH_USE_TF``). Any
+    other answer (a missing bucket, a server error) is left to the operation that follows."""
+    text = os.fspath(path)
+    if not text.startswith("gs://") or os.environ.get("EPATH_USE_TF", "").lower() not in ("false", "no", "f", "0"):
+        return
+    resolve(text)  # gcsfs installed
+    bucket, _, prefix = text[len("gs://"):].partition("/")
+    key = (bucket, os.environ.get("STORAGE_EMULATOR_HOST", ""))
+    if key in _REACHED or not bucket:
+        return
+    import fsspec.asyn
+    from etils.epath import backend
+
+    fs = backend.fsspec_backend.fs(text)  # the client every path operation uses (its credentials found once)
+    request = getattr(type(fs)._request, "__wrapped__", None)  # gcsfs's request without its retries
+    if request is None:
+        return
+    try:
+        fsspec.asyn.sync(fs.loop, request, fs, "GET", "b/{}/o", bucket, prefix=prefix, maxResults=1, timeout=REACH_TIMEOUT_S)
+    except Exception as e:  # noqa: BLE001 - classified below; anything else is left to the next operation
+        err = _unreachable(text, bucket, fs, e)
+        if err is not None:
+            raise err from None
+        return
+    _REACHED.add(key)
+
+
+def _unreachable(path: str, bucket: str, fs: Any, exc: BaseException) -> StorageError | None:
+    """The StorageError for a request to Cloud Storage that failed before any answer, or for want of credentials."""
+    import asyncio
+
+    endpoint = getattr(fs, "_location", "") or os.environ.get("STORAGE_EMULATOR_HOST") or "https://storage.googleapis.com"
+    emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+    network = f"the network connection{f' and STORAGE_EMULATOR_HOST={emulator}' if emulator else ''}"
+    credentials = "the credentials: `gcloud auth application-default login` (or GOOGLE_APPLICATION_CREDENTIALS=KEY.json)"
+    what = check = None
+    for e in _chain(exc):
+        name, text = type(e).__name__, " ".join(str(e).split())[:200]
+        if name == "ClientConnectorDNSError" or "Name or service not known" in text or "nodename nor servname" in text:
+            what, check = f"{endpoint} cannot be found (DNS: {text})", network
+        elif name in ("ClientConnectorError", "ServerDisconnectedError", "ClientOSError") or isinstance(e, ConnectionError):
+            what, check = f"cannot connect to {endpoint} ({text})", f"{network} (a proxy or firewall?)"
+        elif isinstance(e, (asyncio.TimeoutError, TimeoutError)) or name == "FSTimeoutError":
+            what, check = f"no answer from {endpoint} within {REACH_TIMEOUT_S} s", network
+        elif type(e).__module__.startswith("google.auth"):
+            what, check = f"no usable credentials ({name}: {text})", credentials
+        elif getattr(e, "code", None) == 401:
+            anonymous = getattr(getattr(fs, "credentials", None), "method", "") == "anon"
+            what = "no credentials were found (anonymous access was refused)" if anonymous else f"the credentials were refused ({text})"
+            check = credentials
+        elif getattr(e, "code", None) == 403 or text.startswith("Forbidden"):
+            what, check = f"permission denied ({text})", f"the bucket name, and that {credentials[len('the credentials: '):]} gives an account that may use it"
+        if what:
+            break
+    if what is None:
+        return None
+    return StorageError(f"cannot reach Cloud Storage for {path} (bucket {bucket}): {what}. Check {check}, then rerun")
 
 
 def read_bytes(path: PathLike) -> bytes:
-    return resolve(path).read_bytes()
+    return _reached(path).read_bytes()
 
 
 def read_text(path: PathLike) -> str:
-    return resolve(path).read_text()
+    return _reached(path).read_text()
 
 
 def read_json(path: PathLike) -> Any:
@@ -122,7 +211,7 @@ def read_json(path: PathLike) -> Any:
 
 def write_bytes(path: PathLike, data: bytes) -> None:
     """Replace ``path`` with ``data`` whole: a reader (or a crash) sees the old file or the new one, never a part."""
-    p = resolve(path)
+    p = _reached(path)
     with writing(p):
         if is_url(p):
             with p.open("wb") as f:
@@ -151,7 +240,7 @@ def write_json(path: PathLike, obj: Any) -> None:
 
 def append_bytes(path: PathLike, data: bytes) -> None:
     """Append ``data`` to ``path`` (created if absent) all or nothing; on object storage, rewrite the object."""
-    p = resolve(path)
+    p = _reached(path)
     if is_url(p):
         write_bytes(p, (p.read_bytes() if p.exists() else b"") + data)
         return
@@ -176,12 +265,12 @@ def append_text(path: PathLike, text: str) -> None:
 def remove(path: PathLike) -> None:
     """Remove a file if it exists."""
     with contextlib.suppress(FileNotFoundError):
-        resolve(path).unlink()
+        _reached(path).unlink()
 
 
 def rename(src: PathLike, dst: PathLike) -> None:
     """Rename a file or directory (on object storage: copy then delete, object by object)."""
-    resolve(src).rename(resolve(dst))
+    _reached(src).rename(resolve(dst))
 
 
 def _existing(path: PathLike) -> str:
@@ -243,21 +332,35 @@ def _no_space(path: PathLike, needed: int) -> StorageError:
     return StorageError(f"no space left to write {path} ({space}): free some space or use another location, then rerun")
 
 
+def not_a_directory(path: PathLike) -> StorageError:
+    """The StorageError for a local ``path`` that is, or lies under, a file where a directory is needed."""
+    file = _existing(path)
+    where = f"{path} is a file" if os.path.abspath(file) == os.fspath(resolve(path)) else f"{path} lies under {file}, which is a file"
+    return StorageError(f"{where}, not a directory: give a directory (or move the file away), then rerun")
+
+
 def _unwritable(path: PathLike, why: str) -> StorageError:
     return StorageError(f"{path} is not writable ({why}): fix its permissions or use another location, then rerun")
 
 
 def storage_error(path: PathLike, exc: BaseException, needed: int = 0) -> StorageError | None:
     """The StorageError for ``exc`` (or an exception it wraps) raised while writing ``path``: full (naming the free
-    and the ``needed`` space where known), unwritable, or no such bucket; None for any other error."""
+    and the ``needed`` space where known), unwritable, a file where a directory is needed (or the reverse), or no
+    such bucket; None for any other error."""
     for e in _chain(exc):
         code, text = getattr(e, "errno", None), str(e)
+        if isinstance(e, (FileExistsError, NotADirectoryError)) and not is_url(path) and os.path.isfile(_existing(path)):
+            return not_a_directory(path)
+        if isinstance(e, IsADirectoryError) and not is_url(path):
+            return StorageError(f"{path} is a directory, not a file: give a file name, then rerun")
         if code in _FULL or any(t in text for t in _FULL_TEXT):
             return _no_space(path, needed)
         if code in _UNWRITABLE or getattr(e, "code", None) in (401, 403) or any(t in text for t in _UNWRITABLE_TEXT):
             return _unwritable(path, text.splitlines()[0][:200] if text else type(e).__name__)
         if is_url(path) and isinstance(e, FileNotFoundError):
             return StorageError(f"cannot write {path}: its bucket does not exist or is not accessible with these credentials")
+    if is_url(path) and os.fspath(path).startswith("gs://"):  # Cloud Storage unreachable after gcsfs's retries
+        return _unreachable(os.fspath(path), os.fspath(path)[len("gs://"):].partition("/")[0], None, exc)
     return None
 
 

@@ -55,8 +55,10 @@ tf.config.set_visible_devices([], "GPU")
 
 def _check_classes(config, source) -> None:
     if source.num_classes > config.model.num_classes:
+        like = config.dataset.get("synthetic_like", "") if config.dataset.name == "synthetic" else ""
+        name = f"{like!r} (synthetic images standing in for it)" if like else repr(config.dataset.name)
         raise ConfigError(
-            f"dataset {config.dataset.name!r} has {source.num_classes} classes but config.model.num_classes="
+            f"dataset {name} has {source.num_classes} classes but config.model.num_classes="
             f"{config.model.num_classes}: set --config.model.num_classes={source.num_classes}"
         )
 

@@ -29,6 +29,13 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 QUICKSTART_UPSCALE = 4  # 8x8 digits are stored at 32x32 so that crops are not a few pixels wide
 QUICKSTART_TEST_FRACTION = 0.2
 SYNTHETIC_SIZES = {"train": 1_281_167, "validation": 50_000}  # ImageNet's, unless num_*_examples is set
+# The class counts of common TFDS datasets, for synthetic images standing in for them (``dataset.synthetic_like``);
+# any other registered TFDS name is asked of TFDS (from its code: offline, nothing downloaded).
+KNOWN_CLASSES = {
+    "imagenet2012": 1000, "imagenet2012_subset": 1000, "imagenet2012_real": 1000, "imagenet_v2": 1000, "imagenet_a": 200,
+    "imagenette": 10, "oxford_flowers102": 102, "tf_flowers": 5, "cifar10": 10, "cifar100": 100, "food101": 101,
+    "caltech101": 102, "oxford_iiit_pet": 37, "stanford_dogs": 120, "mnist": 10, "fashion_mnist": 10, "svhn_cropped": 10,
+}  # fmt: skip
 
 
 class DatasetNotReadyError(ConfigError):
@@ -250,13 +257,34 @@ def tfds_source(name: str, data_dir: str, split: str, limit: int) -> TfdsSource:
     return TfdsSource(builder, sub, n, int(features["label"].num_classes))
 
 
+def dataset_classes(name: str) -> int | None:
+    """The number of classes of the TFDS dataset ``name`` (``'imagenet2012'``, ``'cifar10:3.0.2'``), known here or to
+    TFDS's registered builder (its code: offline, nothing downloaded or prepared); None if neither knows."""
+    base = name.split(":")[0].split("/")[0]
+    if base in KNOWN_CLASSES:
+        return KNOWN_CLASSES[base]
+    try:
+        import tensorflow_datasets as tfds
+
+        return int(tfds.builder(name).info.features["label"].num_classes)
+    except Exception:  # noqa: BLE001 - not registered, no 'label' feature, or not a class label
+        return None
+
+
+def synthetic_classes(config) -> int:
+    """How many classes synthetic images have: those of the dataset they stand in for (``dataset.synthetic_like``,
+    where known), else the model's."""
+    like = config.dataset.get("synthetic_like", "")
+    return (dataset_classes(like) if like else None) or config.model.num_classes
+
+
 def open_source(config, split: str, limit: int):
     """The source of ``split`` for ``config.dataset`` (an IndexedSource or a TfdsSource)."""
     d = config.dataset
     if d.name == "quickstart":
         return quickstart_source(split, limit)
     if d.name == "synthetic":
-        return synthetic_source(split, limit, config.resolution, config.model.num_classes, config.seed)
+        return synthetic_source(split, limit, config.resolution, synthetic_classes(config), config.seed)
     if d.name == "folder":
         return folder_source(d.data_dir, split, limit)
     return tfds_source(d.name, d.data_dir, split, limit)

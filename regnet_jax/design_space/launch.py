@@ -14,6 +14,10 @@ or, with ``in_process``, inside the launcher (saves the ~20 s of imports per mod
   and their output is collected in a local file, appended to ``runs/ID/train.log`` when the attempt ends.
 * Devices: ``auto`` runs one model per GPU (``CUDA_VISIBLE_DEVICES``) when ``nvidia-smi`` lists GPUs, else one
   model at a time; ``gpu:0,1,2,3`` / ``tpu:0,1,2,3`` name them; ``none`` leaves the environment alone.
+* Ctrl-C: the launcher starts no more models and passes the Ctrl-C on to its trainers (each runs in its own process
+  group, so a terminal's Ctrl-C reaches the launcher only): each saves a checkpoint at its next step and stops; then
+  one line says how to resume (rerun the same command), exit status 130. A second Ctrl-C kills the trainers at once
+  (they resume from their previous checkpoints).
 * If the launcher dies (even by SIGKILL) its trainers get SIGTERM (Linux ``PR_SET_PDEATHSIG``), checkpoint and stop.
 """
 
@@ -26,6 +30,7 @@ import logging
 import os
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -35,12 +40,12 @@ import traceback
 from typing import Any, Callable
 
 from regnet_jax.config import ConfigError, smoke
-from regnet_jax.core import paths
+from regnet_jax.core import interrupts, paths
 from regnet_jax.core.cli import EXIT_USAGE
 from regnet_jax.core.errors import UserError
 from regnet_jax.design_space.layout import SweepDir, SweepError, model_id, read_json, write_json
 from regnet_jax.training import workdir_lock
-from regnet_jax.training.preemption import EXIT_PREEMPTED, Preempted
+from regnet_jax.training.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED, Interrupted, Preempted
 from regnet_jax.training.progress import format_eta
 from regnet_jax.training.records import SUMMARY_FILE, TRAIN_FILE, read_jsonl
 
@@ -179,6 +184,15 @@ def _progress_of(sweep_dir: SweepDir, mid: str, num_epochs: int) -> str:
     return f"{mid} epoch {recs[-1]['epoch']:.1f}/{num_epochs}" if recs else f"{mid} starting"
 
 
+_RESULTS = {EXIT_BAD_INPUT: "bad config or data", EXIT_PREEMPTED: "preempted", EXIT_INTERRUPTED: "interrupted"}
+
+
+def _signal_group(proc: subprocess.Popen, signum: int) -> None:
+    """Send ``signum`` to a trainer's process group (it leads one: ``start_new_session``)."""
+    with contextlib.suppress(OSError):
+        os.killpg(proc.pid, signum)
+
+
 @dataclasses.dataclass
 class _Job:
     mid: str
@@ -205,6 +219,8 @@ class Launcher:
         self.attempts: collections.Counter[str] = collections.Counter()
         self.remote = paths.is_url(self.sweep_dir.path)
         self._local = tempfile.mkdtemp(prefix="regnet_jax_sweep_") if self.remote else ""
+        self._running: dict[int, _Job] = {}  # slot -> the trainer running there
+        self._interrupts = 0  # Ctrl-Cs received while trainers run
 
     def _trainer_cmd(self, mid: str) -> list[str]:
         base = shlex.split(self.opts.trainer) if self.opts.trainer else [sys.executable, "-m", "regnet_jax.train", "--nodistributed"]
@@ -238,7 +254,7 @@ class Launcher:
     def _finish(self, job: _Job, rc: int, todo: collections.deque, slots: int, running: int) -> None:
         seconds = time.time() - job.start
         ok = rc == 0 and is_done(self.sweep_dir, job.mid)
-        result = "done" if ok else {EXIT_BAD_INPUT: "bad config or data", EXIT_PREEMPTED: "preempted"}.get(rc, "failed")
+        result = "done" if ok else _RESULTS.get(rc, "failed")
         _record_attempt(self.sweep_dir, job.mid, {"start": job.start, "seconds": round(seconds, 1), "rc": rc, "result": result,
                                            "host": socket.gethostname(), "attempt": job.attempt})  # fmt: skip
         self._keep_log(job)
@@ -299,15 +315,65 @@ class Launcher:
             return None
         job.log = self._log_file(mid, f"\n=== attempt {job.attempt} on {socket.gethostname()} at {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n")
         cmd = _with_parent_death_signal(self._trainer_cmd(mid))
-        with open(job.log, "a") as log:
-            job.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env, "PYTHONUNBUFFERED": "1"})
+        with open(job.log, "a") as log:  # its own process group: a terminal's Ctrl-C reaches the launcher only
+            job.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+                                        start_new_session=True)  # fmt: skip
         return job
 
+    def _on_sigint(self, signum, frame) -> None:
+        """The first Ctrl-C: the launch loop stops the trainers (``_stop_trainers``); a second one kills them."""
+        self._interrupts += 1
+        if self._interrupts == 1:
+            return
+        jobs = list(self._running.values())
+        for job in jobs:
+            _signal_group(job.proc, signal.SIGKILL)
+        interrupts.stop_at_once(
+            f"Ctrl-C again: killed {len(jobs)} trainer(s) ({', '.join(j.mid for j in jobs) or 'none'}) without saving; rerun the same "
+            f"command to resume (python -m regnet_jax.sweep launch --out={self.sweep_dir.root} ...): they resume from their last checkpoints"
+        )  # fmt: skip
+
+    def _stop_trainers(self) -> None:
+        """After a Ctrl-C: pass it on to every running trainer, wait for them to save and stop, raise ``Interrupted``."""
+        running = self._running
+        ids = [j.mid for j in running.values()]
+        if running:
+            self.log(f"Ctrl-C: stopping {len(ids)} trainer(s) ({', '.join(ids)}): each saves a checkpoint at its next step "
+                     "(Ctrl-C again kills them)")  # fmt: skip
+        for job in running.values():
+            _signal_group(job.proc, signal.SIGINT)
+        stopped, other = [], []
+        while running:
+            for slot, job in list(running.items()):
+                rc = job.proc.poll()
+                if rc is None:
+                    continue
+                del running[slot]
+                ok = rc == 0 and is_done(self.sweep_dir, job.mid)
+                result = "done" if ok else _RESULTS.get(rc, "failed")
+                _record_attempt(self.sweep_dir, job.mid, {"start": job.start, "seconds": round(time.time() - job.start, 1), "rc": rc,
+                                                          "result": result, "host": socket.gethostname(), "attempt": job.attempt})  # fmt: skip
+                job.lock.release()
+                self._keep_log(job)
+                if ok:
+                    self.done.append(job.mid)
+                elif rc in (EXIT_INTERRUPTED, EXIT_PREEMPTED):
+                    stopped.append(job.mid)
+                else:
+                    other.append(f"{job.mid} ended with exit status {rc}: see {paths.join(self.sweep_dir.run_dir(job.mid), 'train.log')}")
+            time.sleep(0.1)
+        what = f"{len(stopped)} trainer(s) stopped ({', '.join(sorted(stopped))}), each after saving what it had trained" if stopped else "no trainer was running"
+        raise Interrupted(
+            f"interrupted (Ctrl-C): {what}{''.join('; ' + o for o in other)}; {len(self.done)}/{len(self.ids)} models done. Rerun "
+            f"the same command to resume (python -m regnet_jax.sweep launch --out={self.sweep_dir.root} ...)"
+        )  # fmt: skip
+
     def _run_subprocesses(self, todo: collections.deque, slots: list[dict[str, str]]) -> None:
-        running: dict[int, _Job] = {}
+        running = self._running
         last_beat = time.time()
+        previous = interrupts.set_handler(self._on_sigint)
         try:
-            while todo or running:
+            while (todo or running) and not self._interrupts:
                 for slot, env in enumerate(slots):
                     while slot not in running and todo:
                         job = self._start(todo.popleft(), slot, env)
@@ -323,15 +389,18 @@ class Launcher:
                     last_beat = time.time()
                     self.log("running: " + "; ".join(_progress_of(self.sweep_dir, j.mid, self.num_epochs) for j in running.values()))
                 time.sleep(self.opts.poll_s)
-        finally:  # interrupted (Ctrl-C, SIGTERM): let the trainers checkpoint and stop
+            if self._interrupts:
+                self._stop_trainers()
+        finally:  # stopped by an error: let the trainers checkpoint and stop
             for job in running.values():
-                with contextlib.suppress(OSError):
-                    job.proc.terminate()
+                _signal_group(job.proc, signal.SIGTERM)
             for job in running.values():
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     job.proc.wait(timeout=120)
                 job.lock.release()
                 self._keep_log(job)
+            if previous is not None:
+                interrupts.set_handler(interrupts.on_interrupt_again if self._interrupts and previous is interrupts.on_first_interrupt else previous)
 
     def _run_in_process(self, todo: collections.deque) -> None:
         while todo:
@@ -341,6 +410,10 @@ class Launcher:
                 continue
             try:
                 rc = self._train_here(job)
+            except KeyboardInterrupt:  # Ctrl-C: the trainer saved a checkpoint (training.preemption) and says so
+                _record_attempt(self.sweep_dir, mid, {"start": job.start, "seconds": round(time.time() - job.start, 1), "rc": EXIT_INTERRUPTED,
+                                                      "result": "interrupted", "host": socket.gethostname(), "attempt": job.attempt})  # fmt: skip
+                raise
             finally:
                 job.lock.release()
             self._finish(job, rc, todo, 1, 0)

@@ -30,7 +30,7 @@ from regnet_jax.training.checkpoint import Checkpointer, state_signature
 from regnet_jax.training.evaluation import apply_input_conventions, run_evaluation
 from regnet_jax.training.optimizer import lr_at_step, make_optimizer
 from regnet_jax.training.plots import plot_curves
-from regnet_jax.training.preemption import Preempted, SigtermFlag
+from regnet_jax.training.preemption import Interrupted, StopSignals
 from regnet_jax.training.profiling import StepProfiler
 from regnet_jax.training.progress import Progress, format_eta
 from regnet_jax.training.workdir_lock import WorkdirLock, describe
@@ -174,7 +174,7 @@ class _Trainer:
                 "config.optim.base_lr or add warmup (config.optim.warmup_epochs), then rerun to resume from it"
             )
 
-    def run(self, pretrained: Pretrained | None) -> dict[str, Any]:
+    def run(self, pretrained: Pretrained | None, stop: StopSignals) -> dict[str, Any]:
         config = self.config
         self.t_start = time.perf_counter()
         step = self.start(pretrained)
@@ -197,17 +197,16 @@ class _Trainer:
             config.num_epochs, step,
         )  # fmt: skip
         logging.info("learning rate: %s", describe_lr(config))
-        sigterm = SigtermFlag()
         try:
-            self._loop(step, sigterm)
+            with stop.training():
+                self._loop(step, stop)
         finally:
             self.profiler.close()
-            sigterm.restore()
             self.checkpointer.wait()
             self.writer.flush()
         return self._finish(counts)
 
-    def _loop(self, step: int, sigterm: SigtermFlag) -> None:
+    def _loop(self, step: int, stop: StopSignals) -> None:
         config = self.config
         progress = Progress(self.total_steps, step, config.batch_size)
         pending: list[dict[str, jax.Array]] = []
@@ -229,11 +228,11 @@ class _Trainer:
                 if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 and step % self.steps_per_epoch:
                     self._check_finite(pending, step)
                     self.save(step)
-                if sigterm.preempted(step):
+                if stop.preempted(step):
                     self._check_finite(pending, step)
                     self.save(step)
                     self.checkpointer.wait()
-                    raise Preempted(f"preempted at step {step}; checkpoint saved in {self.checkpointer.directory}: rerun the same command to resume")
+                    raise stop.stop_error(step, str(self.checkpointer.directory))
             self._end_epoch_skips(step)
             self._precise_bn(epoch)
             epoch += 1
@@ -242,6 +241,9 @@ class _Trainer:
             if last or (config.eval_every_epochs and epoch % config.eval_every_epochs == 0):
                 record = self.evaluate(step)
             self.save(step, {"top1_err": record["top1_err"]} if record else None)
+            if stop.signum is not None and not stop.multi_process:  # asked during the epoch's end: that checkpoint is saved
+                self.checkpointer.wait()
+                raise stop.stop_error(step, str(self.checkpointer.directory))
             progress.restart(step)
         evals = self.writer.records(records.EVAL_FILE)
         if not evals or evals[-1]["step"] != step:
@@ -307,18 +309,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_co
     """Train ``config`` in ``workdir`` (resuming from its checkpoints), evaluating as configured; returns summary.json's
     content. Resuming with a config that changes what is trained needs ``allow_config_change`` (regnet_jax.config.diff).
     Raises ConfigError and the other UserErrors (bad config or config change, data not prepared, unusable checkpoint or
-    weights), NonFiniteLossError, Preempted."""
+    weights), NonFiniteLossError, Preempted (SIGTERM), Interrupted (Ctrl-C; a KeyboardInterrupt): see
+    ``training.preemption``."""
     logs.quiet_library_logs()
-    config = validate_config(config)  # a complete copy
-    data.check_dataset(config)  # before anything else: fail fast with the preparation instructions
-    config, pretrained = _finetune_config(config)
-    paths.makedirs(workdir)
-    with _one_run_per_workdir(workdir) as lock:
-        trainer = _Trainer(config, workdir, lock, allow_config_change)
-        try:
-            return trainer.run(pretrained)
-        finally:
-            trainer.checkpointer.close()
+    stop = StopSignals(str(workdir))  # Ctrl-C from here on: one line (training.preemption)
+    try:
+        config = validate_config(config)  # a complete copy
+        data.check_dataset(config)  # before anything else: fail fast with the preparation instructions
+        config, pretrained = _finetune_config(config)
+        paths.makedirs(workdir)
+        with _one_run_per_workdir(workdir) as lock:
+            trainer = _Trainer(config, workdir, lock, allow_config_change)
+            try:
+                return trainer.run(pretrained, stop)
+            finally:
+                trainer.checkpointer.close()
+    except KeyboardInterrupt as e:
+        if isinstance(e, Interrupted):
+            raise
+        raise Interrupted(
+            f"interrupted (Ctrl-C) {'after the last step, whose checkpoint is saved' if stop.finishing else 'before the first step: nothing new to save'}; "
+            f"rerun the same command to {'finish' if stop.finishing else 'continue'} ({workdir})"
+        ) from None
+    finally:
+        stop.restore()
 
 
 @contextlib.contextmanager

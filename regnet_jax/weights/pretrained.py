@@ -44,6 +44,11 @@ def read_workdir_config(workdir: paths.PathLike) -> ml_collections.ConfigDict:
         return complete_config(ml_collections.ConfigDict(paths.read_json(path)))
     except FileNotFoundError:
         raise CheckpointError(f"{workdir} is not a training workdir (no config.json) nor a weights directory (no meta.json)") from None
+    except NotADirectoryError:  # a file: e.g. a weights file given where its directory is expected
+        raise CheckpointError(
+            f"{workdir} is a file, not a training workdir nor a weights directory (python -m regnet_jax.convert makes a "
+            "weights directory from a weights file)"
+        ) from None
 
 
 def load_pretrained(path: paths.PathLike, *, ema: bool = False) -> Pretrained:
