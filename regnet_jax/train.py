@@ -26,6 +26,7 @@ import jax
 from absl import flags, logging
 
 from regnet_jax.config import ConfigError, define_config_flag
+from regnet_jax.core import compilation_cache
 from regnet_jax.core.cli import EXIT_USAGE, run
 from regnet_jax.core.distributed import HEARTBEAT_TIMEOUT_S, maybe_initialize_distributed
 from regnet_jax.core.errors import UserError
@@ -50,6 +51,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_integer("process_id", -1, "This process's index, where JAX cannot detect it.", flag_values=flag_values)
     flags.DEFINE_integer("heartbeat_timeout_s", HEARTBEAT_TIMEOUT_S, "Multi-process: a process silent this long is taken "
                          "for dead and JAX ends the others (jax.distributed's heartbeat timeout).", flag_values=flag_values)  # fmt: skip
+    compilation_cache.define_flag(flag_values)
 
 
 def _exit_multiprocess_error(e: Exception) -> NoReturn:
@@ -81,6 +83,7 @@ def main(argv: list[str]) -> int | None:
     if FLAGS.config is None or not FLAGS.workdir:
         raise ConfigError("--config and --workdir are both required, e.g. --config=configs/quickstart.py --workdir=/tmp/quickstart")
     maybe_initialize_distributed(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.heartbeat_timeout_s)
+    compilation_cache.enable(FLAGS.compilation_cache)  # after initialize: the default depends on the process count
     try:
         summary = train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.allow_config_change)
     except Preempted as e:
