@@ -36,6 +36,7 @@ from regnet_jax.benchmarking.input_pipeline import IMAGENET_SIZE, measure, write
 from regnet_jax.benchmarking.timing import DTYPES, MODES, STEP_IMPLS, benchmark
 from regnet_jax.benchmarking.zoo_report import pearson_r, run_zoo, write_zoo_outputs, zoo_names, zoo_table
 from regnet_jax.config import ConfigError, config_path, define_config_flag, smoke
+from regnet_jax.core import compilation_cache
 from regnet_jax.core.cli import run
 from regnet_jax.models import conv
 
@@ -66,6 +67,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_string("data_dir", "", "With --input_pipeline: a folder dataset root (DIR/train/<class>/*.jpg); default: "
                         "write synthetic JPEGs.", **kw)  # fmt: skip
     flags.DEFINE_integer("threads", 1, "With --input_pipeline: tf.data's thread pool size (1 = the per-core rate).", **kw)
+    compilation_cache.define_flag(flag_values)
 
 
 def _print(msg: str) -> None:
@@ -100,6 +102,7 @@ def main(argv: list[str]) -> None:
         jax.config.update("jax_num_cpu_devices", FLAGS.cpu_devices)
     if FLAGS.conv_impl:
         conv.set_conv_impl(FLAGS.conv_impl)
+    compilation_cache.enable(FLAGS.compilation_cache)  # --compile_only times a cache load when the step is cached
     names = zoo_names(FLAGS.zoo_models) if FLAGS.zoo else []
     sizes = smoke.limits("benchmark", batch=FLAGS.batch, steps=FLAGS.steps, warmup=FLAGS.warmup, resolution=FLAGS.resolution,
                          models=len(names))  # fmt: skip
@@ -107,6 +110,8 @@ def main(argv: list[str]) -> None:
     kwargs = dict(mode=FLAGS.mode, dtype=FLAGS.dtype, num_devices=FLAGS.devices, step_impl=FLAGS.step, compile_only=FLAGS.compile_only, **sizes)
     if FLAGS.zoo:
         results = run_zoo(names, progress=_print, **kwargs)
+        if loaded := compilation_cache.stats()["loaded"]:
+            _print(f"note: {loaded} executable(s) came from the compilation cache (their compile times are load times)")
         files = write_zoo_outputs(results, FLAGS.out)
         if FLAGS.json:
             print(json.dumps([dataclasses.asdict(r) for r in results]))
@@ -122,6 +127,9 @@ def main(argv: list[str]) -> None:
         raise ConfigError("give --config=configs/<model>.py (or --zoo for all zoo models)")
     name = os.path.splitext(os.path.basename(config_path(FLAGS).split(":")[0]))[0]
     result = benchmark(FLAGS.config, name=name, progress=_print, **kwargs)
+    if loaded := compilation_cache.stats()["loaded"]:
+        _print(f"note: {loaded} executable(s) came from the compilation cache, so the compile time is a load time; "
+               "--compilation_cache=off times a fresh compile")  # fmt: skip
     print(json.dumps(dataclasses.asdict(result)) if FLAGS.json else result.summary())
 
 

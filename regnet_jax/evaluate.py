@@ -19,6 +19,7 @@ import jax
 from absl import flags
 
 from regnet_jax.config import ConfigError, define_config_flag
+from regnet_jax.core import compilation_cache
 from regnet_jax.core.cli import run
 from regnet_jax.training.evaluation import evaluate
 
@@ -30,6 +31,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_bool("ema", False, "Evaluate the EMA weights of a training workdir.", flag_values=flag_values)
     flags.DEFINE_string("split", "", "Split to evaluate (default: config.dataset.eval_split).", flag_values=flag_values)
     flags.DEFINE_bool("json", False, "Print the result as one JSON object.", flag_values=flag_values)
+    compilation_cache.define_flag(flag_values)
 
 
 def main(argv: list[str]) -> None:
@@ -37,6 +39,7 @@ def main(argv: list[str]) -> None:
     FLAGS = flags.FLAGS
     if not FLAGS.checkpoint:
         raise ConfigError("--checkpoint is required: a training workdir or a weights directory (then also --config)")
+    compilation_cache.enable(FLAGS.compilation_cache)
     out = evaluate(FLAGS.config, FLAGS.checkpoint, ema=FLAGS.ema, split=FLAGS.split)
     if jax.process_index() == 0:
         if FLAGS.json:

@@ -18,7 +18,7 @@ from typing import Any
 from absl import flags
 
 from regnet_jax.config import ConfigError, smoke
-from regnet_jax.core import paths
+from regnet_jax.core import compilation_cache, paths
 from regnet_jax.core.cli import run
 
 COMMANDS = ("setup", "launch", "collect", "analyze", "spaces")
@@ -55,6 +55,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_string("trainer", "", "Command that trains one model (gets --config=... --workdir=...); default: python -m regnet_jax.train.", flag_values=flag_values)
     flags.DEFINE_bool("in_process", False, "Train in the launcher process (no per-model start-up cost; for small CPU sweeps).", flag_values=flag_values)
     flags.DEFINE_float("heartbeat_s", 60.0, "Seconds between progress lines of the running models.", flag_values=flag_values)
+    compilation_cache.define_flag(flag_values)  # launch: passed to the trainers (--in_process: used by the launcher)
     flags.DEFINE_bool("slurm", False, "Write DIR/slurm_array.sh (one array task per model) instead of training.", flag_values=flag_values)
     flags.DEFINE_string("slurm_partition", "", "SLURM partition for --slurm.", flag_values=flag_values)
     flags.DEFINE_string("slurm_time", "24:00:00", "SLURM time limit per model for --slurm.", flag_values=flag_values)
@@ -116,11 +117,15 @@ def main(argv: list[str]) -> int | None:
         out = _require_out(FLAGS)
         if FLAGS.slurm:
             path = write_slurm_script(out, partition=FLAGS.slurm_partition, gpus=FLAGS.slurm_gpus, time_limit=FLAGS.slurm_time,
-                                      max_jobs=FLAGS.slurm_max_jobs, max_retry=FLAGS.max_retry)  # fmt: skip
+                                      max_jobs=FLAGS.slurm_max_jobs, max_retry=FLAGS.max_retry,
+                                      compilation_cache=FLAGS.compilation_cache)  # fmt: skip
             print(f"wrote {path}; submit it with: sbatch {path}")
             return
         opts = LaunchOptions(parallel=FLAGS.parallel, devices=FLAGS.devices, max_retry=FLAGS.max_retry, only=tuple(FLAGS.only), shard=FLAGS.shard,
-                             trainer=FLAGS.trainer, in_process=FLAGS.in_process, heartbeat_s=FLAGS.heartbeat_s)  # fmt: skip
+                             trainer=FLAGS.trainer, in_process=FLAGS.in_process, heartbeat_s=FLAGS.heartbeat_s,
+                             compilation_cache=FLAGS.compilation_cache)  # fmt: skip
+        if FLAGS.in_process:
+            compilation_cache.enable(FLAGS.compilation_cache, process_count=1)
         result = launch(out, opts)
         if result["failed"]:
             return 1

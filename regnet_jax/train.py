@@ -28,6 +28,7 @@ import jax
 from absl import flags, logging
 
 from regnet_jax.config import ConfigError, define_config_flag
+from regnet_jax.core import compilation_cache
 from regnet_jax.core.cli import EXIT_USAGE, run
 from regnet_jax.core.distributed import HEARTBEAT_TIMEOUT_S, STALL_TIMEOUT_S, maybe_initialize_distributed, watch_progress
 from regnet_jax.core.errors import UserError
@@ -55,6 +56,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_integer("stall_timeout_s", STALL_TIMEOUT_S, "Multi-process: no training step finished for this long "
                          "(compiling and evaluating included) ends every process with one line (exit 4) instead of a "
                          "silent hang; 0 = never.", flag_values=flag_values)  # fmt: skip
+    compilation_cache.define_flag(flag_values)
 
 
 def _exit_multiprocess_error(e: Exception) -> NoReturn:
@@ -87,6 +89,7 @@ def main(argv: list[str]) -> int | None:
         raise ConfigError("--config and --workdir are both required, e.g. --config=configs/quickstart.py --workdir=/tmp/quickstart")
     maybe_initialize_distributed(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.heartbeat_timeout_s)
     watch_progress(FLAGS.stall_timeout_s)
+    compilation_cache.enable(FLAGS.compilation_cache)  # after initialize: the default depends on the process count
     try:
         summary = train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.allow_config_change)
     except Preempted as e:

@@ -19,6 +19,9 @@ or, with ``in_process``, inside the launcher (saves the ~20 s of imports per mod
   one line says how to resume (rerun the same command), exit status 130. A second Ctrl-C kills the trainers at once
   (they resume from their previous checkpoints).
 * If the launcher dies (even by SIGKILL) its trainers get SIGTERM (Linux ``PR_SET_PDEATHSIG``), checkpoint and stop.
+* The trainers get the launcher's ``--compilation_cache`` (a ``--trainer`` command gets a named directory or ``off``
+  through JAX's variables), so a retry or a model of the same shape loads its compiled steps
+  (``regnet_jax.core.compilation_cache``).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import traceback
 from typing import Any, Callable
 
 from regnet_jax.config import ConfigError, smoke
+from regnet_jax.core import compilation_cache as xla_cache
 from regnet_jax.core import interrupts, paths
 from regnet_jax.core.cli import EXIT_USAGE
 from regnet_jax.core.errors import UserError
@@ -66,6 +70,7 @@ class LaunchOptions:
     trainer: str = ""  # command that trains one config; '' = this Python's regnet_jax.train
     in_process: bool = False
     heartbeat_s: float = 60.0
+    compilation_cache: str = xla_cache.AUTO  # the trainers' --compilation_cache (DIR, auto or off)
     poll_s: float = 0.5
 
 
@@ -224,7 +229,17 @@ class Launcher:
 
     def _trainer_cmd(self, mid: str) -> list[str]:
         base = shlex.split(self.opts.trainer) if self.opts.trainer else [sys.executable, "-m", "regnet_jax.train", "--nodistributed"]
-        return [*base, f"--config={self._config_file(mid)}", f"--workdir={self.sweep_dir.run_dir(mid)}"]
+        cache = [] if self.opts.trainer else [f"--compilation_cache={xla_cache.parse(self.opts.compilation_cache)}"]
+        return [*base, f"--config={self._config_file(mid)}", f"--workdir={self.sweep_dir.run_dir(mid)}", *cache]
+
+    def _trainer_env(self) -> dict[str, str]:
+        """A --trainer command gets the compilation cache through JAX's own variables where one was named or 'off'."""
+        choice = xla_cache.parse(self.opts.compilation_cache)
+        if not self.opts.trainer or choice == xla_cache.AUTO:
+            return {}
+        if choice == xla_cache.OFF:
+            return {"JAX_ENABLE_COMPILATION_CACHE": "false"}
+        return {xla_cache.DIR_ENV: choice}
 
     def _config_file(self, mid: str) -> str:
         """The model's config file; for a sweep on object storage a local copy (config files are imported)."""
@@ -316,8 +331,8 @@ class Launcher:
         job.log = self._log_file(mid, f"\n=== attempt {job.attempt} on {socket.gethostname()} at {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n")
         cmd = _with_parent_death_signal(self._trainer_cmd(mid))
         with open(job.log, "a") as log:  # its own process group: a terminal's Ctrl-C reaches the launcher only
-            job.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
-                                        start_new_session=True)  # fmt: skip
+            job.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                        env={**os.environ, **env, **self._trainer_env(), "PYTHONUNBUFFERED": "1"})  # fmt: skip
         return job
 
     def _on_sigint(self, signum, frame) -> None:
@@ -468,12 +483,18 @@ SLURM_TEMPLATE = """#!/bin/bash
 #SBATCH --output={root}/slurm/%A_%a.out
 {partition}
 cd {cwd}
-exec {python} -m regnet_jax.sweep launch --out={root} --only=$SLURM_ARRAY_TASK_ID --devices=none --max_retry={retry}
+exec {python} -m regnet_jax.sweep launch --out={root} --only=$SLURM_ARRAY_TASK_ID --devices=none --max_retry={retry}{cache}
 """
 
 
+def _cache_flag(option: str) -> str:
+    """`` --compilation_cache=...`` for the array tasks' launch line, or '' for the default (auto on each node)."""
+    choice = xla_cache.parse(option)
+    return "" if choice == xla_cache.AUTO else f" --compilation_cache={shlex.quote(choice)}"
+
+
 def write_slurm_script(sweep_dir: str, *, partition: str = "", gpus: int = 1, cpus: int = 10, time_limit: str = "24:00:00",
-                       max_jobs: int = 128, max_retry: int = 3) -> str:  # fmt: skip
+                       max_jobs: int = 128, max_retry: int = 3, compilation_cache: str = xla_cache.AUTO) -> str:  # fmt: skip
     """Write DIR/slurm_array.sh (one array task per model) and return its path; submitting it is left to the user."""
     sweep = SweepDir(sweep_dir).require()
     if paths.is_url(sweep.path):
@@ -484,7 +505,8 @@ def write_slurm_script(sweep_dir: str, *, partition: str = "", gpus: int = 1, cp
     os.makedirs(os.path.join(root, "slurm"), exist_ok=True)
     text = SLURM_TEMPLATE.format(root=root, path=path, name=sweep.spec()["spec"]["name"], last=n - 1, max_jobs=max_jobs, gpus=gpus,
                                  cpus=cpus, time=time_limit, partition=f"#SBATCH --partition={partition}" if partition else "",
-                                 cwd=os.getcwd(), python=sys.executable, retry=max_retry)  # fmt: skip
+                                 cwd=os.getcwd(), python=sys.executable, retry=max_retry,
+                                 cache=_cache_flag(compilation_cache))  # fmt: skip
     with open(path, "w") as f:
         f.write(text)
     os.chmod(path, 0o755)
