@@ -6,6 +6,7 @@
     python -m regnet_jax.benchmark --config=configs/regnety_4gf.py --mode=train --compile_only
     python -m regnet_jax.benchmark --zoo --mode=infer --batch=8 --steps=3 --resolution=128 --out=zoo_bench
     python -m regnet_jax.benchmark --input_pipeline [--data_dir=DIR] [--threads=1] [--batch=64] [--steps=20]
+    python -m regnet_jax.benchmark --input_pipeline --prepared_dir=DIR [--resolution=64]
 
 Warm-up steps are excluded; the step time is the median over ``--steps`` timed steps, each ended by a device sync. The
 batch is global and split over the devices (``--devices=0``: all local devices, data parallel; N: the first N). Train
@@ -17,7 +18,9 @@ counts 2 FLOPs per multiply-add.
 ``--input_pipeline`` times the training input pipeline (decode + inception crop + flip + lighting + normalise) on a
 folder dataset (DIR/train/<class>/<image>.jpg), by default a temporary folder of ImageNet-sized synthetic JPEGs
 (500x375, quality 90): ``--steps`` batches of ``--batch`` (default 20 of 64) at ``--resolution`` (default 224),
-after one warm-up batch. ``--threads`` bounds tf.data's thread pool, so images/s with --threads=1 is the per-core rate.
+after one warm-up batch. ``--threads`` bounds tf.data's thread pool, so images/s with --threads=1 is the per-core rate;
+images per CPU-second (all the process's threads) is the rate that holds on a loaded machine. ``--prepared_dir`` times
+the same pipeline reading a prepared directory (``python -m regnet_jax.prepare``) instead of JPEGs.
 """
 
 from __future__ import annotations
@@ -66,6 +69,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_bool("input_pipeline", False, "Time the training input pipeline instead of the model.", **kw)
     flags.DEFINE_string("data_dir", "", "With --input_pipeline: a folder dataset root (DIR/train/<class>/*.jpg); default: "
                         "write synthetic JPEGs.", **kw)  # fmt: skip
+    flags.DEFINE_string("prepared_dir", "", "With --input_pipeline: read this prepared directory (python -m regnet_jax.prepare) "
+                        "instead of JPEGs.", **kw)  # fmt: skip
     flags.DEFINE_integer("threads", 1, "With --input_pipeline: tf.data's thread pool size (1 = the per-core rate).", **kw)
     compilation_cache.define_flag(flag_values)
 
@@ -79,16 +84,17 @@ def _input_pipeline(FLAGS: flags.FlagValues) -> None:
     sizes = smoke.limits("input-pipeline benchmark", **sizes)
     batch, batches, resolution = sizes["batch"], sizes["steps"], sizes["resolution"]
     data_dir = FLAGS.data_dir
-    if not data_dir:
+    if not data_dir and not FLAGS.prepared_dir:
         data_dir = tempfile.mkdtemp(prefix="jpeg_bench_")
         needed = batch * (batches + 1)
         t = time.perf_counter()
         write_jpegs(data_dir, needed, IMAGENET_SIZE)
         print(f"wrote {needed} synthetic {IMAGENET_SIZE[0]}x{IMAGENET_SIZE[1]} JPEGs to {data_dir} in {time.perf_counter() - t:.1f}s")
-    out = measure(data_dir, FLAGS.threads, resolution, batch, batches)
+    out = measure(data_dir, FLAGS.threads, resolution, batch, batches, prepared_dir=FLAGS.prepared_dir)
+    source = f"prepared {FLAGS.prepared_dir}" if FLAGS.prepared_dir else "JPEG"
     print(
-        f"input pipeline: {out['images_per_s']:.1f} images/s with {FLAGS.threads} thread(s) "
-        f"({out['images_per_s_per_thread']:.1f} images/s per thread), {resolution}px, batch {batch}"
+        f"input pipeline ({source}): {out['images_per_s']:.1f} images/s with {FLAGS.threads} thread(s) "
+        f"({out['images_per_s_per_thread']:.1f} images/s per thread, {out['images_per_cpu_s']:.1f} per CPU-second), {resolution}px, batch {batch}"
     )
 
 

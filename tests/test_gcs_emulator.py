@@ -364,3 +364,20 @@ def test_workdir_lock_on_a_bucket(gcs, caplog):
     taker.acquire()
     taker.release()
     assert any("taking over the lock" in r.getMessage() and "heartbeat was 6" in r.getMessage() for r in caplog.records)
+
+
+def test_prepared_data_on_a_bucket(gcs, tmp_path, monkeypatch):
+    """python -m regnet_jax.prepare --out=gs://...: shards uploaded whole, index last; read through a local cache."""
+    from regnet_jax import data
+    from regnet_jax.data import build_prepared
+
+    monkeypatch.setenv("REGNET_JAX_PREPARED_CACHE", str(tmp_path / "cache"))
+    out = f"{BUCKET}/prepared"
+    index = build_prepared.build(tiny_config(), out, 37, ["train", "test"], images_per_shard=64)
+    assert paths.read_json(f"{out}/index.json") == json.loads(json.dumps(index))
+    assert [s["file"] for s in index["splits"]["train"]["shards"]] == ["train-00000-of-00002.array_record", "train-00001-of-00002.array_record"]
+    prepared = tiny_config(**{"dataset.prepared_dir": out})
+    for a, b in zip(data.TrainInput(tiny_config()).epoch(0), data.TrainInput(prepared).epoch(0)):
+        np.testing.assert_array_equal(a["image"], b["image"])  # digits are stored as they are: the same batches
+    cached = sorted(os.listdir(next((tmp_path / "cache").iterdir())))
+    assert cached == ["train-00000-of-00002.array_record", "train-00001-of-00002.array_record"]

@@ -15,7 +15,7 @@ import sys
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "regnet_jax"
-COMMANDS = ["train", "evaluate", "predict", "convert", "export", "sweep", "complexity", "benchmark", "models.__main__"]
+COMMANDS = ["train", "evaluate", "predict", "convert", "export", "sweep", "complexity", "benchmark", "prepare", "models.__main__"]
 # docs/architecture.md: core <- config <- models, data <- training, weights, design_space, benchmarking <- commands.
 LAYERS = [
     ("core",),

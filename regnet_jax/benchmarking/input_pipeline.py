@@ -2,10 +2,13 @@
 
     write_jpegs(root, num_images, (500, 375))      # photo-like JPEGs in ROOT/train/<class>/ (width x height)
     measure(data_dir, threads=1, resolution=224, batch=64, batches=20)   # images/s of the training pipeline
+    measure("", ..., prepared_dir=DIR)             # the same from prepared data (python -m regnet_jax.prepare)
 
 ``python -m regnet_jax.benchmark --input_pipeline [--data_dir=DIR] [--threads=N]`` runs it (without ``--data_dir``
 on a temporary folder of ImageNet-sized synthetic JPEGs); ``threads`` bounds tf.data's thread pool, so images/s with
-one thread is the per-core rate. benchmarks/input_pipeline.py compares it with what the model consumes.
+one thread is the per-core rate; ``images_per_cpu_s`` divides by the CPU time the process spent instead (all its threads),
+a rate that holds on a loaded machine. benchmarks/input_pipeline.py compares it with what the model consumes;
+benchmarks/prepared_data.py compares the JPEG and the prepared paths.
 """
 
 from __future__ import annotations
@@ -40,34 +43,41 @@ def write_jpegs(root: str, num_images: int, size: tuple[int, int] = IMAGENET_SIZ
     return total
 
 
-def measure(data_dir: str, threads: int, resolution: int, batch: int, batches: int) -> dict[str, float]:
-    """Images/s of the training input pipeline over ``batches`` batches (after one warm-up batch)."""
+def measure(data_dir: str, threads: int, resolution: int, batch: int, batches: int, prepared_dir: str = "") -> dict[str, float]:
+    """Images/s of the training input pipeline over ``batches`` batches (after one warm-up batch), from a folder
+    dataset or from a prepared directory (``prepared_dir``): the time spent getting batches, not building each
+    epoch's pipeline (which a real epoch, thousands of batches, amortises)."""
     import tensorflow as tf
 
-    from regnet_jax.data import TrainInput
+    from regnet_jax.data import TrainInput, prepared
     from regnet_jax.models import zoo
 
     config = zoo.get_config("regnetx_200mf")
     config.batch_size, config.resolution = batch, resolution
     config.dataset.name, config.dataset.data_dir = "folder", data_dir
+    if prepared_dir:
+        config.dataset.prepared_dir = prepared_dir
+        config.dataset.name = prepared.read_index(prepared_dir)["source"]["name"]
     train = TrainInput(config)
     options = tf.data.Options()
     options.threading.private_threadpool_size = threads
     options.threading.max_intra_op_parallelism = 1
     epochs, it = 0, None
-    t0, n = None, 0
+    started, n, seconds, cpu = False, 0, 0.0, 0.0
     while n < batches:
-        if it is None:
+        if it is None:  # building an epoch's pipeline (tracing its functions) is not timed: once per epoch in training
             it = train.dataset(epochs).with_options(options).as_numpy_iterator()
             epochs += 1
+        t, c = time.perf_counter(), time.process_time()
         try:
             next(it)
         except StopIteration:
             it = None
             continue
-        if t0 is None:
-            t0 = time.perf_counter()  # the first batch pays for thread start-up
+        if not started:  # the first batch pays for thread start-up
+            started = True
             continue
+        seconds, cpu = seconds + time.perf_counter() - t, cpu + time.process_time() - c
         n += 1
-    seconds = time.perf_counter() - t0
-    return {"images_per_s": n * batch / seconds, "images_per_s_per_thread": n * batch / seconds / threads, "seconds": seconds}
+    return {"images_per_s": n * batch / seconds, "images_per_s_per_thread": n * batch / seconds / threads, "seconds": seconds,
+            "cpu_seconds": cpu, "images_per_cpu_s": n * batch / cpu}  # fmt: skip

@@ -225,6 +225,7 @@ def base_config(model: Mapping[str, Any], batch_size: int = 1024, schedule: str 
             prefetch=2,  # batches on device ahead of the step
             max_bad_image_fraction=MAX_BAD_IMAGE_FRACTION,  # undecodable training images are skipped; more per epoch stop the run
             synthetic_like="",  # name='synthetic': stand in for this dataset (its number of classes); smoke mode sets it
+            prepared_dir="",  # '' = off; a directory of python -m regnet_jax.prepare: decoded, resized images read instead
         )
     )
     c.optim = ml_collections.ConfigDict(
@@ -271,6 +272,7 @@ ADDED_FIELDS: dict[str, Any] = {
     "precise_bn_images": PRECISE_BN_IMAGES,
     "profile_steps": (),
     "dataset.max_bad_image_fraction": MAX_BAD_IMAGE_FRACTION,
+    "dataset.prepared_dir": "",  # read the dataset itself
     "optim.lr_per_128": LR_PER_128,
     "dataset.synthetic_like": "",
 }
@@ -322,6 +324,7 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
         ("dataset.output_dtype", config.dataset.output_dtype in ("float32", "bfloat16"), "'float32' or 'bfloat16'"),
         ("dataset.num_train_examples", _is_int(config.dataset.num_train_examples) and config.dataset.num_train_examples >= 0, "0 (all) or a positive integer"),
         ("dataset.max_bad_image_fraction", _is_num(bad_fraction) and 0 <= bad_fraction <= 1, "in [0, 1] (0 = stop at the first undecodable training image)"),
+        ("dataset.prepared_dir", isinstance(config.dataset.prepared_dir, str), "'' (off) or a directory written by python -m regnet_jax.prepare"),
         ("dataset.num_eval_examples", _is_int(config.dataset.num_eval_examples) and config.dataset.num_eval_examples >= 0, "0 (all) or a positive integer"),
         ("optim.base_lr", _is_num(config.optim.base_lr) and config.optim.base_lr >= 0, "0 (the linear rule: optim.lr_per_128 x batch_size / 128) or a positive number"),
         ("optim.lr_per_128", _is_num(lr_per_128) and lr_per_128 > 0, "a positive number (the lr per 128 images of the global batch)"),

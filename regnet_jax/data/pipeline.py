@@ -41,7 +41,8 @@ from absl import logging  # noqa: E402
 from regnet_jax.core.distributed import divide_batch, process_sum, shard_batch  # noqa: E402
 from regnet_jax.core.errors import ConfigError  # noqa: E402
 from regnet_jax.data.augment import decode, eval_preprocess, plain_preprocess, train_preprocess  # noqa: E402
-from regnet_jax.data.sources import IndexedSource, TfdsSource, open_source  # noqa: E402
+from regnet_jax.data.prepared import open_source  # noqa: E402  (the prepared split where config.dataset.prepared_dir is set)
+from regnet_jax.data.sources import IndexedSource, TfdsSource  # noqa: E402
 
 _INDEX = "stream_index"  # position in the epoch's stream of examples, to find the skipped ones
 
