@@ -45,7 +45,7 @@ class StopSignals:
         self.interrupts = 0  # Ctrl-Cs received
         self.deferring = False
         self.finishing = False  # the loop is over: every step trained and saved
-        self.multi_process = jax.process_count() > 1
+        self.multi_process = jax.distributed.is_initialized()  # (jax.process_count() would start the backends now)
         self._previous_sigint = interrupts.set_handler(self._on_sigint)
         self._previous_sigterm = None
 
