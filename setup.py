@@ -30,8 +30,9 @@ EXTRAS = {
         "gcp-storage-emulator>=2026.7",
     ],
     "gcs": ["gcsfs>=2026.9"],  # gs:// workdirs, weights, sweeps and data (regnet_jax/core/paths.py)
-    # Only for reading .pth/.pyth files and for the PyTorch side of the benchmarks.
-    "torch": ["torch>=2.13,<3"],
+    # Only for reading .pth/.pyth files and for the PyTorch side of the benchmarks (torchvision: the input-pipeline
+    # benchmark's peer, PyTorch's stock ImageFolder + DataLoader).
+    "torch": ["torch>=2.13,<3", "torchvision>=0.28,<1"],
 }
 
 setup(

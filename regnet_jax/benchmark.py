@@ -16,11 +16,12 @@ below one group, the whole batch). GFLOPs are analytic multiply-adds (a train st
 counts 2 FLOPs per multiply-add.
 
 ``--input_pipeline`` times the training input pipeline (decode + inception crop + flip + lighting + normalise) on a
-folder dataset (DIR/train/<class>/<image>.jpg), by default a temporary folder of ImageNet-sized synthetic JPEGs
-(500x375, quality 90): ``--steps`` batches of ``--batch`` (default 20 of 64) at ``--resolution`` (default 224),
-after one warm-up batch. ``--threads`` bounds tf.data's thread pool, so images/s with --threads=1 is the per-core rate;
-images per CPU-second (all the process's threads) is the rate that holds on a loaded machine. ``--prepared_dir`` times
-the same pipeline reading a prepared directory (``python -m regnet_jax.prepare``) instead of JPEGs.
+folder dataset (DIR/train/<class>/<image>.jpg), by default a temporary folder of ImageNet-sized photo-like JPEGs
+(500x375 windows of real photographs, ~110 kB): ``--steps`` batches of ``--batch`` (default 20 of 64) at
+``--resolution`` (default 224), after one warm-up batch. ``--threads`` bounds tf.data's thread pool, so images/s with
+--threads=1 is the per-core rate; images per CPU-second are printed too (on a busy machine the only fair figure).
+``--prepared_dir`` times the same pipeline reading a prepared directory (``python -m regnet_jax.prepare``) instead of
+JPEGs.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_string("out", "zoo_benchmark", "With --zoo: the output directory.", **kw)
     flags.DEFINE_bool("input_pipeline", False, "Time the training input pipeline instead of the model.", **kw)
     flags.DEFINE_string("data_dir", "", "With --input_pipeline: a folder dataset root (DIR/train/<class>/*.jpg); default: "
-                        "write synthetic JPEGs.", **kw)  # fmt: skip
+                        "write photo-like JPEGs.", **kw)  # fmt: skip
     flags.DEFINE_string("prepared_dir", "", "With --input_pipeline: read this prepared directory (python -m regnet_jax.prepare) "
                         "instead of JPEGs.", **kw)  # fmt: skip
     flags.DEFINE_integer("threads", 1, "With --input_pipeline: tf.data's thread pool size (1 = the per-core rate).", **kw)
@@ -89,12 +90,14 @@ def _input_pipeline(FLAGS: flags.FlagValues) -> None:
         needed = batch * (batches + 1)
         t = time.perf_counter()
         write_jpegs(data_dir, needed, IMAGENET_SIZE)
-        print(f"wrote {needed} synthetic {IMAGENET_SIZE[0]}x{IMAGENET_SIZE[1]} JPEGs to {data_dir} in {time.perf_counter() - t:.1f}s")
+        print(f"wrote {needed} photo-like {IMAGENET_SIZE[0]}x{IMAGENET_SIZE[1]} JPEGs to {data_dir} in {time.perf_counter() - t:.1f}s")
+    load = os.getloadavg()[0]
     out = measure(data_dir, FLAGS.threads, resolution, batch, batches, prepared_dir=FLAGS.prepared_dir)
     source = f"prepared {FLAGS.prepared_dir}" if FLAGS.prepared_dir else "JPEG"
     print(
         f"input pipeline ({source}): {out['images_per_s']:.1f} images/s with {FLAGS.threads} thread(s) "
-        f"({out['images_per_s_per_thread']:.1f} images/s per thread, {out['images_per_cpu_s']:.1f} per CPU-second), {resolution}px, batch {batch}"
+        f"({out['images_per_s_per_thread']:.1f} images/s per thread; {out['images_per_cpu_s']:.1f} images per CPU-second), "
+        f"{resolution}px, batch {batch}; load average before {load:.2f}"
     )
 
 

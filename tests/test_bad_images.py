@@ -100,7 +100,7 @@ def test_training_skips_undecodable_images_logs_each_once_and_fills_the_batches(
     with caplog.at_level(logging.WARNING):
         for epoch in range(2):
             batches = list(train.epoch(epoch))
-            assert [len(b["label"]) for b in batches] == [32, 32] and set(batches[0]) == {"image", "label"}
+            assert [len(b["label"]) for b in batches] == [32, 32] and set(batches[0]) == {"image", "label", "lighting"}  # uint8 + shifts
             assert sorted(train.skipped) == bad_train
             assert all(np.isfinite(b["image"]).all() for b in batches)
     logged = [r.getMessage() for r in caplog.records if "cannot be read or decoded" in r.getMessage()]

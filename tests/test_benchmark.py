@@ -200,6 +200,29 @@ def test_pipeline_verdict():
     assert v100_images_per_s("regnety_400mf") == pytest.approx(1_281_167 * 100 / (5.3 * 3600) / 8)
 
 
+def test_pipeline_rows_beside_pytorch_and_their_reliability():
+    """Medians over rounds, the ratio to PyTorch on the same cores (wall and per CPU-second), and a row unreliable
+    when its load average (or its peer's) before it was above 0.5."""
+    from input_pipeline import TORCH, format_table, summarize
+
+    def run(loader, cores, wall, cpu, load):
+        return dict(loader=loader, cores=cores, images_per_s=wall, images_per_cpu_s=cpu, load_before=load)
+
+    runs = [run("device", 1, 100.0, 600.0, 0.2), run("device", 1, 120.0, 580.0, 0.3), run("device", 1, 110.0, 590.0, 0.1),
+            run(TORCH, 1, 50.0, 300.0, 0.4), run("device", 2, 200.0, 590.0, 0.9), run(TORCH, 2, 100.0, 295.0, 0.3),
+            run("host", 1, 90.0, 550.0, 0.2), run(TORCH, 3, 140.0, 290.0, 0.7), run("host", 3, 300.0, 560.0, 0.1)]  # fmt: skip
+    rows = {(r["cores"], r["loader"]): r for r in summarize(runs, max_load=0.5)}
+    one = rows[(1, "device")]
+    assert (one["rounds"], one["images_per_s"], one["images_per_cpu_s"], one["load_before"]) == (3, 110.0, 590.0, 0.3)
+    assert one["x_torch_wall"] == pytest.approx(2.2) and one["x_torch_cpu"] == pytest.approx(590 / 300) and one["reliable"]
+    assert not rows[(2, "device")]["reliable"] and rows[(2, TORCH)]["reliable"]  # the 0.9 before the device row
+    assert rows[(1, TORCH)]["x_torch_cpu"] == 1.0 and rows[(1, "host")]["reliable"]
+    assert not rows[(3, "host")]["reliable"]  # its peer's load counts too: the ratio needs both
+    table = format_table(list(rows.values()), 0.5)
+    assert "| 1 | regnet_jax (device) | 0.30 | 110 | 590 | 2.20x | 1.97x | yes |" in table
+    assert "| 2 | PyTorch DataLoader |" in table and "no: load > 0.5" in table
+
+
 def test_generated_jpegs_are_imagenet_sized(tmp_path):
     from PIL import Image
 

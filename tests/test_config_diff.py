@@ -66,3 +66,19 @@ def test_recipe_fields_a_saved_config_lacks_count_as_their_defaults():
     assert [(c.path, c.old, c.new, c.harmless) for c in config_diff.diff(old, new)] == [("bn_group_size", 0, 64, False)]
     new["bn_group_size"] = 0
     assert config_diff.diff(old, new) == []
+
+
+def test_normalize_on_older_configs_count_as_host_and_switching_is_harmless():
+    """dataset.normalize_on (issue 19): a config written before it normalised on the host; moving the normalisation to
+    the devices changes the images by at most half a uint8 level, so a run resumes across it."""
+    from regnet_jax.config import base_config, complete_config, validate_config
+
+    old, new = _base(), _base()
+    del old["dataset"]["normalize_on"]
+    assert complete_config(old)["dataset"]["normalize_on"] == "host" and new["dataset"]["normalize_on"] == "device"
+    (change,) = config_diff.check_resume("runs/x", old, new, allow=False)
+    assert (change.path, change.old, change.new, change.harmless) == ("dataset.normalize_on", "host", "device", True)
+    config = base_config(zoo.get_config("regnety_400mf").model)
+    config.dataset.normalize_on = "gpu"
+    with pytest.raises(ConfigError, match=r"config.dataset.normalize_on='gpu' is invalid: must be 'device' .* or 'host'"):
+        validate_config(config)

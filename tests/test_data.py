@@ -3,6 +3,7 @@
 import io
 import math
 
+import jax
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -54,7 +55,7 @@ def test_fused_jpeg_decode_crop_equals_decode_then_crop():
     for subsampling in (0, 2):  # 4:4:4 is exact; 4:2:0 differs only by chroma upsampling at the crop's edge
         encoded = tf.constant(_jpeg(image, subsampling))
         np.testing.assert_array_equal(augment.image_shape(encoded).numpy(), [90, 120])
-        full = tf.io.decode_jpeg(encoded, channels=3).numpy()[10:50, 17:68].astype(int)
+        full = tf.io.decode_jpeg(encoded, channels=3, dct_method=augment.JPEG_DCT_METHOD).numpy()[10:50, 17:68].astype(int)
         fused = augment.decode_crop(encoded, window).numpy().astype(int)
         if subsampling == 0:
             np.testing.assert_array_equal(fused, full)
@@ -106,12 +107,121 @@ def test_lighting_adds_the_pca_offset():
     np.testing.assert_allclose(out[1, 1], expected, rtol=1e-5)
 
 
+def _photo_jpegs(sizes, subsampling, seed=0):
+    """Photo-like JPEGs (windows of real photographs, benchmarking.input_pipeline.photo_like)."""
+    from regnet_jax.benchmarking.input_pipeline import photo_like
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for size in sizes:
+        buf = io.BytesIO()
+        Image.fromarray(photo_like(rng, size)).save(buf, format="JPEG", quality=92, subsampling=subsampling)
+        out.append(buf.getvalue())
+    return out
+
+
+def _pil_decode(encoded: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(encoded)) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def test_jpeg_decoding_is_pycls_decoder_bit_for_bit():
+    """Decoded with libjpeg's accurate integer IDCT (JDCT_ISLOW), as pycls's cv2.imread and PIL: the same pixels, 4:2:0
+    or 4:4:4 (TF's default INTEGER_FAST differs by about a level on most values)."""
+    for subsampling in (0, 2):
+        for encoded in _photo_jpegs([(120, 90), (97, 131)], subsampling):
+            np.testing.assert_array_equal(augment.decode(tf.constant(encoded)).numpy(), _pil_decode(encoded))
+            fast = tf.io.decode_jpeg(encoded, channels=3).numpy()
+            assert np.abs(fast.astype(int) - _pil_decode(encoded)).mean() > 0.3  # the default would not be
+
+
+def _reference_train(encoded, seed, cfg, res):
+    """Today's training formulas written out (pycls transforms.py): decode, the crop window, bilinear resize, flip,
+    PCA lighting eigvec @ (alpha * eigval), (x / 255 + rgb - mean) / std, channel order; in float64."""
+    seeds = tf.random.experimental.stateless_split(seed, 3)
+    full = _pil_decode(encoded)
+    y, x, h, w = augment.inception_crop_window(tf.constant(full.shape[:2]), seeds[0], cfg.min_area, tuple(cfg.aspect_ratio)).numpy()
+    crop = full[y : y + h, x : x + w].astype(np.float32)
+    out = tf.image.resize(crop, [res, res], method="bilinear", antialias=False).numpy().astype(np.float64)
+    flipped = bool(tf.random.stateless_uniform([], seeds[1]).numpy() < 0.5)
+    if flipped:
+        out = out[:, ::-1]
+    alpha = tf.random.stateless_normal([3], seeds[2]).numpy().astype(np.float64) * cfg.pca_std
+    rgb = np.array(augment.PCA_EIGVEC) @ (alpha * np.array(augment.PCA_EIGVAL))
+    out = (out / 255.0 + rgb - np.array(cfg.mean)) / np.array(cfg.std)
+    return (out[..., ::-1] if cfg.channel_order == "bgr" else out), flipped
+
+
+def _reference_eval(encoded, cfg, res):
+    full = _pil_decode(encoded).astype(np.float32)
+    h, w = full.shape[:2]
+    size = augment.eval_size(res, cfg.eval_crop_fraction)
+    new_hw = (size, math.floor(w / h * size)) if h <= w else (math.floor(h / w * size), size)
+    out = tf.image.resize(full, new_hw, method="bilinear", antialias=False).numpy().astype(np.float64)
+    y, x = math.ceil((new_hw[0] - res) / 2), math.ceil((new_hw[1] - res) / 2)
+    out = (out[y : y + res, x : x + res] / 255.0 - np.array(cfg.mean)) / np.array(cfg.std)
+    return out[..., ::-1] if cfg.channel_order == "bgr" else out
+
+
+@pytest.mark.parametrize("channel_order", ["rgb", "bgr"])
+def test_transforms_equal_the_reference_formulas(channel_order):
+    """train_preprocess / eval_preprocess (one tiled multiply-add, tf.cond flip, tf.reverse BGR) = the formulas written
+    out, to float32 rounding, on photo-like JPEGs (4:4:4: the fused crop decode is then exact)."""
+    cfg = tiny_config().dataset
+    cfg.flip, cfg.pca_std, cfg.channel_order, cfg.output_dtype = True, 0.1, channel_order, "float32"
+    flips = set()
+    for i, encoded in enumerate(_photo_jpegs([(120, 90), (90, 120), (160, 100), (64, 64)] * 2, subsampling=0, seed=3)):
+        out = augment.train_preprocess(tf.constant(encoded), _seed(i), cfg, 48).numpy()
+        expected, flipped = _reference_train(encoded, _seed(i), cfg, 48)
+        flips.add(flipped)
+        assert out.dtype == np.float32 and out.shape == (48, 48, 3)
+        np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5)
+        for res in (32, 56):
+            np.testing.assert_allclose(augment.eval_preprocess(tf.constant(encoded), cfg, res).numpy(), _reference_eval(encoded, cfg, res), rtol=0, atol=1e-5)
+    assert flips == {True, False}
+
+
+@pytest.mark.parametrize("channel_order", ["rgb", "bgr"])
+def test_device_normalisation_matches_host_normalisation(tmp_path, channel_order):
+    """normalize_on='device': uint8 batches and lighting shifts leave the host, device_prefetch normalises them on the
+    devices (keeping the batch sharding); the images are the host's to half a uint8 level (the rounding of the resized
+    pixels), the labels and order the same."""
+    from regnet_jax.benchmarking.input_pipeline import write_jpegs
+    from regnet_jax.core import distributed
+
+    write_jpegs(str(tmp_path), 16, (120, 90), num_classes=2)
+    config = tiny_config(batch_size=8, **{"dataset.name": "folder", "dataset.data_dir": str(tmp_path), "dataset.eval_split": "validation",
+                                          "dataset.num_train_examples": 0, "dataset.num_eval_examples": 0, "dataset.flip": True,
+                                          "dataset.pca_std": 0.1, "dataset.channel_order": channel_order})  # fmt: skip
+    mesh = distributed.make_mesh()
+    raw = next(data.TrainInput(config).epoch(0))
+    assert raw["image"].dtype == np.uint8 and raw["lighting"].shape == (8, 3) and np.abs(raw["lighting"]).max() > 0
+    with pytest.raises(ValueError, match="without their normalisation"):
+        next(data.device_prefetch(iter([raw]), mesh))  # batches separated from their TrainInput.epoch iterator
+    device = list(data.device_prefetch(data.TrainInput(config).epoch(0), mesh))
+    config.dataset.normalize_on = "host"
+    host = list(data.device_prefetch(data.TrainInput(config).epoch(0), mesh))
+    assert len(device) == len(host) == 2
+    std = np.array(config.dataset.std)[::-1] if channel_order == "bgr" else np.array(config.dataset.std)
+    for d, h in zip(device, host):
+        assert set(d) == set(h) == {"image", "label"} and d["image"].dtype == h["image"].dtype == np.float32
+        assert d["image"].sharding == h["image"].sharding
+        np.testing.assert_array_equal(np.asarray(d["label"]), np.asarray(h["label"]))
+        levels = np.abs(np.asarray(d["image"], np.float64) - np.asarray(h["image"], np.float64)) * 255 * std
+        assert levels.max() <= 0.5 + 1e-3 and 0 < levels.mean() < 0.35
+    config.dataset.normalize_on, config.dataset.output_dtype = "device", "bfloat16"
+    batch = next(data.device_prefetch(data.TrainInput(config).epoch(0), mesh))
+    assert batch["image"].dtype == jax.numpy.bfloat16
+    np.testing.assert_allclose(np.asarray(batch["image"], np.float32), np.asarray(host[0]["image"]), atol=0.03)
+
+
 def _epoch_images(train_input, epoch, start=0):
     return [(b["image"], b["label"]) for b in train_input.epoch(epoch, start)]
 
 
-def test_order_depends_on_seed_and_epoch_and_resumes_mid_epoch():
-    config = tiny_config()
+@pytest.mark.parametrize("normalize_on", ["device", "host"])
+def test_order_depends_on_seed_and_epoch_and_resumes_mid_epoch(normalize_on):
+    config = tiny_config(**{"dataset.normalize_on": normalize_on})
     ti = data.TrainInput(config)
     assert ti.steps_per_epoch == 128 // 32
     full = _epoch_images(ti, 1)
@@ -189,7 +299,9 @@ def test_folder_dataset(tmp_path):
     ti = data.TrainInput(config)
     assert ti.num_examples == 18 and ti.steps_per_epoch == 2
     batch = next(iter(ti.epoch(0)))
-    assert batch["image"].shape == (8, 16, 16, 3) and batch["image"].dtype == np.float32
+    assert batch["image"].shape == (8, 16, 16, 3) and batch["image"].dtype == np.uint8  # normalised on the devices
+    config.dataset.normalize_on = "host"
+    assert next(data.TrainInput(config).epoch(0))["image"].dtype == np.float32
     labels = np.concatenate([b["label"] for b in data.EvalInput(config).batches()][:2])
     mask = np.concatenate([b["mask"] for b in data.EvalInput(config).batches()][:2])
     np.testing.assert_array_equal(labels[mask > 0], [0, 0, 0, 1, 1, 1, 2, 2, 2])  # class ids from sorted folder names
@@ -219,5 +331,6 @@ def test_pipeline_benchmark_runs(tmp_path):
     from regnet_jax.benchmarking import input_pipeline
 
     input_pipeline.write_jpegs(str(tmp_path), 12, size=(50, 40))
-    out = input_pipeline.measure(str(tmp_path), threads=1, resolution=16, batch=4, batches=3)
-    assert out["images_per_s"] > 0 and out["images_per_s_per_thread"] == out["images_per_s"]
+    for variant in input_pipeline.VARIANTS:  # the trainer's (normalised on the device or the host), and the old one
+        out = input_pipeline.measure(str(tmp_path), threads=1, resolution=16, batch=4, batches=3, variant=variant)
+        assert out["images_per_s"] > 0 and out["images_per_s_per_thread"] == out["images_per_s"] and out["images_per_cpu_s"] > 0

@@ -2,82 +2,210 @@
 
     write_jpegs(root, num_images, (500, 375))      # photo-like JPEGs in ROOT/train/<class>/ (width x height)
     measure(data_dir, threads=1, resolution=224, batch=64, batches=20)   # images/s of the training pipeline
+    train_input(config, variant)                   # the TrainInput of a variant: 'device', 'host' or 'old'
+    cpu_seconds()                                  # CPU time of this process and its children (user + system)
     measure("", ..., prepared_dir=DIR)             # the same from prepared data (python -m regnet_jax.prepare)
 
 ``python -m regnet_jax.benchmark --input_pipeline [--data_dir=DIR] [--threads=N]`` runs it (without ``--data_dir``
-on a temporary folder of ImageNet-sized synthetic JPEGs); ``threads`` bounds tf.data's thread pool, so images/s with
-one thread is the per-core rate; ``images_per_cpu_s`` divides by the CPU time the process spent instead (all its threads),
-a rate that holds on a loaded machine. benchmarks/input_pipeline.py compares it with what the model consumes;
-benchmarks/prepared_data.py compares the JPEG and the prepared paths.
+on a temporary folder of ImageNet-sized photo-like JPEGs); ``threads`` bounds tf.data's thread pool, so images/s with
+one thread is the per-core rate. benchmarks/input_pipeline.py compares it with PyTorch's stock loader on the same
+JPEGs and cores, and with what the model consumes; benchmarks/prepared_data.py compares the JPEG and the prepared
+paths.
+
+Variants (docs/performance.md#input-pipeline): 'device' and 'host' are the trainer's pipeline with
+``config.dataset.normalize_on`` set so ('device': uint8 batches plus lighting shifts leave the host); 'old' is the
+pipeline before issue 19 (TF's default fast JPEG IDCT, ``tf.where`` flip, four normalisation passes), kept here only
+so that the candidates can be measured again.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import time
 
 import numpy as np
 
 IMAGENET_SIZE = (500, 375)  # width x height: the most common ImageNet shape
+VARIANTS = ("device", "host", "old")
+PHOTOS = ("china.jpg", "flower.jpg")  # 640x427 photographs that scikit-learn (a dependency) ships
+JPEG_QUALITY = 96
+
+
+def _photos() -> list[np.ndarray]:
+    import sklearn.datasets
+    from PIL import Image
+
+    folder = os.path.join(os.path.dirname(sklearn.datasets.__file__), "images")
+    out = []
+    for name in PHOTOS:
+        with Image.open(os.path.join(folder, name)) as im:
+            out.append(np.asarray(im.convert("RGB")))
+    return out
+
+
+def photo_like(rng: np.random.Generator, size: tuple[int, int], photos: list[np.ndarray] | None = None) -> np.ndarray:
+    """A ``size`` = (width, height) uint8 RGB image cut from a real photograph: a random window of the target aspect
+    (60-100% of the largest that fits), resized (bicubic), mirrored with p = 0.5, plus mild grain (N(0, 4) shared by
+    the channels, N(0, 2) per channel)."""
+    from PIL import Image
+
+    photos = photos or _photos()
+    w, h = size
+    p = photos[rng.integers(len(photos))]
+    ph, pw = p.shape[:2]
+    scale = rng.uniform(0.6, 1.0) * min(ph / h, pw / w)
+    ch, cw = max(1, int(h * scale)), max(1, int(w * scale))
+    y, x = rng.integers(0, ph - ch + 1), rng.integers(0, pw - cw + 1)
+    img = np.asarray(Image.fromarray(p[y : y + ch, x : x + cw]).resize((w, h), Image.BICUBIC), np.float32)
+    if rng.random() < 0.5:
+        img = img[:, ::-1]
+    img = img + rng.normal(0, 4.0, (h, w, 1)) + rng.normal(0, 2.0, (h, w, 3))
+    return np.clip(np.round(img), 0, 255).astype(np.uint8)
 
 
 def write_jpegs(root: str, num_images: int, size: tuple[int, int] = IMAGENET_SIZE, num_classes: int = 4, seed: int = 0) -> int:
     """``num_images`` photo-like JPEGs (width x height ``size``) in ``root/train/<class>/``; returns the total bytes.
 
-    Low-frequency colour fields plus mild noise, quality 90: they compress like natural photos (about 100 kB each at
-    ImageNet size, as ImageNet's do), unlike white noise."""
+    Windows of real photographs with mild grain (``photo_like``), quality 96 (4:2:0): at ImageNet's 500x375 they
+    are ~110 kB each, as ImageNet's JPEGs, and decode like photos. Deterministic in ``seed``."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
-    w, h = size
+    photos = _photos()
     total = 0
     for i in range(num_images):
-        coarse = rng.uniform(0, 255, (h // 6 + 2, w // 6 + 2, 3)).astype(np.uint8)
-        img = Image.fromarray(coarse).resize((w, h), Image.BICUBIC)
-        arr = np.asarray(img, np.int16) + rng.integers(-20, 21, (h, w, 3))
         d = os.path.join(root, "train", f"class{i % num_classes}")
         os.makedirs(d, exist_ok=True)
         path = os.path.join(d, f"img{i:05d}.jpg")
-        Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(path, quality=90)
+        Image.fromarray(photo_like(rng, size, photos)).save(path, quality=JPEG_QUALITY)
         total += os.path.getsize(path)
     return total
 
 
-def measure(data_dir: str, threads: int, resolution: int, batch: int, batches: int, prepared_dir: str = "") -> dict[str, float]:
-    """Images/s of the training input pipeline over ``batches`` batches (after one warm-up batch), from a folder
-    dataset or from a prepared directory (``prepared_dir``): the time spent getting batches, not building each
-    epoch's pipeline (which a real epoch, thousands of batches, amortises)."""
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process, its reaped children and its live descendants (when psutil is
+    installed): the CPU a loader costs, whatever its threads and worker processes."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    try:
+        import psutil
+    except ImportError:
+        return total
+    for child in psutil.Process().children(recursive=True):
+        try:
+            times = child.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def _legacy_train_preprocess(image, seed, cfg, resolution: int):
+    """The training transform before issue 19 (same draws and window): TF's default JPEG IDCT (INTEGER_FAST), a
+    ``tf.where`` flip over a reversed slice, and lighting + normalisation in four broadcast passes."""
     import tensorflow as tf
 
-    from regnet_jax.data import TrainInput, prepared
+    from regnet_jax.data import augment
+
+    seeds = tf.random.experimental.stateless_split(seed, 3)
+    window = augment.inception_crop_window(augment.image_shape(image), seeds[0], cfg.min_area, tuple(cfg.aspect_ratio))
+    y, x, h, w = tf.unstack(window)
+    if image.dtype == tf.string:
+        crop = tf.cond(
+            tf.io.is_jpeg(image),
+            lambda: tf.image.decode_and_crop_jpeg(image, window, channels=3),
+            lambda: tf.io.decode_image(image, channels=3, expand_animations=False)[y : y + h, x : x + w],
+        )
+    else:
+        crop = augment.decode_crop(image, window)
+    out = tf.image.resize(tf.cast(crop, tf.float32), [resolution, resolution], method="bilinear", antialias=False)
+    if cfg.flip:
+        flip = tf.random.stateless_uniform([], seeds[1]) < 0.5
+        out = tf.where(flip, out[:, ::-1], out)
+    out = out / 255.0
+    if cfg.pca_std > 0:
+        out = augment.lighting(out, seeds[2], cfg.pca_std)
+    out = (out - tf.constant(cfg.mean, tf.float32)) / tf.constant(cfg.std, tf.float32)
+    if cfg.channel_order == "bgr":
+        out = out[..., ::-1]
+    return tf.cast(out, tf.dtypes.as_dtype(cfg.output_dtype))
+
+
+def train_input(config, variant: str = "device"):
+    """The training input of ``variant`` ('device', 'host': the trainer's with that ``dataset.normalize_on``; 'old':
+    the pipeline before issue 19) for ``config``."""
+    import tensorflow as tf
+
+    from regnet_jax.data import pipeline
+
+    if variant not in VARIANTS:
+        raise ValueError(f"variant {variant!r} is not one of {', '.join(VARIANTS)}")
+    config = config.copy_and_resolve_references()
+    config.dataset.normalize_on = "host" if variant == "old" else variant
+    if variant != "old":
+        return pipeline.TrainInput(config)
+
+    class LegacyTrainInput(pipeline.TrainInput):
+        def _augment(self, ds, epoch, needed):
+            cfg, res = self.config.dataset, self.config.resolution
+            base = tf.constant([self.config.seed, epoch], tf.int64)
+
+            def preprocess(index, element):
+                position, ex = element
+                seed = tf.random.experimental.stateless_fold_in(base, position)
+                image = _legacy_train_preprocess(ex["image"], seed, cfg, res)
+                return {"image": image, "label": ex["label"], pipeline._INDEX: index}
+
+            ds = ds.enumerate().map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            ds = ds.ignore_errors().take(needed)
+            return pipeline._options(ds.batch(self.local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
+
+    return LegacyTrainInput(config)
+
+
+def measure(data_dir: str, threads: int, resolution: int, batch: int, batches: int, variant: str = "device",
+            prepared_dir: str = "") -> dict[str, float]:
+    """Images/s (wall) and images per CPU-second of the training input pipeline over ``batches`` batches (after one
+    warm-up batch), from a folder dataset or from a prepared directory (``prepared_dir``)."""
+    import tensorflow as tf
+
     from regnet_jax.models import zoo
 
     config = zoo.get_config("regnetx_200mf")
     config.batch_size, config.resolution = batch, resolution
     config.dataset.name, config.dataset.data_dir = "folder", data_dir
     if prepared_dir:
+        from regnet_jax.data import prepared
+
         config.dataset.prepared_dir = prepared_dir
         config.dataset.name = prepared.read_index(prepared_dir)["source"]["name"]
-    train = TrainInput(config)
+    train = train_input(config, variant)
     options = tf.data.Options()
     options.threading.private_threadpool_size = threads
     options.threading.max_intra_op_parallelism = 1
     epochs, it = 0, None
-    started, n, seconds, cpu = False, 0, 0.0, 0.0
+    t0, c0, n = None, 0.0, 0
     while n < batches:
-        if it is None:  # building an epoch's pipeline (tracing its functions) is not timed: once per epoch in training
+        if it is None:
             it = train.dataset(epochs).with_options(options).as_numpy_iterator()
             epochs += 1
-        t, c = time.perf_counter(), time.process_time()
         try:
             next(it)
         except StopIteration:
             it = None
             continue
-        if not started:  # the first batch pays for thread start-up
-            started = True
+        if t0 is None:
+            t0, c0 = time.perf_counter(), cpu_seconds()  # the first batch pays for thread start-up
             continue
-        seconds, cpu = seconds + time.perf_counter() - t, cpu + time.process_time() - c
         n += 1
-    return {"images_per_s": n * batch / seconds, "images_per_s_per_thread": n * batch / seconds / threads, "seconds": seconds,
-            "cpu_seconds": cpu, "images_per_cpu_s": n * batch / cpu}  # fmt: skip
+    seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+    return {
+        "images_per_s": n * batch / seconds,
+        "images_per_s_per_thread": n * batch / seconds / threads,
+        "images_per_cpu_s": n * batch / cpu if cpu > 0 else float("nan"),
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+    }

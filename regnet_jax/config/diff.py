@@ -5,7 +5,8 @@
 
 A change is *harmless* when it leaves what is trained and what is measured as they were: how often to log,
 evaluate or checkpoint, the evaluation batch (evaluation is exact whatever the batch), the input pipeline's
-prefetch and cache, where the data lives, the bad-image tolerance, ``init_from`` (read only at step 0), and a field
+prefetch and cache, where the data lives, where images are normalised (``dataset.normalize_on``: the same images
+to half a uint8 level), the bad-image tolerance, ``init_from`` (read only at step 0), and a field
 the saved config lacks (added to regnet_jax after the run started; its default is the old behaviour; both configs
 are compared complete, ``schema.complete_config``, so a field whose old value the schema knows counts as that value).
 Every other change (model, optimiser, schedule, epochs, batch, data, augmentation, seed, ...) changes the run's meaning:
@@ -29,6 +30,7 @@ from regnet_jax.core.errors import ConfigError
 HARMLESS = frozenset({
     "log_every_steps", "eval_every_epochs", "eval_batch_size", "checkpoint_every_steps", "keep_checkpoints",
     "init_from", "dataset.prefetch", "dataset.cache", "dataset.data_dir", "dataset.max_bad_image_fraction", "profile_steps",
+    "dataset.normalize_on",
 })  # fmt: skip
 _MISSING = "<absent>"
 

@@ -2,8 +2,14 @@
 
 Every random choice is a stateless op seeded by ``seed`` (a [2] int tensor derived from (config.seed, epoch, example
 position)), so augmentation is reproducible whatever the number of processes, threads or restarts.
-Images are either encoded bytes (JPEG: decoded fused with the crop; PNG/GIF/BMP: decoded, then cropped) or uint8
-HxWxC arrays (C = 1 or 3). Output: HxWx3, normalised, RGB or BGR, float32 or bfloat16.
+Images are either encoded bytes (JPEG: decoded fused with the crop, with libjpeg's accurate integer IDCT as pycls's
+``cv2.imread``; PNG/GIF/BMP: decoded, then cropped) or uint8 HxWxC arrays (C = 1 or 3). Output: HxWx3, normalised,
+RGB or BGR, float32 or bfloat16; or, for normalisation on the accelerator (``config.dataset.normalize_on='device'``),
+``train_pixels``: the augmented uint8 image and its lighting shift, which ``normalize`` turns into the same output.
+
+Cost (one core, a 224 px image): the flip is a ``tf.cond`` + ``tf.reverse`` (a ``tf.where`` over a negative-stride
+slice cost ~1.1 ms per image), and lighting + normalisation are one multiply-add with the per-channel constants tiled
+to a whole row (TF broadcasts a [3] vector over the innermost axis ~4x slower); docs/performance.md#input-pipeline.
 """
 
 from __future__ import annotations
@@ -33,6 +39,11 @@ def image_shape(image: tf.Tensor) -> tf.Tensor:
     )
 
 
+# libjpeg's JDCT_ISLOW, what pycls's cv2.imread (and PIL) decode with: a whole image decodes bit-identical to theirs.
+# TF's default, INTEGER_FAST (JDCT_IFAST), differs from it by ~1 level on average (up to 16-36) on ~70% of values.
+JPEG_DCT_METHOD = "INTEGER_ACCURATE"
+
+
 def decode_crop(image: tf.Tensor, window: tf.Tensor) -> tf.Tensor:
     """The ``window`` = (y, x, h, w) of an image as uint8 HxWx3; JPEG decoding only decodes the window."""
     y, x, h, w = tf.unstack(window)
@@ -41,7 +52,7 @@ def decode_crop(image: tf.Tensor, window: tf.Tensor) -> tf.Tensor:
         return tf.image.grayscale_to_rgb(crop) if crop.shape[-1] == 1 else crop
     return tf.cond(
         tf.io.is_jpeg(image),
-        lambda: tf.image.decode_and_crop_jpeg(image, window, channels=3),
+        lambda: tf.image.decode_and_crop_jpeg(image, window, channels=3, dct_method=JPEG_DCT_METHOD),
         lambda: tf.io.decode_image(image, channels=3, expand_animations=False)[y : y + h, x : x + w],
     )
 
@@ -82,33 +93,57 @@ def _resize(image: tf.Tensor, size: tf.Tensor | Sequence[int]) -> tf.Tensor:
     return tf.image.resize(tf.cast(image, tf.float32), size, method="bilinear", antialias=False)
 
 
-def _normalize(image: tf.Tensor, mean: Sequence[float], std: Sequence[float], channel_order: str, dtype: tf.DType) -> tf.Tensor:
-    """[0, 1]-scaled RGB -> (x - mean) / std, then optionally reversed to BGR."""
-    image = (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
-    if channel_order == "bgr":
-        image = image[..., ::-1]
-    return tf.cast(image, dtype)
+def _affine(image: tf.Tensor, scale: tf.Tensor, offset: tf.Tensor) -> tf.Tensor:
+    """``image * scale + offset`` for an HxWx3 ``image`` and [3] ``scale``, ``offset``, on an Hx(W*3) view with the
+    constants tiled to a whole row (TF's broadcast of a [3] vector over the innermost axis runs ~4x slower)."""
+    shape = tf.shape(image)
+    rows = tf.reshape(image, [shape[0], shape[1] * 3])
+    return tf.reshape(rows * tf.tile(scale, [shape[1]]) + tf.tile(offset, [shape[1]]), shape)
+
+
+def normalize(image: tf.Tensor, shift: tf.Tensor | None, cfg) -> tf.Tensor:
+    """0..255 RGB pixels (uint8 or float) -> (x / 255 + shift - mean) / std (``shift``: the [3] lighting shift, on [0, 1]
+    pixels), reversed to BGR for ``cfg.channel_order='bgr'``, as ``cfg.output_dtype``; one multiply-add pass:
+    x * 1 / (255 std) + (shift - mean) / std."""
+    mean, std = tf.constant(cfg.mean, tf.float32), tf.constant(cfg.std, tf.float32)
+    offset = -mean if shift is None else shift - mean
+    image = _affine(tf.cast(image, tf.float32), 1.0 / (255.0 * std), offset / std)
+    if cfg.channel_order == "bgr":
+        image = tf.reverse(image, [-1])  # not image[..., ::-1]: a negative-stride slice is a slow generic path
+    return tf.cast(image, tf.dtypes.as_dtype(cfg.output_dtype))
+
+
+def lighting_shift(seed: tf.Tensor, std: float) -> tf.Tensor:
+    """AlexNet-style PCA lighting: the RGB shift eigvec @ (alpha * eigval), alpha ~ N(0, std), on [0, 1] pixels."""
+    alpha = tf.random.stateless_normal([3], seed) * std
+    return tf.linalg.matvec(tf.constant(PCA_EIGVEC, tf.float32), alpha * tf.constant(PCA_EIGVAL, tf.float32))
 
 
 def lighting(image: tf.Tensor, seed: tf.Tensor, std: float) -> tf.Tensor:
-    """AlexNet-style PCA lighting on a [0, 1] RGB image: add eigvec @ (alpha * eigval), alpha ~ N(0, std)."""
-    alpha = tf.random.stateless_normal([3], seed) * std
-    rgb = tf.linalg.matvec(tf.constant(PCA_EIGVEC, tf.float32), alpha * tf.constant(PCA_EIGVAL, tf.float32))
-    return image + rgb
+    """PCA lighting on a [0, 1] RGB image: ``lighting_shift`` added to every pixel."""
+    return image + lighting_shift(seed, std)
+
+
+def train_pixels(image: tf.Tensor, seed: tf.Tensor, cfg, resolution: int, uint8: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
+    """Inception crop, resize and flip (``cfg`` = config.dataset): (the RxRx3 RGB pixels on 0..255, float32 or, with
+    ``uint8``, rounded to uint8; the [3] lighting shift, zero without lighting). ``normalize`` of the pair is the
+    network's input; the random draws are ``train_preprocess``'s."""
+    seeds = tf.random.experimental.stateless_split(seed, 3)
+    window = inception_crop_window(image_shape(image), seeds[0], cfg.min_area, tuple(cfg.aspect_ratio))
+    out = _resize(decode_crop(image, window), [resolution, resolution])
+    if uint8:
+        out = tf.cast(tf.round(out), tf.uint8)  # bilinear weights sum to 1: already within [0, 255]
+    if cfg.flip:
+        # tf.cond + tf.reverse: a tf.where would build the reversed copy of every image, with a slow negative-stride slice.
+        flip = tf.random.stateless_uniform([], seeds[1]) < 0.5
+        out = tf.cond(flip, lambda: tf.reverse(out, [1]), lambda: out)
+    shift = lighting_shift(seeds[2], cfg.pca_std) if cfg.pca_std > 0 else tf.zeros([3])
+    return out, shift
 
 
 def train_preprocess(image: tf.Tensor, seed: tf.Tensor, cfg, resolution: int) -> tf.Tensor:
     """Inception crop, resize, flip, PCA lighting, normalise (``cfg`` = config.dataset)."""
-    seeds = tf.random.experimental.stateless_split(seed, 3)
-    window = inception_crop_window(image_shape(image), seeds[0], cfg.min_area, tuple(cfg.aspect_ratio))
-    out = _resize(decode_crop(image, window), [resolution, resolution])
-    if cfg.flip:
-        flip = tf.random.stateless_uniform([], seeds[1]) < 0.5
-        out = tf.where(flip, out[:, ::-1], out)
-    out = out / 255.0
-    if cfg.pca_std > 0:
-        out = lighting(out, seeds[2], cfg.pca_std)
-    return _normalize(out, cfg.mean, cfg.std, cfg.channel_order, tf.dtypes.as_dtype(cfg.output_dtype))
+    return normalize(*train_pixels(image, seed, cfg, resolution), cfg)
 
 
 def eval_size(resolution: int, crop_fraction: float) -> int:
@@ -129,11 +164,9 @@ def eval_preprocess(image: tf.Tensor, cfg, resolution: int) -> tf.Tensor:
     y = (new_hw[0] - resolution + 1) // 2  # ceil((size - crop) / 2)
     x = (new_hw[1] - resolution + 1) // 2
     out = out[y : y + resolution, x : x + resolution]
-    out = tf.ensure_shape(out, [resolution, resolution, 3]) / 255.0
-    return _normalize(out, cfg.mean, cfg.std, cfg.channel_order, tf.dtypes.as_dtype(cfg.output_dtype))
+    return normalize(tf.ensure_shape(out, [resolution, resolution, 3]), None, cfg)
 
 
 def plain_preprocess(image: tf.Tensor, cfg, resolution: int) -> tf.Tensor:
     """Already at ``resolution`` (synthetic data): only normalise."""
-    out = tf.ensure_shape(tf.cast(image, tf.float32), [resolution, resolution, 3]) / 255.0
-    return _normalize(out, cfg.mean, cfg.std, cfg.channel_order, tf.dtypes.as_dtype(cfg.output_dtype))
+    return normalize(tf.ensure_shape(image, [resolution, resolution, 3]), None, cfg)
