@@ -135,8 +135,8 @@ def test_second_run_loads_the_compiled_steps(tmp_path):
         log = tmp_path / f"run{i}.log"
         rc = _run("regnet_jax.train", [f"--config={config}", f"--workdir={tmp_path / f'w{i}'}", f"--compilation_cache={cache}"], log, timeout=140)
         assert rc == 0, log.read_text()[-3000:]
-        _log_says(log, rf"compilation cache: {re.escape(str(cache))} \(--compilation_cache\)")
-        loaded, written = map(int, _log_says(log, r"compilation cache: (\d+) executable\(s\) loaded, (\d+) compiled and written").groups())
+        loaded, written = map(int, _log_says(log, r"compilation cache: (\d+) executable\(s\) loaded, (\d+) compiled and written "
+                                             rf"\({re.escape(str(cache))} \(--compilation_cache\)\)").groups())
         entries = sorted(p.name for p in cache.iterdir())
         if i == 1:
             assert loaded == 0 and written == len(entries) > 0 and any(e.startswith("jit_step") for e in entries), entries

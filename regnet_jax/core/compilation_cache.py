@@ -2,7 +2,7 @@
 steps from disk instead of compiling them again (tens of seconds on a CPU, minutes on a pod).
 
     define_flag(flag_values)                       # --compilation_cache=DIR|auto|off (train, evaluate, benchmark, sweep)
-    enable(option='auto', process_count=None) -> str | None   # the directory in use, or None (off); logs one line
+    enable(option='auto', process_count=None) -> str | None   # the directory in use, or None (off); said at exit
     resolve(option, process_count) -> (directory | None, why)  # the same decision, changing nothing
     stats() -> {'loaded': n, 'written': m}          # executables this process loaded from / wrote to the cache
 
@@ -119,8 +119,9 @@ def resolve(option: str | None, process_count: int) -> tuple[str | None, str]:
 
 
 def enable(option: str | None = AUTO, process_count: int | None = None) -> str | None:
-    """Turn JAX's persistent compilation cache on or off as ``option`` says (module docstring); log one line saying
-    which directory it uses, or that it is off. Call it before the first compilation. Returns the directory or None."""
+    """Turn JAX's persistent compilation cache on or off as ``option`` says (module docstring); at exit, once something
+    was compiled or loaded, log one line with the counts and the directory. Call it before the first compilation.
+    Returns the directory or None."""
     global _in_use
     if process_count is None:
         process_count = _process_count()
@@ -148,8 +149,8 @@ def enable(option: str | None = AUTO, process_count: int | None = None) -> str |
                         else "jax_enable_compilation_cache / JAX_ENABLE_COMPILATION_CACHE is off")  # fmt: skip
         return None
     _count_cache_events()
-    _in_use = directory
-    logging.info("compilation cache: %s (%s)", directory, why)
+    _in_use = f"{directory} ({why})"
+    logging.vlog(1, "compilation cache: %s", _in_use)  # said at exit, once something was compiled or loaded
     return directory
 
 
@@ -175,7 +176,7 @@ def _on_event(event: str, **kwargs: Any) -> None:
 
 
 def _report() -> None:
-    if _in_use is not None:
+    if _in_use is not None and any(_counts.values()):  # a command that stopped before compiling says nothing
         logging.info("compilation cache: %d executable(s) loaded, %d compiled and written (%s)", _counts["loaded"], _counts["written"], _in_use)
 
 
