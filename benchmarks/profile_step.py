@@ -198,12 +198,12 @@ def torch_profile(name: str, batch: int, steps: int, warmup: int, threads: int) 
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from regnet_jax.models import zoo
+    from regnet_jax.models import model_spec, zoo
     from side_by_side import torch_step
 
     torch.set_num_threads(threads)
     config = zoo.get_config(name)
-    run = torch_step(config.model, "train", batch, config.resolution, "cpu", "float32", channels_last=True)
+    run = torch_step(model_spec(config.model), "train", batch, config.resolution, "cpu", "float32", channels_last=True)
     for _ in range(warmup):
         run()
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:

@@ -32,26 +32,42 @@ from regnet_jax.core import logs  # noqa: E402
 logs.quiet_environment("TF_CPP_MIN_LOG_LEVEL")
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+import types  # noqa: E402
 from typing import Any, Callable  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
-def torch_step(model_cfg: Any, mode: str, batch: int, resolution: int, device: str, dtype: str, channels_last: bool) -> Callable[[], None]:
-    """A PyTorch train or infer step of the twin model on a synthetic batch; returns a callable that runs and syncs."""
+def plain_spec(spec: Any) -> dict[str, Any]:
+    """A ``ModelSpec`` as plain data (its fields and blocks), for a PyTorch worker that must not import regnet_jax."""
+    return {"fields": dataclasses.asdict(spec), "blocks": spec.blocks()}
+
+
+def spec_namespace(plain: dict[str, Any]) -> types.SimpleNamespace:
+    """``plain_spec``'s data as an object with a ModelSpec's attributes and ``blocks()``, all ``torch_regnet`` reads.
+
+    The PyTorch worker builds its model from it without importing regnet_jax, whose import brings jax and flax
+    (~130 MB of resident memory that would be counted as PyTorch's)."""
+    blocks = plain["blocks"]
+    return types.SimpleNamespace(**plain["fields"], blocks=lambda: blocks)
+
+
+def torch_step(spec: Any, mode: str, batch: int, resolution: int, device: str, dtype: str, channels_last: bool) -> Callable[[], None]:
+    """A PyTorch train or infer step of the twin of ``spec`` (a ModelSpec or ``spec_namespace``) on a synthetic batch;
+    returns a callable that runs and syncs."""
     import torch
 
-    from regnet_jax.models import model_spec
     from torch_regnet import build_torch_model
 
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = build_torch_model(model_spec(model_cfg)).to(device).to(memory_format=fmt)
+    model = build_torch_model(spec).to(device).to(memory_format=fmt)
     x = torch.randn(batch, 3, resolution, resolution, device=device).to(memory_format=fmt)
-    y = torch.randint(0, model_cfg.num_classes, (batch,), device=device)
+    y = torch.randint(0, spec.num_classes, (batch,), device=device)
     amp = dtype == "bfloat16"
     autocast = lambda: torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=amp)  # noqa: E731
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -140,18 +156,15 @@ def _build(engine: str, name: str, mode: str, opts: dict[str, Any]) -> tuple[Cal
         run = lambda: jax.block_until_ready(prep.run())  # noqa: E731
         info = f"compiled in {prep.compile_s:.1f} s ({prep.step_impl}, conv {conv.get_conv_impl()})"
         return run, info, prep.compile_s
-    os.environ["JAX_PLATFORMS"] = "cpu"  # this process only needs regnet_jax's ModelSpec, never a JAX device
-    import torch
-
-    from regnet_jax.models import zoo
+    import torch  # and no regnet_jax: the parent resolved the architecture (opts['spec'])
 
     torch.set_num_threads(opts["threads"])
     if opts["device"] == "cuda":
         if not torch.cuda.is_available():
             raise RuntimeError("--device=cuda but torch.cuda.is_available() is False: install a CUDA build of torch")
         torch.backends.cudnn.benchmark = True
-    config = zoo.get_config(name)
-    run = torch_step(config.model, mode, opts["batch"], opts["resolution"], opts["device"], opts["dtype"], engine == "torch_channels_last")
+    spec = spec_namespace(opts["spec"])
+    run = torch_step(spec, mode, opts["batch"], opts["resolution"], opts["device"], opts["dtype"], engine == "torch_channels_last")
     return run, f"torch {torch.__version__}, {torch.get_num_threads()} threads", None
 
 
@@ -244,14 +257,16 @@ def reliability(rounds: dict[str, list[list[float]]], start_load: float, others_
 def compare(name: str, mode: str, args: argparse.Namespace, progress: Callable[[str], None]) -> dict[str, Any]:
     """One model and mode: per engine images/s, median and spread of the per-step times, peak resident memory; JAX's
     speed and memory relative to each PyTorch layout; and whether the measurement is reliable (``unreliable``)."""
-    from regnet_jax.models import zoo
+    from regnet_jax.models import model_spec, zoo
 
-    resolution = args.resolution or zoo.get_config(name).resolution
+    config = zoo.get_config(name)
+    resolution = args.resolution or config.resolution
     layouts = ["channels_last"] + ([] if args.skip_nchw else ["nchw"])
     impls = [i.strip() for i in getattr(args, "conv_impls", "").split(",") if i.strip()]
     opts = dict(
         batch=args.batch, dtype=args.dtype, resolution=resolution, step=args.step, device=args.device, threads=args.threads,
         warmup=args.warmup, rounds=args.rounds, steps_per_round=args.steps_per_round, conv_impls=impls,
+        spec=plain_spec(model_spec(config.model)),
     )  # fmt: skip
     jax_engines = ["jax"] + [f"jax_{impl}" for impl in impls[1:]]
     load_before = os.getloadavg()[0]

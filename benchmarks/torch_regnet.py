@@ -7,10 +7,13 @@ Only what the benchmarks need: the simple/ResNet/CIFAR stems and the bottleneck,
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
-from regnet_jax.models.spec import ModelSpec
+if TYPE_CHECKING:  # only read: importing regnet_jax would bring jax and flax into PyTorch's process
+    from regnet_jax.models.spec import ModelSpec
 
 _ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "swish": nn.SiLU, "gelu": nn.GELU}
 

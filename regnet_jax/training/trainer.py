@@ -23,6 +23,7 @@ from regnet_jax import data
 from regnet_jax.config import ConfigError, describe_lr, validate_config
 from regnet_jax.core import distributed, logs, paths
 from regnet_jax.core.distributed import AXIS, batch_layout, broadcast_from_process_0, divide_batch, make_mesh, process_sum, replicate, to_host
+from regnet_jax.core.memory import release_free_heap
 from regnet_jax.models import create_model
 from regnet_jax.models.complexity import count
 from regnet_jax.training import precise_bn, records, steps
@@ -210,6 +211,7 @@ class _Trainer:
         config = self.config
         progress = Progress(self.total_steps, step, config.batch_size)
         pending: list[dict[str, jax.Array]] = []
+        first_step = step
         if step and step % self.steps_per_epoch == 0:
             # A checkpoint taken at an epoch's end may predate that epoch's precise BN (preemption); redoing it is
             # harmless: the statistics depend only on the weights and the (seeded) images.
@@ -219,6 +221,8 @@ class _Trainer:
             batches = data.device_prefetch(self.train_input.epoch(epoch, offset), self.mesh, config.dataset.prefetch)
             for batch in batches:
                 self.state, m = self.profiler.run(step, self.train_step, self.state, batch)
+                if step == first_step:  # the step is compiled: the compiler's freed memory back to the system
+                    release_free_heap()
                 pending.append(m)
                 step += 1
                 if step % config.log_every_steps == 0 or step % self.steps_per_epoch == 0:
