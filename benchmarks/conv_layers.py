@@ -21,7 +21,8 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 LAYER = re.compile(r"^(\d+)x(\d+)x(\d+)k(\d+)s(\d+)g(\d+)$")
 
@@ -42,8 +43,7 @@ def layer_name(layer: tuple[int, int, int, int, int, int]) -> str:
 
 def model_layers(name: str, resolution: int = 224) -> list[tuple[int, int, int, int, int, int]]:
     """The distinct convolution layers of a zoo model's trunk (stem and blocks), in order."""
-    from regnet_jax.models import zoo
-    from regnet_jax.models import model_spec
+    from regnet_jax.models import model_spec, zoo
 
     spec = model_spec(zoo.get_config(name).model)
     k, s = {"simple_stem_in": (3, 2), "res_stem_in": (7, 2), "res_stem_cifar": (3, 1)}[spec.stem_type]
@@ -130,9 +130,14 @@ def markdown(results: list[dict[str, Any]], impls: list[str]) -> str:
     """One row per layer: each lowering's forward / input grad / weight grad CPU ms, PyTorch's forward and fwd+bwd."""
     head = "| layer (HxC_INxC_OUTkKsSgG) | " + " | ".join(f"{i}: fwd / in grad / w grad" for i in impls)
     has_torch = any(r["torch"] for r in results)
-    lines = [head + (" | PyTorch: fwd / fwd+bwd |" if has_torch else " |"), "|---|" + "---:|" * (len(impls) + has_torch)]
+    lines = [
+        head + (" | PyTorch: fwd / fwd+bwd |" if has_torch else " |"),
+        "|---|" + "---:|" * (len(impls) + has_torch),
+    ]
     for r in results:
-        cells = [" / ".join(f"{r['jax'][i][p]['cpu_ms']:.1f}" for p in ("fwd", "input grad", "weight grad")) for i in impls]
+        cells = [
+            " / ".join(f"{r['jax'][i][p]['cpu_ms']:.1f}" for p in ("fwd", "input grad", "weight grad")) for i in impls
+        ]
         if has_torch:
             cells.append(f"{r['torch']['fwd']['cpu_ms']:.1f} / {r['torch']['fwd+bwd']['cpu_ms']:.1f}")
         lines.append(f"| {r['layer']} | " + " | ".join(cells) + " |")
@@ -147,27 +152,47 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="regnety_400mf", help="time every distinct conv layer of this zoo model")
     p.add_argument("--layers", default="", help="or these comma-separated layers (HxC_INxC_OUTkKsSgG)")
-    p.add_argument("--kinds", default="", help="only layers with these kernel sizes/groups, e.g. 'grouped,1x1,dense3x3'")
+    p.add_argument(
+        "--kinds", default="", help="only layers with these kernel sizes/groups, e.g. 'grouped,1x1,dense3x3'"
+    )
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--impls", default="blocked,vjp", help="regnet_jax.models.conv lowerings to time (xla is very slow for grouped layers)")
+    p.add_argument(
+        "--impls",
+        default="blocked,vjp",
+        help="regnet_jax.models.conv lowerings to time (xla is very slow for grouped layers)",
+    )
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--torch", action="store_true", help="also time PyTorch channels_last (in its own process)")
     p.add_argument("--torch_worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--json", default="", help="also write the results to this JSON file")
-    p.add_argument("--markdown", default="", help="also write a table (CPU ms per pass, one row per layer) to this file")
+    p.add_argument(
+        "--markdown", default="", help="also write a table (CPU ms per pass, one row per layer) to this file"
+    )
     args = p.parse_args()
     layers = [parse_layer(t) for t in args.layers.split(",") if t] or model_layers(args.model)
     kinds = {k.strip() for k in args.kinds.split(",") if k.strip()}
-    kind = lambda l: "1x1" if l[3] == 1 else ("grouped" if l[5] > 1 else f"dense{l[3]}x{l[3]}")  # noqa: E731
-    layers = [l for l in layers if not kinds or kind(l) in kinds]
+
+    def kind(layer):
+        return "1x1" if layer[3] == 1 else ("grouped" if layer[5] > 1 else f"dense{layer[3]}x{layer[3]}")
+
+    layers = [layer for layer in layers if not kinds or kind(layer) in kinds]
     if args.torch_worker:
-        print(json.dumps([torch_layer(l, args.batch, args.reps) for l in layers]))
+        print(json.dumps([torch_layer(layer, args.batch, args.reps) for layer in layers]))
         return
     torch_times: list[Any] = [None] * len(layers)
     if args.torch:
         spec = ",".join(map(layer_name, layers))
-        cmd = [sys.executable, __file__, "--torch_worker", f"--layers={spec}", f"--batch={args.batch}", f"--reps={args.reps}"]
-        torch_times = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+        cmd = [
+            sys.executable,
+            __file__,
+            "--torch_worker",
+            f"--layers={spec}",
+            f"--batch={args.batch}",
+            f"--reps={args.reps}",
+        ]
+        torch_times = json.loads(
+            subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1]
+        )
     impls = [i.strip() for i in args.impls.split(",") if i.strip()]
     print(f"batch {args.batch}, {len(os.sched_getaffinity(0))} cores, load average {os.getloadavg()[0]:.2f}; "
           "ms as median CPU time / min wall time")  # fmt: skip

@@ -145,7 +145,10 @@ def write_docs(figures: dict[str, dict]) -> list[str]:
     changed = []
     for doc in documents():
         text = doc.read_text(encoding="utf-8")
-        new = SPAN.sub(lambda m: f"<!-- figure:{m[1]} -->{figures[m[1]]['text'] if m[1] in figures else m[2]}<!-- /figure -->", text)
+        new = SPAN.sub(
+            lambda m: f"<!-- figure:{m[1]} -->{figures[m[1]]['text'] if m[1] in figures else m[2]}<!-- /figure -->",
+            text,
+        )
         if new != text:
             doc.write_text(new, encoding="utf-8")
             changed.append(str(doc.relative_to(REPO)))
@@ -199,7 +202,9 @@ def main() -> None:
     p.add_argument("--dry_run", action="store_true", help="print the figures; change no file")
     p.add_argument("--no_perf", action="store_true", help="do not run the performance figures' script afterwards")
     p.add_argument("--seeds", type=int, default=3, help="runs per accuracy figure (config.seed = 0, 1, ...)")
-    p.add_argument("--check", action="store_true", help="change nothing; exit 1 if an accuracy left its documented band")
+    p.add_argument(
+        "--check", action="store_true", help="change nothing; exit 1 if an accuracy left its documented band"
+    )
     args = p.parse_args()
     os.environ.pop("REGNET_JAX_SMOKE", None)  # real runs, whatever the caller's environment
     groups = [g for g in args.only.split(",") if g] or list(FIGURES)

@@ -64,7 +64,9 @@ def measure_peaks(dtypes: list[str], n: int) -> dict[str, float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="regnety_400mf,regnety_4gf")
-    p.add_argument("--batches", default="", help="comma-separated batch per model (default: the recipe's per-GPU batch)")
+    p.add_argument(
+        "--batches", default="", help="comma-separated batch per model (default: the recipe's per-GPU batch)"
+    )
     p.add_argument("--modes", default="train,infer")
     p.add_argument("--dtypes", default="bfloat16,float32")
     p.add_argument("--resolution", type=int, default=224)
@@ -111,7 +113,9 @@ def main() -> None:
         row["jax_fraction_of_matmul_peak"] = row["jax_tflops"] / peaks[dtype]
         row["torch_fraction_of_matmul_peak"] = row["torch_tflops"] / peaks[dtype]
         rows.append(row)
-    print(f"\nGPU check ({time.perf_counter() - start:.0f} s); ratio > 1: regnet_jax is faster; torch = AMP in the dtype, channels_last")
+    print(
+        f"\nGPU check ({time.perf_counter() - start:.0f} s); ratio > 1: regnet_jax is faster; torch = AMP in the dtype, channels_last"
+    )
     print(
         f"{'model':<14} {'mode':<6} {'dtype':<9} {'batch':>5} {'jax img/s':>10} {'torch img/s':>11} {'ratio':>6} {'jax TFLOP/s':>11} {'of peak':>8} {'torch of peak':>13}"
     )

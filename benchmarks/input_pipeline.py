@@ -45,7 +45,11 @@ import tempfile
 import time
 from typing import Any
 
-from regnet_jax.benchmarking.input_pipeline import VARIANTS, cpu_seconds, write_jpegs  # photo-like JPEGs (width x height)
+from regnet_jax.benchmarking.input_pipeline import (
+    VARIANTS,
+    cpu_seconds,
+    write_jpegs,
+)  # photo-like JPEGs (width x height)
 from regnet_jax.core import logs
 
 logs.quiet_environment("TF_CPP_MIN_LOG_LEVEL")
@@ -54,12 +58,44 @@ IMAGENET_TRAIN_IMAGES = 1_281_167
 # Hours for 100 epochs on 8 V100 (pycls MODEL_ZOO.md, "train (hr)" column): per-GPU training images/s = 1.28M * 100 / (8 h).
 V100_TRAIN_HOURS = dict(
     zip(
-        [f"regnetx_{s}" for s in ("200mf", "400mf", "600mf", "800mf", "1.6gf", "3.2gf", "4gf", "6.4gf", "8gf", "12gf", "16gf", "32gf")],
+        [
+            f"regnetx_{s}"
+            for s in (
+                "200mf",
+                "400mf",
+                "600mf",
+                "800mf",
+                "1.6gf",
+                "3.2gf",
+                "4gf",
+                "6.4gf",
+                "8gf",
+                "12gf",
+                "16gf",
+                "32gf",
+            )
+        ],
         (3.0, 4.2, 4.5, 5.9, 8.9, 15.1, 17.9, 24.3, 23.7, 34.6, 41.3, 81.8),
     )
 ) | dict(
     zip(
-        [f"regnety_{s}" for s in ("200mf", "400mf", "600mf", "800mf", "1.6gf", "3.2gf", "4gf", "6.4gf", "8gf", "12gf", "16gf", "32gf")],
+        [
+            f"regnety_{s}"
+            for s in (
+                "200mf",
+                "400mf",
+                "600mf",
+                "800mf",
+                "1.6gf",
+                "3.2gf",
+                "4gf",
+                "6.4gf",
+                "8gf",
+                "12gf",
+                "16gf",
+                "32gf",
+            )
+        ],
         (3.3, 5.3, 5.3, 6.1, 10.3, 17.0, 17.5, 27.2, 29.3, 36.9, 50.8, 79.4),
     )
 )
@@ -109,7 +145,14 @@ def _torch_epochs(root: str, cores: int, batch: int, resolution: int):
     from torchvision import transforms as T
 
     torch.set_num_threads(1)
-    transform = T.Compose([T.RandomResizedCrop(resolution), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    transform = T.Compose(
+        [
+            T.RandomResizedCrop(resolution),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
     dataset = torchvision.datasets.ImageFolder(os.path.join(root, "train"), transform=transform)
 
     # Workers forked, as a DataLoader started from a plain `python` script on Linux (Python < 3.14) forks them: this
@@ -120,7 +163,13 @@ def _torch_epochs(root: str, cores: int, batch: int, resolution: int):
         generator = torch.Generator()
         generator.manual_seed(e)
         loader = torch.utils.data.DataLoader(
-            dataset, batch_size=batch, shuffle=True, drop_last=True, num_workers=cores, generator=generator, multiprocessing_context=context
+            dataset,
+            batch_size=batch,
+            shuffle=True,
+            drop_last=True,
+            num_workers=cores,
+            generator=generator,
+            multiprocessing_context=context,
         )
         for _, labels in loader:  # the workers are joined at the end of the pass: their CPU time is then counted
             yield len(labels)
@@ -141,7 +190,9 @@ def _worker(loader: str, root: str, cores: int, batch: int, resolution: int, epo
         c0, t0 = cpu_seconds(), time.perf_counter()
         images = sum(sum(epoch(e)) for e in range(1, epochs + 1))
         wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
-        conn.send(dict(images=images, wall_s=wall, cpu_s=cpu, images_per_s=images / wall, images_per_cpu_s=images / cpu))
+        conn.send(
+            dict(images=images, wall_s=wall, cpu_s=cpu, images_per_s=images / wall, images_per_cpu_s=images / cpu)
+        )
     except Exception as e:  # reported by the parent
         conn.send(dict(error=f"{type(e).__name__}: {e}"))
 
@@ -238,17 +289,34 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--epochs", type=int, default=2, help="timed passes over the images (after one warm-up pass)")
     p.add_argument("--cores", default="", help="comma-separated core counts to measure (default: 1 and all)")
-    p.add_argument("--variants", default="device", help=f"regnet_jax pipelines to time, comma-separated: {', '.join(VARIANTS)}")
+    p.add_argument(
+        "--variants", default="device", help=f"regnet_jax pipelines to time, comma-separated: {', '.join(VARIANTS)}"
+    )
     p.add_argument("--no_torch", action="store_true", help="skip the PyTorch peer")
-    p.add_argument("--rounds", type=int, default=1, help="measure every row this many times, interleaved; medians reported")
-    p.add_argument("--max_load", type=float, default=MAX_LOAD, help="rows measured after a higher 1-minute load are unreliable")
-    p.add_argument("--settle_s", type=float, default=60.0, help="wait up to this long before each row for the load to fall to --max_load")
+    p.add_argument(
+        "--rounds", type=int, default=1, help="measure every row this many times, interleaved; medians reported"
+    )
+    p.add_argument(
+        "--max_load", type=float, default=MAX_LOAD, help="rows measured after a higher 1-minute load are unreliable"
+    )
+    p.add_argument(
+        "--settle_s",
+        type=float,
+        default=60.0,
+        help="wait up to this long before each row for the load to fall to --max_load",
+    )
     p.add_argument("--model", default="regnety_400mf", help="zoo model whose training rate the pipeline must feed")
     p.add_argument("--devices", default="1,8", help="device counts to judge")
     p.add_argument("--host_cores", type=int, default=0, help="cores feeding those devices (default: this host's)")
-    p.add_argument("--model_images_per_s", type=float, default=0.0, help="per-device train images/s (default: V100 rate)")
-    p.add_argument("--measure_model", action="store_true", help="measure the per-device rate with regnet_jax.benchmark here")
-    p.add_argument("--data_dir", default="", help="reuse/keep the generated JPEGs here (default: a temporary directory)")
+    p.add_argument(
+        "--model_images_per_s", type=float, default=0.0, help="per-device train images/s (default: V100 rate)"
+    )
+    p.add_argument(
+        "--measure_model", action="store_true", help="measure the per-device rate with regnet_jax.benchmark here"
+    )
+    p.add_argument(
+        "--data_dir", default="", help="reuse/keep the generated JPEGs here (default: a temporary directory)"
+    )
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
 
@@ -267,7 +335,9 @@ def main() -> None:
     elif torch_available():
         loaders.append(TORCH)
     else:
-        log("PyTorch peer skipped: torch and torchvision are not installed (the optional extra: pip install -e '.[torch]')")
+        log(
+            "PyTorch peer skipped: torch and torchvision are not installed (the optional extra: pip install -e '.[torch]')"
+        )
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         root = args.data_dir or tmp
@@ -293,19 +363,28 @@ def main() -> None:
     rates = {r["cores"]: r["images_per_s"] for r in rows if r["loader"] == first}
     one_core = next((r for r in rows if r["loader"] == first and r["cores"] == 1), None)
     # One fully used core's rate: per CPU-second (on an idle machine the wall rate on one pinned core is the same).
-    per_core = one_core["images_per_cpu_s"] if one_core else max(r["images_per_cpu_s"] for r in rows if r["loader"] == first)
+    per_core = (
+        one_core["images_per_cpu_s"] if one_core else max(r["images_per_cpu_s"] for r in rows if r["loader"] == first)
+    )
     if args.model_images_per_s:
         model_ips, source = args.model_images_per_s, "--model_images_per_s"
     elif args.measure_model:
         from regnet_jax.benchmarking import timing
         from regnet_jax.models import zoo
 
-        r = timing.benchmark(zoo.get_config(args.model), mode="train", batch=args.batch, steps=3, num_devices=1, name=args.model)
+        r = timing.benchmark(
+            zoo.get_config(args.model), mode="train", batch=args.batch, steps=3, num_devices=1, name=args.model
+        )
         model_ips, source = r.images_per_s, f"measured here on 1 {r.backend} device ({r.device_kind})"
     else:
         if args.model not in V100_TRAIN_HOURS:
-            sys.exit(f"error: no reference V100 rate for --model={args.model}: give --model_images_per_s or --measure_model")
-        model_ips, source = v100_images_per_s(args.model), "V100, from pycls MODEL_ZOO.md's 100-epoch training time on 8 GPUs"
+            sys.exit(
+                f"error: no reference V100 rate for --model={args.model}: give --model_images_per_s or --measure_model"
+            )
+        model_ips, source = (
+            v100_images_per_s(args.model),
+            "V100, from pycls MODEL_ZOO.md's 100-epoch training time on 8 GPUs",
+        )
     host_cores = args.host_cores or available
     measured = rates.get(host_cores, 0.0)  # else extrapolated linearly from one core
     verdicts = [verdict(per_core, host_cores, model_ips, int(d), measured) for d in args.devices.split(",") if d]
@@ -322,8 +401,12 @@ def main() -> None:
           f"{f', medians of {args.rounds} rounds' if args.rounds > 1 else ''}:\n")  # fmt: skip
     print(format_table(rows, args.max_load))
     if not reliable:
-        print(f"\nrows marked unreliable were measured after a 1-minute load average above {args.max_load:g}: only the per-CPU-second figures compare")
-    print(f"\nper core ({label(first)}): {per_core:.1f} images per CPU-second; {args.model} trains at {model_ips:.1f} images/s per device ({source})")
+        print(
+            f"\nrows marked unreliable were measured after a 1-minute load average above {args.max_load:g}: only the per-CPU-second figures compare"
+        )
+    print(
+        f"\nper core ({label(first)}): {per_core:.1f} images per CPU-second; {args.model} trains at {model_ips:.1f} images/s per device ({source})"
+    )
     print(
         f"{host_cores} host cores deliver {verdicts[0]['pipeline_images_per_s']:.0f} images/s ({'measured' if measured else 'extrapolated from one core'})"
     )

@@ -34,11 +34,35 @@ from typing import Any  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-HEAVY_MODULES = ("tensorflow", "tensorflow_datasets", "clu", "orbax.checkpoint", "tensorstore", "matplotlib", "torch", "jax", "flax")
+HEAVY_MODULES = (
+    "tensorflow",
+    "tensorflow_datasets",
+    "clu",
+    "orbax.checkpoint",
+    "tensorstore",
+    "matplotlib",
+    "torch",
+    "jax",
+    "flax",
+)
 
 
 class _MallInfo2(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+    _fields_ = [
+        (n, ctypes.c_size_t)
+        for n in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
 
 
 def _heap() -> dict[str, float]:
@@ -49,7 +73,11 @@ def _heap() -> dict[str, float]:
         m = libc.mallinfo2()
     except (OSError, AttributeError):
         return {}
-    return {"heap_in_use_mb": (m.uordblks + m.hblkhd) / 2**20, "heap_free_mb": m.fordblks / 2**20, "heap_mmapped_mb": m.hblkhd / 2**20}
+    return {
+        "heap_in_use_mb": (m.uordblks + m.hblkhd) / 2**20,
+        "heap_free_mb": m.fordblks / 2**20,
+        "heap_mmapped_mb": m.hblkhd / 2**20,
+    }
 
 
 def _status() -> dict[str, float]:
@@ -125,7 +153,9 @@ def _torch_stages(mode: str, opts: dict[str, Any], stages: Stages, channels_last
     stages.mark("import torch")
     from side_by_side import spec_namespace, torch_step
 
-    run = torch_step(spec_namespace(opts["spec"]), mode, opts["batch"], opts["resolution"], "cpu", "float32", channels_last)
+    run = torch_step(
+        spec_namespace(opts["spec"]), mode, opts["batch"], opts["resolution"], "cpu", "float32", channels_last
+    )
     stages.mark("model, optimizer, batch")
     run()
     stages.mark("first step")
@@ -222,14 +252,18 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--resolution", type=int, default=0, help="0: the config's (224)")
     p.add_argument("--steps", type=int, default=3, help="steady-state steps after the first")
-    p.add_argument("--keep_free_heap", action="store_true",
-                   help="regnet_jax does not release the compiler's free memory after compiling (as before it did)")
+    p.add_argument(
+        "--keep_free_heap",
+        action="store_true",
+        help="regnet_jax does not release the compiler's free memory after compiling (as before it did)",
+    )
     p.add_argument("--json", default="", help="also write the results to this file")
     p.add_argument("--markdown", default="", help="also write the table to this file")
     args = p.parse_args()
 
-    from regnet_jax.models import model_spec, zoo
     from side_by_side import plain_spec
+
+    from regnet_jax.models import model_spec, zoo
 
     results = []
     for model in [m.strip() for m in args.models.split(",") if m.strip()]:

@@ -62,7 +62,9 @@ def write_photos(root: str, n: int, seed: int = 0) -> int:
 def _pinned(core: int, code: str) -> dict:
     """Run ``code`` (prints one JSON line last) in a fresh Python pinned to ``core``."""
     env = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2", "JAX_PLATFORMS": "cpu"}
-    out = subprocess.run(["taskset", "-c", str(core), sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        ["taskset", "-c", str(core), sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
+    )
     if out.returncode:
         raise RuntimeError(out.stderr[-3000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -116,7 +118,9 @@ def main() -> None:
     if not os.path.isdir(root):
         jpeg_bytes = write_photos(root, args.num_images)
     else:
-        jpeg_bytes = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(os.path.join(root, "train")) for f in fs)
+        jpeg_bytes = sum(
+            os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(os.path.join(root, "train")) for f in fs
+        )
     print(f"{args.num_images} JPEGs, {jpeg_bytes / args.num_images / 1e3:.0f} kB each, in {root}", flush=True)
     results = {"load_before": os.getloadavg(), "jpeg_bytes_per_image": jpeg_bytes / args.num_images, "rows": []}
     for res in map(int, args.resolutions.split(",")):
@@ -153,12 +157,16 @@ def main() -> None:
             continue
         if r["what"].startswith("JPEG"):
             base[r["res"], r["crop_only"]] = r["images_per_cpu_s"]
-        print(f"| {r['res']} | {r['what']} | {r['images_per_cpu_s']:.0f} | {r['images_per_s']:.0f} | {r['images_per_cpu_s'] / base[r['res'], r['crop_only']]:.1f}x |")
+        print(
+            f"| {r['res']} | {r['what']} | {r['images_per_cpu_s']:.0f} | {r['images_per_s']:.0f} | {r['images_per_cpu_s'] / base[r['res'], r['crop_only']]:.1f}x |"
+        )
     print("\n| shorter side | encoding | bytes / image | build CPU s / 1000 images | build wall s / 1000 images |")
     print("|---|---|---|---|---|")
     for r in results["rows"]:
         if r["what"] == "build":
-            print(f"| {r['short_side']} | {r['encoding']} | {r['bytes_per_image'] / 1024:.1f} KiB | {r['cpu_s_per_1000']:.1f} | {r['wall_s_per_1000']:.1f} |")
+            print(
+                f"| {r['short_side']} | {r['encoding']} | {r['bytes_per_image'] / 1024:.1f} KiB | {r['cpu_s_per_1000']:.1f} | {r['wall_s_per_1000']:.1f} |"
+            )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

@@ -49,7 +49,10 @@ def parse_hlo(text: str) -> tuple[dict[str, dict[str, dict[str, str]]], str]:
             op_name = re.search(r'op_name="([^"]*)"', line)
             calls = re.search(r"calls=%([\w.\-]+)", line)
             comps[current][m.group(1)] = dict(
-                shape=m.group(2), opcode=m.group(3), op_name=op_name.group(1) if op_name else "", calls=calls.group(1) if calls else ""
+                shape=m.group(2),
+                opcode=m.group(3),
+                op_name=op_name.group(1) if op_name else "",
+                calls=calls.group(1) if calls else "",
             )
     return comps, entry
 
@@ -196,10 +199,10 @@ def torch_profile(name: str, batch: int, steps: int, warmup: int, threads: int) 
     """Profile PyTorch channels_last's train step (side_by_side.torch_step) and sum top-level op times per kind."""
     os.environ["JAX_PLATFORMS"] = "cpu"
     import torch
+    from side_by_side import torch_step
     from torch.profiler import ProfilerActivity, profile
 
     from regnet_jax.models import model_spec, zoo
-    from side_by_side import torch_step
 
     torch.set_num_threads(threads)
     config = zoo.get_config(name)
@@ -228,7 +231,9 @@ def _worker(conn, engine: str, args: dict[str, Any]) -> None:
         if engine == "jax":
             out = jax_profile(args["model"], args["batch"], args["steps"], args["warmup"])
         else:
-            out = torch_profile(args["model"], args["batch"], args["steps"], args["warmup"], len(args["pin"]) or args["threads"])
+            out = torch_profile(
+                args["model"], args["batch"], args["steps"], args["warmup"], len(args["pin"]) or args["threads"]
+            )
     except Exception as e:  # reported by the parent
         import traceback
 
@@ -274,7 +279,11 @@ def table(model: str, results: list[dict[str, Any]]) -> str:
             cells.append(f"{v:.1f} | {v / tot:.1%}" if v else "- | -")
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
     lines.append("| **sum of op times** | " + " | ".join(f"**{t:.0f}** | 100%" for t in totals) + " |")
-    lines.append("| step wall time / CPU time | " + " | ".join(f"{r['wall_ms']:.0f} / {r['cpu_ms']:.0f} |" for r in results) + " |")
+    lines.append(
+        "| step wall time / CPU time | "
+        + " | ".join(f"{r['wall_ms']:.0f} / {r['cpu_ms']:.0f} |" for r in results)
+        + " |"
+    )
     return "\n".join(lines)
 
 
@@ -284,14 +293,19 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--steps", type=int, default=3, help="profiled steps (after --warmup)")
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--threads", type=int, default=0, help="0: all usable cores, unpinned; N: pin each engine to N cores")
+    p.add_argument(
+        "--threads", type=int, default=0, help="0: all usable cores, unpinned; N: pin each engine to N cores"
+    )
     p.add_argument("--engines", default="jax,torch")
     p.add_argument("--json", default="", help="also write the per-kind times to this JSON file")
     p.add_argument("--markdown", default="", help="also write the tables (with their load averages) to this file")
     args = p.parse_args()
     cores = sorted(os.sched_getaffinity(0))
     pin = cores[: args.threads] if args.threads else []
-    print(f"load average {os.getloadavg()[0]:.2f}; {'pinned to cores ' + str(pin) if pin else f'{len(cores)} cores, unpinned'}", flush=True)
+    print(
+        f"load average {os.getloadavg()[0]:.2f}; {'pinned to cores ' + str(pin) if pin else f'{len(cores)} cores, unpinned'}",
+        flush=True,
+    )
     everything, tables = {}, []
     for model in [m.strip() for m in args.models.split(",") if m.strip()]:
         opts = dict(model=model, batch=args.batch, steps=args.steps, warmup=args.warmup, pin=pin, threads=len(cores))

@@ -42,8 +42,15 @@ flags.DEFINE_integer("cpu_devices", 0, "XLA:CPU only: split the host into this m
 flags.DEFINE_integer("rounds", 5, "Rounds; each times --steps steps of every layout.")
 flags.DEFINE_integer("steps", 3, "Timed steps per layout and round (after one untimed step).")
 flags.DEFINE_bool("compile_only", False, "Only compile: print the memory estimates.")
-flags.DEFINE_enum("conv_impl", None, list(layers.CONV_IMPLS), "Convolution lowering (default: REGNET_JAX_CONV_IMPL or auto).")
-flags.DEFINE_enum("accumulation", "auto", list(train_steps.ACCUMULATION_LOOPS), "Micro-batches in a loop, unrolled, or auto (unrolled on CPU).")
+flags.DEFINE_enum(
+    "conv_impl", None, list(layers.CONV_IMPLS), "Convolution lowering (default: REGNET_JAX_CONV_IMPL or auto)."
+)
+flags.DEFINE_enum(
+    "accumulation",
+    "auto",
+    list(train_steps.ACCUMULATION_LOOPS),
+    "Micro-batches in a loop, unrolled, or auto (unrolled on CPU).",
+)
 FLAGS = flags.FLAGS
 
 
@@ -76,7 +83,13 @@ def prepare(config, mesh, resolution: int, batch: int, group: int, accum: int, a
     }
     data = distributed.shard_batch(data, mesh)
     step = train_steps.make_train_step(
-        model, tx, mesh, num_classes=config.model.num_classes, bn_group_size=group, grad_accum_steps=accum, accumulation=accumulation
+        model,
+        tx,
+        mesh,
+        num_classes=config.model.num_classes,
+        bn_group_size=group,
+        grad_accum_steps=accum,
+        accumulation=accumulation,
     )
     compiled = step.lower(state, data).compile()
     return compiled, [state, data], memory_estimate(compiled)
@@ -112,7 +125,9 @@ def main(argv: list[str]) -> None:
 
                 times[layout] += timing.time_steps(run, FLAGS.steps, warmup=1)
     plain = statistics.median(times[layouts[0]]) if times[layouts[0]] else None
-    print("| batch | bn_group_size | grad_accum_steps | ms/step (median) | vs first | memory per device (XLA estimate, MiB) |")
+    print(
+        "| batch | bn_group_size | grad_accum_steps | ms/step (median) | vs first | memory per device (XLA estimate, MiB) |"
+    )
     print("|---:|---:|---:|---:|---:|---:|")
     for layout in layouts:
         med = statistics.median(times[layout]) * 1e3 if times[layout] else None

@@ -38,7 +38,8 @@ import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import types  # noqa: E402
-from typing import Any, Callable  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from typing import Any  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -57,11 +58,12 @@ def spec_namespace(plain: dict[str, Any]) -> types.SimpleNamespace:
     return types.SimpleNamespace(**plain["fields"], blocks=lambda: blocks)
 
 
-def torch_step(spec: Any, mode: str, batch: int, resolution: int, device: str, dtype: str, channels_last: bool) -> Callable[[], None]:
+def torch_step(
+    spec: Any, mode: str, batch: int, resolution: int, device: str, dtype: str, channels_last: bool
+) -> Callable[[], None]:
     """A PyTorch train or infer step of the twin of ``spec`` (a ModelSpec or ``spec_namespace``) on a synthetic batch;
     returns a callable that runs and syncs."""
     import torch
-
     from torch_regnet import build_torch_model
 
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -141,7 +143,9 @@ def _build(engine: str, name: str, mode: str, opts: dict[str, Any]) -> tuple[Cal
             conv.set_conv_impl(engine[4:] if engine != "jax" else opts["conv_impls"][0])
 
         if opts["device"] == "cuda" and jax.default_backend() != "gpu":
-            raise RuntimeError(f"--device=cuda but JAX's backend is {jax.default_backend()!r}: install jax[cuda12] (see gpu_check.sh)")
+            raise RuntimeError(
+                f"--device=cuda but JAX's backend is {jax.default_backend()!r}: install jax[cuda12] (see gpu_check.sh)"
+            )
 
         config = zoo.get_config(name)
         prep = timing.prepare(
@@ -164,7 +168,9 @@ def _build(engine: str, name: str, mode: str, opts: dict[str, Any]) -> tuple[Cal
             raise RuntimeError("--device=cuda but torch.cuda.is_available() is False: install a CUDA build of torch")
         torch.backends.cudnn.benchmark = True
     spec = spec_namespace(opts["spec"])
-    run = torch_step(spec, mode, opts["batch"], opts["resolution"], opts["device"], opts["dtype"], engine == "torch_channels_last")
+    run = torch_step(
+        spec, mode, opts["batch"], opts["resolution"], opts["device"], opts["dtype"], engine == "torch_channels_last"
+    )
     return run, f"torch {torch.__version__}, {torch.get_num_threads()} threads", None
 
 
@@ -186,7 +192,9 @@ def _process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def interleave(name: str, mode: str, engines: list[str], opts: dict[str, Any], progress: Callable[[str], None]) -> dict[str, Any]:
+def interleave(
+    name: str, mode: str, engines: list[str], opts: dict[str, Any], progress: Callable[[str], None]
+) -> dict[str, Any]:
     """Each engine in its own process, taking turns for ``opts['rounds']`` rounds of ``opts['steps_per_round']`` steps.
 
     Separate processes so that one framework's idle worker threads (spinning OpenMP or XLA pool threads) never
@@ -216,7 +224,10 @@ def interleave(name: str, mode: str, engines: list[str], opts: dict[str, Any], p
             for engine, (_, conn) in workers.items():
                 conn.send(opts["steps_per_round"])
                 times[engine].append(conn.recv())
-            progress(f"  round {i + 1}/{opts['rounds']}: " + ", ".join(f"{e} {statistics.median(v[-1]) * 1e3:.0f} ms" for e, v in times.items()))
+            progress(
+                f"  round {i + 1}/{opts['rounds']}: "
+                + ", ".join(f"{e} {statistics.median(v[-1]) * 1e3:.0f} ms" for e, v in times.items())
+            )
         others_cores = max(0.0, (_busy_cpu_s() - busy0) - (ours() - ours0)) / (time.perf_counter() - wall0)
         memory = {}
         for engine, (_, conn) in workers.items():
@@ -294,7 +305,9 @@ def compare(name: str, mode: str, args: argparse.Namespace, progress: Callable[[
         prefix = "" if engine == "jax" else f"{engine}_"
         for layout in layouts:
             row[f"{prefix}ratio_vs_torch_{layout}"] = medians[f"torch_{layout}"] / medians[engine]  # > 1: JAX is faster
-            row[f"{prefix}memory_vs_torch_{layout}"] = row[f"{engine}_peak_resident_mb"] / row[f"torch_{layout}_peak_resident_mb"]
+            row[f"{prefix}memory_vs_torch_{layout}"] = (
+                row[f"{engine}_peak_resident_mb"] / row[f"torch_{layout}_peak_resident_mb"]
+            )
     reasons = reliability(out["times"], args.start_load, out["others_cores"], cores) if args.device == "cpu" else []
     row["unreliable"] = reasons
     for reason in reasons:
@@ -358,16 +371,29 @@ def main() -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--threads", type=int, default=0, help="PyTorch intra-op threads (0: the usable cores)")
-    p.add_argument("--rounds", type=int, default=MIN_ROUNDS, help=f"interleaved rounds (fewer than {MIN_ROUNDS}: marked unreliable)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=MIN_ROUNDS,
+        help=f"interleaved rounds (fewer than {MIN_ROUNDS}: marked unreliable)",
+    )
     p.add_argument("--steps_per_round", type=int, default=2)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--step", default="auto", choices=["auto", "parallel"], help="JAX train step (see regnet_jax.benchmark)")
+    p.add_argument(
+        "--step", default="auto", choices=["auto", "parallel"], help="JAX train step (see regnet_jax.benchmark)"
+    )
     p.add_argument("--skip_nchw", action="store_true", help="only PyTorch channels_last (NCHW is slow on CPU)")
-    p.add_argument("--conv_impls", default="", help="compare regnet_jax's conv lowerings, e.g. 'vjp,blocked' (one JAX engine each)")
+    p.add_argument(
+        "--conv_impls", default="", help="compare regnet_jax's conv lowerings, e.g. 'vjp,blocked' (one JAX engine each)"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON list on stdout (progress on stderr)")
     p.add_argument("--markdown", default="", help="also write the rows as a markdown table to this file")
-    p.add_argument("--start_load", type=float, default=-1,
-                   help="the load average before the measurements began (default: now; a script running several tools passes its own)")
+    p.add_argument(
+        "--start_load",
+        type=float,
+        default=-1,
+        help="the load average before the measurements began (default: now; a script running several tools passes its own)",
+    )
     args = p.parse_args()
     if args.start_load < 0:
         args.start_load = os.getloadavg()[0]
@@ -399,7 +425,9 @@ def main() -> None:
         for r in rows:
             print(format_row(r))
         if any(r["unreliable"] for r in rows):
-            print(f"WARNING: some rows are unreliable (see above); rerun on an idle machine (load below {len(os.sched_getaffinity(0)) / 2:g})")
+            print(
+                f"WARNING: some rows are unreliable (see above); rerun on an idle machine (load below {len(os.sched_getaffinity(0)) / 2:g})"
+            )
 
 
 if __name__ == "__main__":

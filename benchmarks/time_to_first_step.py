@@ -46,10 +46,17 @@ def run_to_first_step(args: argparse.Namespace, workdir: str, cache: str, stop: 
         f"--config.dataset.num_eval_examples={args.batch}", f"--config.eval_batch_size={args.batch}",
         "--config.num_epochs=1", "--config.log_every_steps=1", "--config.bn_group_size=0",
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "JAX_LOG_COMPILES": "1", "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "JAX_LOG_COMPILES": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])),
+    }
     env.pop("JAX_COMPILATION_CACHE_DIR", None)  # --compilation_cache decides
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     out: dict = {"compile_s": {}, "lines": []}
     killer = threading.Timer(args.timeout_s, proc.kill)
     killer.start()
@@ -70,7 +77,9 @@ def run_to_first_step(args: argparse.Namespace, workdir: str, cache: str, stop: 
     if "first_step_s" not in out:
         sys.exit(f"error: no step line from {' '.join(cmd)}:\n{''.join(out['lines'][-30:])}")
     if stop == "term" and proc.returncode != 3:
-        sys.exit(f"error: the SIGTERM'd run exited {proc.returncode}, not 3 (preempted, checkpoint saved):\n{''.join(out['lines'][-30:])}")
+        sys.exit(
+            f"error: the SIGTERM'd run exited {proc.returncode}, not 3 (preempted, checkpoint saved):\n{''.join(out['lines'][-30:])}"
+        )
     return out
 
 
@@ -102,7 +111,9 @@ def main() -> None:
     args = p.parse_args()
 
     load = os.getloadavg()
-    rows: dict[str, dict[str, list]] = {c: {"cold": [], "cached": [], "cold_compile": [], "cached_compile": []} for c in COMMANDS}
+    rows: dict[str, dict[str, list]] = {
+        c: {"cold": [], "cached": [], "cold_compile": [], "cached_compile": []} for c in COMMANDS
+    }
     for repeat in range(args.repeats):
         for cached in (False, True):
             root = tempfile.mkdtemp(prefix="ttfs_")

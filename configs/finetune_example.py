@@ -12,8 +12,8 @@ tf_flowers has a single split of 3,670 images; the last 10% are held out for eva
 
 import ml_collections
 
-from regnet_jax.models import zoo
 from regnet_jax.config import ConfigError
+from regnet_jax.models import zoo
 
 
 def get_config(init_from: str = "") -> ml_collections.ConfigDict:

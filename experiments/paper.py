@@ -45,7 +45,10 @@ def _wider(flops: float) -> dict:
     if flops <= 6.4e9:
         return {"dists": {"group_w": WIDE_GROUPS}, "max_draws": 3_000_000}
     g = "power2_or_log_uniform:16:128:8" if flops <= 16e9 else "power2_or_log_uniform:16:256:8"
-    return {"dists": {"group_w": g, "w0": "log_uniform:8:512:8", "wa": "log_uniform:8.0:512.0:0.1"}, "max_draws": 3_000_000}
+    return {
+        "dists": {"group_w": g, "w0": "log_uniform:8:512:8", "wa": "log_uniform:8.0:512.0:0.1"},
+        "max_draws": 3_000_000,
+    }
 
 
 # §5's 8-GPU recipe on one device per model: 8 micro-batches of 128 images, each its own BatchNorm group. With D
@@ -75,7 +78,9 @@ def _table() -> dict[str, dict]:
     for res in (192, 256, 288):
         t[f"fig14_res{res}"] = {**base, "resolution": res}
     for r in ("200mf", "400mf", "600mf", "800mf", "1.6gf", "3.2gf", "4gf", "6.4gf", "8gf", "12gf", "16gf", "32gf"):
-        t[f"sec5_regnetx_{r}"] = _spec("regnetx_constrained_d12_28", 25, REGIMES[r], "100ep", train=SEC5_RECIPE, **_wider(REGIMES[r]))
+        t[f"sec5_regnetx_{r}"] = _spec(
+            "regnetx_constrained_d12_28", 25, REGIMES[r], "100ep", train=SEC5_RECIPE, **_wider(REGIMES[r])
+        )
         t[f"sec5_regnety_{r}"] = {**t[f"sec5_regnetx_{r}"], "model": {"se_ratio": 0.25}}
     return t
 

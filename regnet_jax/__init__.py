@@ -14,4 +14,6 @@ __version__ = "0.2.0"
 
 if _logs.started_as_tool():  # python -m regnet_jax.<tool>: before the tool imports TensorFlow or JAX
     _logs.quiet_tool()
-    _interrupts.set_handler(_interrupts.on_interrupt_while_starting)  # Ctrl-C while importing: one line, not a traceback
+    _interrupts.set_handler(
+        _interrupts.on_interrupt_while_starting
+    )  # Ctrl-C while importing: one line, not a traceback

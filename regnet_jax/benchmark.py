@@ -52,19 +52,33 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     kw = dict(flag_values=flag_values)
     define_config_flag("config", "A config file, e.g. configs/regnety_400mf.py.", lock=False, **kw)
     flags.DEFINE_enum("mode", "train", list(MODES), "Time a training step or an inference forward pass.", **kw)
-    flags.DEFINE_integer("batch", 32, "Global batch, split over the devices (--input_pipeline: the batch, default 64).", **kw)
+    flags.DEFINE_integer(
+        "batch", 32, "Global batch, split over the devices (--input_pipeline: the batch, default 64).", **kw
+    )
     flags.DEFINE_enum("dtype", "float32", list(DTYPES), "Compute dtype (parameters stay float32).", **kw)
-    flags.DEFINE_integer("steps", 10, "Timed steps (the median is reported; --input_pipeline: timed batches, default 20).", **kw)
+    flags.DEFINE_integer(
+        "steps", 10, "Timed steps (the median is reported; --input_pipeline: timed batches, default 20).", **kw
+    )
     flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.", **kw)
-    flags.DEFINE_integer("resolution", 0, "Image size (0: the config's resolution, 224 for the zoo and --input_pipeline).", **kw)
+    flags.DEFINE_integer(
+        "resolution", 0, "Image size (0: the config's resolution, 224 for the zoo and --input_pipeline).", **kw
+    )
     flags.DEFINE_integer("devices", 0, "Local devices to use: 0 = all (data parallel), N = the first N.", **kw)
     flags.DEFINE_integer("cpu_devices", 0, "XLA:CPU only: split the host into this many devices (e.g. one per core) for data "
                          "parallelism.", **kw)  # fmt: skip
-    flags.DEFINE_enum("step", "auto", list(STEP_IMPLS), "Train step: the trainer's (auto and parallel are the same).", **kw)
-    flags.DEFINE_enum("conv_impl", None, list(conv.CONV_IMPLS), "Convolution lowering (default: REGNET_JAX_CONV_IMPL or auto).", **kw)
+    flags.DEFINE_enum(
+        "step", "auto", list(STEP_IMPLS), "Train step: the trainer's (auto and parallel are the same).", **kw
+    )
+    flags.DEFINE_enum(
+        "conv_impl", None, list(conv.CONV_IMPLS), "Convolution lowering (default: REGNET_JAX_CONV_IMPL or auto).", **kw
+    )
     flags.DEFINE_bool("compile_only", False, "Only compile the step and report the compile time.", **kw)
-    flags.DEFINE_bool("json", False, "Print one JSON object (a list with --zoo) on stdout; progress goes to stderr.", **kw)
-    flags.DEFINE_bool("zoo", False, "Benchmark the 24 RegNet zoo models and write a table and a time-vs-flops/acts plot.", **kw)
+    flags.DEFINE_bool(
+        "json", False, "Print one JSON object (a list with --zoo) on stdout; progress goes to stderr.", **kw
+    )
+    flags.DEFINE_bool(
+        "zoo", False, "Benchmark the 24 RegNet zoo models and write a table and a time-vs-flops/acts plot.", **kw
+    )
     flags.DEFINE_string("zoo_models", "", "With --zoo: a comma-separated subset of zoo names.", **kw)
     flags.DEFINE_string("out", "zoo_benchmark", "With --zoo: the output directory.", **kw)
     flags.DEFINE_bool("input_pipeline", False, "Time the training input pipeline instead of the model.", **kw)
@@ -72,7 +86,9 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                         "write photo-like JPEGs.", **kw)  # fmt: skip
     flags.DEFINE_string("prepared_dir", "", "With --input_pipeline: read this prepared directory (python -m regnet_jax.prepare) "
                         "instead of JPEGs.", **kw)  # fmt: skip
-    flags.DEFINE_integer("threads", 1, "With --input_pipeline: tf.data's thread pool size (1 = the per-core rate).", **kw)
+    flags.DEFINE_integer(
+        "threads", 1, "With --input_pipeline: tf.data's thread pool size (1 = the per-core rate).", **kw
+    )
     compilation_cache.define_flag(flag_values)
 
 
@@ -90,7 +106,9 @@ def _input_pipeline(FLAGS: flags.FlagValues) -> None:
         needed = batch * (batches + 1)
         t = time.perf_counter()
         write_jpegs(data_dir, needed, IMAGENET_SIZE)
-        print(f"wrote {needed} photo-like {IMAGENET_SIZE[0]}x{IMAGENET_SIZE[1]} JPEGs to {data_dir} in {time.perf_counter() - t:.1f}s")
+        print(
+            f"wrote {needed} photo-like {IMAGENET_SIZE[0]}x{IMAGENET_SIZE[1]} JPEGs to {data_dir} in {time.perf_counter() - t:.1f}s"
+        )
     load = os.getloadavg()[0]
     out = measure(data_dir, FLAGS.threads, resolution, batch, batches, prepared_dir=FLAGS.prepared_dir)
     source = f"prepared {FLAGS.prepared_dir}" if FLAGS.prepared_dir else "JPEG"
@@ -116,7 +134,14 @@ def main(argv: list[str]) -> None:
     sizes = smoke.limits("benchmark", batch=FLAGS.batch, steps=FLAGS.steps, warmup=FLAGS.warmup, resolution=FLAGS.resolution,
                          models=len(names))  # fmt: skip
     names = names[: sizes.pop("models")]
-    kwargs = dict(mode=FLAGS.mode, dtype=FLAGS.dtype, num_devices=FLAGS.devices, step_impl=FLAGS.step, compile_only=FLAGS.compile_only, **sizes)
+    kwargs = dict(
+        mode=FLAGS.mode,
+        dtype=FLAGS.dtype,
+        num_devices=FLAGS.devices,
+        step_impl=FLAGS.step,
+        compile_only=FLAGS.compile_only,
+        **sizes,
+    )
     if FLAGS.zoo:
         results = run_zoo(names, progress=_print, **kwargs)
         if loaded := compilation_cache.stats()["loaded"]:

@@ -1,8 +1,8 @@
 """Analytic flops / params / acts of a model, by pycls's counting rules (``regnet_jax.models.complexity``).
 
-    python -m regnet_jax.complexity --config=configs/regnetx_400mf.py [--json] [--resolution=N]
-    python -m regnet_jax.complexity --all           # the zoo table
-    python -m regnet_jax.complexity --config=configs/regnetx_400mf.py --config.model.depth=20
+python -m regnet_jax.complexity --config=configs/regnetx_400mf.py [--json] [--resolution=N]
+python -m regnet_jax.complexity --all           # the zoo table
+python -m regnet_jax.complexity --config=configs/regnetx_400mf.py --config.model.depth=20
 """
 
 from __future__ import annotations
@@ -20,9 +20,13 @@ ZOO_RESOLUTION = 224  # --all without --resolution: the zoo's
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     define_config_flag("config", "A config file, e.g. configs/regnetx_400mf.py[:25ep].", flag_values=flag_values)
-    flags.DEFINE_bool("json", False, "Print one JSON object {flops, params, acts} and nothing else.", flag_values=flag_values)
+    flags.DEFINE_bool(
+        "json", False, "Print one JSON object {flops, params, acts} and nothing else.", flag_values=flag_values
+    )
     flags.DEFINE_bool("all", False, "Print the table of the zoo models.", flag_values=flag_values)
-    flags.DEFINE_integer("resolution", 0, "Count at this input size instead of config.resolution.", flag_values=flag_values)
+    flags.DEFINE_integer(
+        "resolution", 0, "Count at this input size instead of config.resolution.", flag_values=flag_values
+    )
 
 
 def format_row(name: str, counts: dict[str, int]) -> str:
@@ -30,7 +34,9 @@ def format_row(name: str, counts: dict[str, int]) -> str:
             f"{counts['flops']:>15,} {counts['params']:>12,} {counts['acts']:>11,}")  # fmt: skip
 
 
-HEADER = f"{'model':<18} {'GFLOPs':>8} {'Mparams':>9} {'Macts':>8}   {'flops (mult-adds)':>15} {'params':>12} {'acts':>11}"
+HEADER = (
+    f"{'model':<18} {'GFLOPs':>8} {'Mparams':>9} {'Macts':>8}   {'flops (mult-adds)':>15} {'params':>12} {'acts':>11}"
+)
 
 
 def main(argv: list[str]) -> None:

@@ -20,8 +20,16 @@ from regnet_jax.weights.layouts import LAYOUTS, convert_file
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-    flags.DEFINE_enum("from", None, list(LAYOUTS), "Layout of the checkpoint: pycls (.pyth), torchvision or timm.", flag_values=flag_values)
-    flags.DEFINE_string("checkpoint", None, "A .pyth/.pth/.pt (needs torch), .safetensors or .npz file.", flag_values=flag_values)
+    flags.DEFINE_enum(
+        "from",
+        None,
+        list(LAYOUTS),
+        "Layout of the checkpoint: pycls (.pyth), torchvision or timm.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_string(
+        "checkpoint", None, "A .pyth/.pth/.pt (needs torch), .safetensors or .npz file.", flag_values=flag_values
+    )
     define_config_flag(
         "config", "Config whose model the weights are for, e.g. configs/regnety_400mf.py. Required for pycls; "
         "for torchvision/timm, omit it to read the architecture from the weights.", lock=False, flag_values=flag_values,
@@ -42,7 +50,12 @@ def main(argv: list[str]) -> None:
     layout = getattr(FLAGS, "from")
     t = time.perf_counter()
     out = convert_file(
-        layout, FLAGS.checkpoint, FLAGS.config, FLAGS.output, channel_order=FLAGS.channel_order, unsafe_pickle=FLAGS.unsafe_pickle
+        layout,
+        FLAGS.checkpoint,
+        FLAGS.config,
+        FLAGS.output,
+        channel_order=FLAGS.channel_order,
+        unsafe_pickle=FLAGS.unsafe_pickle,
     )
     if out["note"]:
         print(f"note: {out['note']}")

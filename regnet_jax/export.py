@@ -38,10 +38,17 @@ def main(argv: list[str]) -> None:
     t = time.perf_counter()
     pretrained = load_pretrained(FLAGS.checkpoint, ema=FLAGS.ema)
     out, sidecar = export_variables(
-        pretrained.variables, pretrained.model, pretrained.input, FLAGS.output, layout=FLAGS.layout, source=pretrained.source
+        pretrained.variables,
+        pretrained.model,
+        pretrained.input,
+        FLAGS.output,
+        layout=FLAGS.layout,
+        source=pretrained.source,
     )
     size = paths.resolve(out).stat().length / 2**20
-    print(f"exported {pretrained.source} ({FLAGS.layout} layout, {size:.1f} MiB) in {time.perf_counter() - t:.1f} s -> {out} + {sidecar}")
+    print(
+        f"exported {pretrained.source} ({FLAGS.layout} layout, {size:.1f} MiB) in {time.perf_counter() - t:.1f} s -> {out} + {sidecar}"
+    )
     sys.stdout.flush()
 
 

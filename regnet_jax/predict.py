@@ -22,7 +22,9 @@ from regnet_jax.training.prediction import PredictError, format_results, predict
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-    flags.DEFINE_string("checkpoint", None, "A weights directory (regnet_jax.convert) or a training workdir.", flag_values=flag_values)
+    flags.DEFINE_string(
+        "checkpoint", None, "A weights directory (regnet_jax.convert) or a training workdir.", flag_values=flag_values
+    )
     flags.DEFINE_integer("top_k", 5, "How many classes to print per image.", flag_values=flag_values)
     flags.DEFINE_integer("resolution", 0, "Crop size fed to the network (0: the model's own, 224 if it does not record one).",
                          flag_values=flag_values)  # fmt: skip
@@ -46,7 +48,10 @@ def main(argv: list[str]) -> None:
     )  # fmt: skip
     print(json.dumps(results) if FLAGS.json else format_results(results))
     dt = time.perf_counter() - t
-    print(f"{len(results)} images in {dt:.1f} s ({len(results) / dt:.1f} images/s, including loading and compiling)", file=sys.stderr)
+    print(
+        f"{len(results)} images in {dt:.1f} s ({len(results) / dt:.1f} images/s, including loading and compiling)",
+        file=sys.stderr,
+    )
     sys.stdout.flush()
 
 

@@ -34,12 +34,22 @@ from regnet_jax.data.build_prepared import (
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     kw = dict(flag_values=flag_values)
-    define_config_flag("config", "The training config whose dataset to prepare, e.g. configs/regnetx_400mf.py:10ep.", **kw)
-    flags.DEFINE_string("out", None, "Directory to write (local or gs://): new, empty, or an unfinished build of the same.", **kw)
+    define_config_flag(
+        "config", "The training config whose dataset to prepare, e.g. configs/regnetx_400mf.py:10ep.", **kw
+    )
+    flags.DEFINE_string(
+        "out", None, "Directory to write (local or gs://): new, empty, or an unfinished build of the same.", **kw
+    )
     flags.DEFINE_integer("short_side", 0, "Shorter side of the stored images, px (0: 1.15 x the config's resolution, at "
                          "least the evaluation resize).", **kw)  # fmt: skip
     flags.DEFINE_list("split", [], "Splits to prepare (default: the config's train_split and eval_split).", **kw)
-    flags.DEFINE_enum("encoding", "raw", list(prepared.ENCODINGS), "raw: uint8 pixels; jpeg: re-encoded (smaller, slower to read).", **kw)
+    flags.DEFINE_enum(
+        "encoding",
+        "raw",
+        list(prepared.ENCODINGS),
+        "raw: uint8 pixels; jpeg: re-encoded (smaller, slower to read).",
+        **kw,
+    )
     flags.DEFINE_integer("jpeg_quality", JPEG_QUALITY, "With --encoding=jpeg: the quality (4:4:4 chroma).", **kw)
     flags.DEFINE_integer("images_per_shard", IMAGES_PER_SHARD, "Source images per shard file.", **kw)
 
@@ -56,13 +66,27 @@ def main(argv: list[str]) -> None:
     del argv
     FLAGS = flags.FLAGS
     if FLAGS.config is None or not FLAGS.out:
-        raise ConfigError("--config and --out are both required (python -m regnet_jax.prepare --config=CONFIG --out=DIR)")
+        raise ConfigError(
+            "--config and --out are both required (python -m regnet_jax.prepare --config=CONFIG --out=DIR)"
+        )
     config = validate_config(FLAGS.config)
     short_side = FLAGS.short_side or default_short_side(config)
     splits = FLAGS.split or list(dict.fromkeys([config.dataset.train_split, config.dataset.eval_split]))
-    print(f"preparing {config.dataset.name} ({', '.join(splits)}) -> {FLAGS.out}: shorter side {short_side} px, {FLAGS.encoding}", flush=True)
+    print(
+        f"preparing {config.dataset.name} ({', '.join(splits)}) -> {FLAGS.out}: shorter side {short_side} px, {FLAGS.encoding}",
+        flush=True,
+    )
     t = time.perf_counter()
-    index = build(config, FLAGS.out, short_side, splits, FLAGS.encoding, FLAGS.images_per_shard, FLAGS.jpeg_quality, _print_progress)
+    index = build(
+        config,
+        FLAGS.out,
+        short_side,
+        splits,
+        FLAGS.encoding,
+        FLAGS.images_per_shard,
+        FLAGS.jpeg_quality,
+        _print_progress,
+    )
     images = sum(index["splits"][s]["num_examples"] for s in splits)
     skipped = sum(len(index["splits"][s]["skipped"]) for s in splits)
     size = sum(sh["bytes"] for s in splits for sh in index["splits"][s]["shards"])

@@ -22,50 +22,175 @@ from regnet_jax.core import compilation_cache, paths
 from regnet_jax.core.cli import run
 
 COMMANDS = ("setup", "launch", "collect", "analyze", "spaces")
-_SETUP_FLAGS = ("name", "space", "n", "seed", "flops", "params", "acts", "schedule", "base", "dataset", "epochs", "resolution", "batch_size", "max_draws")
+_SETUP_FLAGS = (
+    "name",
+    "space",
+    "n",
+    "seed",
+    "flops",
+    "params",
+    "acts",
+    "schedule",
+    "base",
+    "dataset",
+    "epochs",
+    "resolution",
+    "batch_size",
+    "max_draws",
+)
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-    flags.DEFINE_string("out", None, "The sweep directory (setup writes it; launch/collect/analyze read it).", flag_values=flag_values)
+    flags.DEFINE_string(
+        "out", None, "The sweep directory (setup writes it; launch/collect/analyze read it).", flag_values=flag_values
+    )
     # setup
-    flags.DEFINE_string("config", None, "A sweep spec: a .json file or an ml_collections file (experiments/paper.py:NAME); flags override it.", flag_values=flag_values)
+    flags.DEFINE_string(
+        "config",
+        None,
+        "A sweep spec: a .json file or an ml_collections file (experiments/paper.py:NAME); flags override it.",
+        flag_values=flag_values,
+    )
     flags.DEFINE_string("name", "", "Sweep label in reports (default: the directory name).", flag_values=flag_values)
-    flags.DEFINE_string("space", "", "Design space: anynetx_a..anynetx_e, regnetx, regnetx_constrained, regnetx_constrained_d12_28, regnety, or a registered fork.", flag_values=flag_values)
+    flags.DEFINE_string(
+        "space",
+        "",
+        "Design space: anynetx_a..anynetx_e, regnetx, regnetx_constrained, regnetx_constrained_d12_28, regnety, or a registered fork.",
+        flag_values=flag_values,
+    )
     flags.DEFINE_integer("n", 0, "Number of models to sample.", flag_values=flag_values)
-    flags.DEFINE_integer("seed", 0, "setup: the sampling seed (the same seed gives the same models); analyze: the bootstrap seed.", flag_values=flag_values)
-    flags.DEFINE_string("flops", "", "Regime LO,HI in multiply-adds at the training resolution, e.g. 360e6,400e6 or 360M,400M (0 = open).", flag_values=flag_values)
+    flags.DEFINE_integer(
+        "seed",
+        0,
+        "setup: the sampling seed (the same seed gives the same models); analyze: the bootstrap seed.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_string(
+        "flops",
+        "",
+        "Regime LO,HI in multiply-adds at the training resolution, e.g. 360e6,400e6 or 360M,400M (0 = open).",
+        flag_values=flag_values,
+    )
     flags.DEFINE_string("params", "", "Parameter-count range LO,HI (e.g. 0,6M).", flag_values=flag_values)
     flags.DEFINE_string("acts", "", "Activation-count range LO,HI.", flag_values=flag_values)
-    flags.DEFINE_string("schedule", "10ep", "Training schedule preset without --base: 10ep (batch 128, lr 0.05), 25ep (lr 0.1) or 100ep.", flag_values=flag_values)
-    flags.DEFINE_string("base", "", "A training config file the models start from, e.g. configs/quickstart.py (its dataset, resolution, optim).", flag_values=flag_values)
-    flags.DEFINE_string("dataset", "", "config.dataset.name for every model, e.g. imagenet2012, synthetic, quickstart.", flag_values=flag_values)
-    flags.DEFINE_integer("epochs", 0, "config.num_epochs for every model (0 = the schedule's / base's).", flag_values=flag_values)
-    flags.DEFINE_integer("resolution", 0, "config.resolution (0 = keep); flops are counted at this resolution.", flag_values=flag_values)
-    flags.DEFINE_integer("batch_size", 0, "config.batch_size (0 = keep); the learning rate is scaled linearly with it.", flag_values=flag_values)
-    flags.DEFINE_multi_string("dist", [], "Replace a distribution of the space: PARAM=kind:low:high:q or PARAM=choice:v1,v2 (repeatable).", flag_values=flag_values)
-    flags.DEFINE_multi_string("model", [], "Fix a config.model field for every model: FIELD=VALUE, e.g. se_ratio=0.25 (repeatable).", flag_values=flag_values)
-    flags.DEFINE_multi_string("set", [], "Any training-config override: dotted.field=VALUE, e.g. optim.base_lr=0.1 (repeatable).", flag_values=flag_values)
+    flags.DEFINE_string(
+        "schedule",
+        "10ep",
+        "Training schedule preset without --base: 10ep (batch 128, lr 0.05), 25ep (lr 0.1) or 100ep.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_string(
+        "base",
+        "",
+        "A training config file the models start from, e.g. configs/quickstart.py (its dataset, resolution, optim).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_string(
+        "dataset",
+        "",
+        "config.dataset.name for every model, e.g. imagenet2012, synthetic, quickstart.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "epochs", 0, "config.num_epochs for every model (0 = the schedule's / base's).", flag_values=flag_values
+    )
+    flags.DEFINE_integer(
+        "resolution", 0, "config.resolution (0 = keep); flops are counted at this resolution.", flag_values=flag_values
+    )
+    flags.DEFINE_integer(
+        "batch_size",
+        0,
+        "config.batch_size (0 = keep); the learning rate is scaled linearly with it.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_multi_string(
+        "dist",
+        [],
+        "Replace a distribution of the space: PARAM=kind:low:high:q or PARAM=choice:v1,v2 (repeatable).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_multi_string(
+        "model",
+        [],
+        "Fix a config.model field for every model: FIELD=VALUE, e.g. se_ratio=0.25 (repeatable).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_multi_string(
+        "set",
+        [],
+        "Any training-config override: dotted.field=VALUE, e.g. optim.base_lr=0.1 (repeatable).",
+        flag_values=flag_values,
+    )
     flags.DEFINE_integer("max_draws", 1_000_000, "Give up sampling after this many draws.", flag_values=flag_values)
     # launch
-    flags.DEFINE_integer("parallel", 0, "Models trained at once (0 = one per GPU/TPU chip, 1 without accelerators).", flag_values=flag_values)
-    flags.DEFINE_string("devices", "auto", "auto, none, cpu, gpu:0,1,... or tpu:0,1,...: one model per listed device.", flag_values=flag_values)
-    flags.DEFINE_integer("max_retry", 3, "Retries of a failed model per launch (exit status 2, bad config/data, is not retried).", flag_values=flag_values)
-    flags.DEFINE_list("only", [], "Train only these models (ids or indices), e.g. --only=3 for a job-array task.", flag_values=flag_values)
-    flags.DEFINE_string("shard", "", "Train only models with index = i mod n: --shard=i/n (one launcher per host of a pod).", flag_values=flag_values)
-    flags.DEFINE_string("trainer", "", "Command that trains one model (gets --config=... --workdir=...); default: python -m regnet_jax.train.", flag_values=flag_values)
-    flags.DEFINE_bool("in_process", False, "Train in the launcher process (no per-model start-up cost; for small CPU sweeps).", flag_values=flag_values)
-    flags.DEFINE_float("heartbeat_s", 60.0, "Seconds between progress lines of the running models.", flag_values=flag_values)
+    flags.DEFINE_integer(
+        "parallel",
+        0,
+        "Models trained at once (0 = one per GPU/TPU chip, 1 without accelerators).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_string(
+        "devices",
+        "auto",
+        "auto, none, cpu, gpu:0,1,... or tpu:0,1,...: one model per listed device.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "max_retry",
+        3,
+        "Retries of a failed model per launch (exit status 2, bad config/data, is not retried).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_list(
+        "only",
+        [],
+        "Train only these models (ids or indices), e.g. --only=3 for a job-array task.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_string(
+        "shard",
+        "",
+        "Train only models with index = i mod n: --shard=i/n (one launcher per host of a pod).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_string(
+        "trainer",
+        "",
+        "Command that trains one model (gets --config=... --workdir=...); default: python -m regnet_jax.train.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_bool(
+        "in_process",
+        False,
+        "Train in the launcher process (no per-model start-up cost; for small CPU sweeps).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_float(
+        "heartbeat_s", 60.0, "Seconds between progress lines of the running models.", flag_values=flag_values
+    )
     compilation_cache.define_flag(flag_values)  # launch: passed to the trainers (--in_process: used by the launcher)
-    flags.DEFINE_bool("slurm", False, "Write DIR/slurm_array.sh (one array task per model) instead of training.", flag_values=flag_values)
+    flags.DEFINE_bool(
+        "slurm",
+        False,
+        "Write DIR/slurm_array.sh (one array task per model) instead of training.",
+        flag_values=flag_values,
+    )
     flags.DEFINE_string("slurm_partition", "", "SLURM partition for --slurm.", flag_values=flag_values)
     flags.DEFINE_string("slurm_time", "24:00:00", "SLURM time limit per model for --slurm.", flag_values=flag_values)
     flags.DEFINE_integer("slurm_gpus", 1, "GPUs per model for --slurm.", flag_values=flag_values)
     flags.DEFINE_integer("slurm_max_jobs", 128, "Array tasks running at once for --slurm.", flag_values=flag_values)
     # analyze
     flags.DEFINE_list("sweeps", [], "Sweep directories to analyse together (default: --out).", flag_values=flag_values)
-    flags.DEFINE_string("report_dir", "", "Where analyze writes the report (default: FIRST_SWEEP/analysis).", flag_values=flag_values)
+    flags.DEFINE_string(
+        "report_dir", "", "Where analyze writes the report (default: FIRST_SWEEP/analysis).", flag_values=flag_values
+    )
     flags.DEFINE_integer("bootstrap", 10_000, "Bootstrap repeats.", flag_values=flag_values)
-    flags.DEFINE_float("bootstrap_frac", 0.25, "Fraction of the models drawn (with replacement) per bootstrap repeat.", flag_values=flag_values)
+    flags.DEFINE_float(
+        "bootstrap_frac",
+        0.25,
+        "Fraction of the models drawn (with replacement) per bootstrap repeat.",
+        flag_values=flag_values,
+    )
 
 
 def setup_spec(flag_values: flags.FlagValues) -> dict[str, Any]:
@@ -94,7 +219,9 @@ def _require_out(flag_values: flags.FlagValues) -> str:
 def main(argv: list[str]) -> int | None:
     FLAGS = flags.FLAGS
     if len(argv) != 2 or argv[1] not in COMMANDS:
-        raise ConfigError(f"usage: python -m regnet_jax.sweep {{{'|'.join(COMMANDS)}}} --flags  (see --helpfull); got {argv[1:]}")
+        raise ConfigError(
+            f"usage: python -m regnet_jax.sweep {{{'|'.join(COMMANDS)}}} --flags  (see --helpfull); got {argv[1:]}"
+        )
     cmd = argv[1]
     if cmd == "spaces":
         from regnet_jax.design_space import SPACES

@@ -30,7 +30,12 @@ from absl import flags, logging
 from regnet_jax.config import ConfigError, define_config_flag
 from regnet_jax.core import compilation_cache
 from regnet_jax.core.cli import EXIT_USAGE, run
-from regnet_jax.core.distributed import HEARTBEAT_TIMEOUT_S, STALL_TIMEOUT_S, maybe_initialize_distributed, watch_progress
+from regnet_jax.core.distributed import (
+    HEARTBEAT_TIMEOUT_S,
+    STALL_TIMEOUT_S,
+    maybe_initialize_distributed,
+    watch_progress,
+)
 from regnet_jax.core.errors import UserError
 from regnet_jax.training.preemption import EXIT_PREEMPTED, Preempted
 from regnet_jax.training.trainer import NonFiniteLossError, train_and_evaluate
@@ -48,8 +53,12 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                       flag_values=flag_values)  # fmt: skip
     flags.DEFINE_bool("distributed", None, "Call jax.distributed.initialize (default: only on a detected cluster launch).",
                       flag_values=flag_values)  # fmt: skip
-    flags.DEFINE_string("coordinator_address", "", "host:port of process 0, where JAX cannot detect it.", flag_values=flag_values)
-    flags.DEFINE_integer("num_processes", 0, "Number of processes, where JAX cannot detect it.", flag_values=flag_values)
+    flags.DEFINE_string(
+        "coordinator_address", "", "host:port of process 0, where JAX cannot detect it.", flag_values=flag_values
+    )
+    flags.DEFINE_integer(
+        "num_processes", 0, "Number of processes, where JAX cannot detect it.", flag_values=flag_values
+    )
     flags.DEFINE_integer("process_id", -1, "This process's index, where JAX cannot detect it.", flag_values=flag_values)
     flags.DEFINE_integer("heartbeat_timeout_s", HEARTBEAT_TIMEOUT_S, "Multi-process: a process silent this long is taken "
                          "for dead and JAX ends the others (jax.distributed's heartbeat timeout).", flag_values=flag_values)  # fmt: skip
@@ -66,9 +75,12 @@ def _exit_multiprocess_error(e: Exception) -> NoReturn:
     heartbeat timeout). Exiting at once closes this process's connections, so the others stop at their next step."""
     where = f"process {jax.process_index()} of {jax.process_count()}"
     if isinstance(e, jax.errors.JaxRuntimeError):
-        code, message = 1, (
-            f"{where}: a step shared by all processes failed ({str(e).strip().splitlines()[0]}); another process has "
-            "probably died (see its log). Rerun the same command on every host to resume from the last checkpoint"
+        code, message = (
+            1,
+            (
+                f"{where}: a step shared by all processes failed ({str(e).strip().splitlines()[0]}); another process has "
+                "probably died (see its log). Rerun the same command on every host to resume from the last checkpoint"
+            ),
         )
     elif isinstance(e, UserError):
         code, message = EXIT_USAGE, f"{where}: {e}"
@@ -86,8 +98,12 @@ def main(argv: list[str]) -> int | None:
     del argv
     FLAGS = flags.FLAGS
     if FLAGS.config is None or not FLAGS.workdir:
-        raise ConfigError("--config and --workdir are both required, e.g. --config=configs/quickstart.py --workdir=/tmp/quickstart")
-    maybe_initialize_distributed(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.heartbeat_timeout_s)
+        raise ConfigError(
+            "--config and --workdir are both required, e.g. --config=configs/quickstart.py --workdir=/tmp/quickstart"
+        )
+    maybe_initialize_distributed(
+        FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.heartbeat_timeout_s
+    )
     watch_progress(FLAGS.stall_timeout_s)
     compilation_cache.enable(FLAGS.compilation_cache)  # after initialize: the default depends on the process count
     try:

@@ -8,7 +8,9 @@ from regnet_jax.core import logs
 logs.quiet_environment()  # before anything imports TensorFlow
 # The commands' compilation cache (--compilation_cache=auto) goes where the trainer tests keep theirs
 # (tests/helpers_train.py), not into ~/.cache: the command-line tools the tests start inherit this.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"regnet_jax_test_xla_cache_{os.getuid()}"))
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"regnet_jax_test_xla_cache_{os.getuid()}")
+)
 
 import jax  # noqa: E402
 

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import importlib.util
 import pathlib
 import re
-import importlib.util
 import shlex
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -56,7 +56,13 @@ SKIP_RULES: list[tuple[str, str]] = [
     (r"(^|\s)\.\.\.(\s|$)", "a synopsis with elided arguments (...); the complete commands are run from the same document"),
 ]  # fmt: skip
 if importlib.util.find_spec("torch") is None:  # the optional 'torch' extra; tests/test_convert*.py skip likewise
-    SKIP_RULES.insert(0, (r"\.(pyth|pth|pt)\b", "reads or writes a PyTorch checkpoint: needs the optional 'torch' extra, not installed here"))
+    SKIP_RULES.insert(
+        0,
+        (
+            r"\.(pyth|pth|pt)\b",
+            "reads or writes a PyTorch checkpoint: needs the optional 'torch' extra, not installed here",
+        ),
+    )
 
 # Placeholders and what they stand for (DIR depends on the flag: see _bind_dir).
 PLACEHOLDERS = {"NAME": "fig9_regnetx", "ID": "000000", "FIG": "fig9"}
@@ -159,7 +165,11 @@ def markdown_commands(doc: str, text: str) -> list[DocCommand]:
         else:
             out += _block_commands(doc, indented)
             indented = []
-            out += [DocCommand(doc, number, m.group(1)) for m in re.finditer(r"`([^`]+)`", line) if _is_command(m.group(1), inline=True)]
+            out += [
+                DocCommand(doc, number, m.group(1))
+                for m in re.finditer(r"`([^`]+)`", line)
+                if _is_command(m.group(1), inline=True)
+            ]
     return out + _block_commands(doc, indented)
 
 
@@ -258,9 +268,14 @@ def _bind_simple(part: str, line: int) -> tuple[str | None, str | None]:
         words = [_PLACEHOLDER.sub(lambda t: value if t.group(0) == name else t.group(0), w) for w in words]
     words = [_remap_absolute(w) for w in words]
     found = {t for w in words[1:] for t in _PLACEHOLDER.findall(w.split("=", 1)[-1])}
-    unknown = sorted(t for t in found if t not in _STANDIN_DIRS + ("DIR_WORKDIR", "FOLDER_DATA") and not re.fullmatch(r"DIR_\d+", t))
+    unknown = sorted(
+        t for t in found if t not in _STANDIN_DIRS + ("DIR_WORKDIR", "FOLDER_DATA") and not re.fullmatch(r"DIR_\d+", t)
+    )
     if unknown:
-        return None, f"unclassified: unknown placeholder(s) {unknown} in `{part}`: bind them in tests/doc_commands.py or list the command"
+        return (
+            None,
+            f"unclassified: unknown placeholder(s) {unknown} in `{part}`: bind them in tests/doc_commands.py or list the command",
+        )
     return env + " ".join(map(_quote, words)), None
 
 
@@ -375,7 +390,12 @@ def _group_key(p: Plan) -> tuple | None:
         return None
     sub = args[0] if args and not args[0].startswith("-") else ""
     flags = tuple(sorted(a.split("=", 1)[0] for a in args if a.startswith("-")))
-    return tool, sub if tool.startswith("regnet_jax") else "", flags, sum(not a.startswith("-") for a in args) if tool.startswith("regnet_jax") else 0
+    return (
+        tool,
+        sub if tool.startswith("regnet_jax") else "",
+        flags,
+        sum(not a.startswith("-") for a in args) if tool.startswith("regnet_jax") else 0,
+    )
 
 
 def plan(commands: list[DocCommand]) -> tuple[list[Plan], list[tuple[DocCommand, str]]]:
@@ -439,7 +459,9 @@ def _link(plans: list[Plan]) -> None:
             continue
         elif p.shell.startswith("bash "):
             p.action, p.same_as = "same", first_of_group[key]
-            p.notes.append(f"differs only in where it writes from {plans[first_of_group[key]].cmd.source}, whose result it shares")
+            p.notes.append(
+                f"differs only in where it writes from {plans[first_of_group[key]].cmd.source}, whose result it shares"
+            )
         else:
             p.action, p.same_as = "parse", first_of_group[key]
     for p in plans:

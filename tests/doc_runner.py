@@ -74,9 +74,7 @@ sys.exit(int(line) if line.strip() else 1)
 
 def _smoke_model(config_arg: str):
     """The (smoke-shrunk) config.model of a config file argument."""
-    from regnet_jax.config import smoke
-    from regnet_jax.config import validate_model
-    from regnet_jax.config import load_config_file
+    from regnet_jax.config import load_config_file, smoke, validate_model
 
     return validate_model(smoke.shrink_config(load_config_file(config_arg or DEFAULT_CONFIG)).model.to_dict())
 
@@ -104,7 +102,9 @@ def ensure_weights(path: str, config: str = "") -> None:
 
     if not os.path.exists(path):
         model = _smoke_model(config)
-        weight_files.save_weights(path, _random_variables(model), model, weight_files.input_spec(), source="docs harness stand-in")
+        weight_files.save_weights(
+            path, _random_variables(model), model, weight_files.input_spec(), source="docs harness stand-in"
+        )
 
 
 def ensure_state_dict(path: str, layout: str, config: str = "") -> None:
@@ -176,8 +176,8 @@ def _template(kind: str) -> str:
 
 
 def _sweep_done(path: str) -> bool:
-    from regnet_jax.design_space.layout import SweepDir
     from regnet_jax.design_space.launch import is_done
+    from regnet_jax.design_space.layout import SweepDir
 
     sd = SweepDir(path)
     return all(is_done(sd, m) for m in sd.model_ids())
@@ -289,8 +289,16 @@ def _receive(conn: socket.socket) -> tuple[dict, list[int]]:
 class Runner:
     """Forks the jobs (at most ``jobs`` at once, in dependency order) and serves their `python` processes."""
 
-    def __init__(self, plans: list[dict], scratch: pathlib.Path, jobs: int, timeout_s: float, on_result=lambda results: None):
-        self.plans, self.scratch, self.max_jobs, self.timeout_s, self.on_result = plans, scratch, jobs, timeout_s, on_result
+    def __init__(
+        self, plans: list[dict], scratch: pathlib.Path, jobs: int, timeout_s: float, on_result=lambda results: None
+    ):
+        self.plans, self.scratch, self.max_jobs, self.timeout_s, self.on_result = (
+            plans,
+            scratch,
+            jobs,
+            timeout_s,
+            on_result,
+        )
         self.todo = [i for i, p in enumerate(plans) if p["action"] in ("run", "parse")]
         self.running: dict[int, dict] = {}  # pid -> job record
         self.results: dict[int, dict] = {}

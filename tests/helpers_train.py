@@ -77,8 +77,13 @@ def free_port() -> int:
 def cli_env(num_devices: int) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
-        JAX_NUM_CPU_DEVICES=str(num_devices), JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO),
-        JAX_COMPILATION_CACHE_DIR=XLA_CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+        JAX_NUM_CPU_DEVICES=str(num_devices),
+        JAX_PLATFORMS="cpu",
+        TF_CPP_MIN_LOG_LEVEL="2",
+        PYTHONPATH=str(REPO),
+        JAX_COMPILATION_CACHE_DIR=XLA_CACHE,
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
     )
     return env
 
@@ -87,7 +92,12 @@ def start_cli(module: str, args: list[str], num_devices: int, log_path: pathlib.
     """Start ``python -m module args`` in its own process group, output to ``log_path``."""
     log = open(log_path, "w")
     return subprocess.Popen(
-        [sys.executable, "-m", module, *args], cwd=REPO, env=cli_env(num_devices), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        env=cli_env(num_devices),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
 
 

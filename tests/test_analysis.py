@@ -58,7 +58,13 @@ def test_spearman_hand_computed():
     assert an.spearman([1, 1, 1], [1, 2, 3]) is None
 
 
-ZOO_RULES = [(13, 24, 36.44, 2.49), (22, 24, 24.48, 2.54), (16, 48, 27.89, 2.09), (23, 80, 49.56, 2.88), (18, 200, 106.23, 2.48)]
+ZOO_RULES = [
+    (13, 24, 36.44, 2.49),
+    (22, 24, 24.48, 2.54),
+    (16, 48, 27.89, 2.09),
+    (23, 80, 49.56, 2.88),
+    (18, 200, 106.23, 2.48),
+]
 
 
 def _random_rules(n: int, seed: int):
@@ -109,7 +115,19 @@ def test_analyze_rows_numbers():
     assert out["legend"] == "s: 8 | 10.0 | 45.0"
     assert [r["id"] for r in out["best"]] == ["000001", "000002", "000000", "000003", "000004"]
     assert [r["id"] for r in out["worst"]][:2] == ["000007", "000006"]
-    assert set(out["bootstrap"]) == {"d", "w4", "g", "b", "flops", "params", "acts", "e_fit", "fit_w0", "fit_wa", "fit_wm"}
+    assert set(out["bootstrap"]) == {
+        "d",
+        "w4",
+        "g",
+        "b",
+        "flops",
+        "params",
+        "acts",
+        "e_fit",
+        "fit_w0",
+        "fit_wa",
+        "fit_wm",
+    }
     # 2 of 8 drawn per repeat: the best model (w4 = 16) is kept most often (15/64), the 2nd (w4 = 24) next (13/64).
     assert out["bootstrap"]["w4"]["mode"] == 16
     assert out["bootstrap"]["flops"]["lo"] >= 1.0 and out["bootstrap"]["flops"]["hi"] <= 8.0  # in M

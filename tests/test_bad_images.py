@@ -100,18 +100,27 @@ def test_training_skips_undecodable_images_logs_each_once_and_fills_the_batches(
     with caplog.at_level(logging.WARNING):
         for epoch in range(2):
             batches = list(train.epoch(epoch))
-            assert [len(b["label"]) for b in batches] == [32, 32] and set(batches[0]) == {"image", "label", "lighting"}  # uint8 + shifts
+            assert [len(b["label"]) for b in batches] == [32, 32] and set(batches[0]) == {
+                "image",
+                "label",
+                "lighting",
+            }  # uint8 + shifts
             assert sorted(train.skipped) == bad_train
             assert all(np.isfinite(b["image"]).all() for b in batches)
     logged = [r.getMessage() for r in caplog.records if "cannot be read or decoded" in r.getMessage()]
-    assert sorted(logged) == [f"skipped an image that cannot be read or decoded: {p}" for p in bad_train]  # once, not per epoch
+    assert sorted(logged) == [
+        f"skipped an image that cannot be read or decoded: {p}" for p in bad_train
+    ]  # once, not per epoch
 
 
 def test_more_bad_images_than_allowed_stop_with_a_clear_error(folder):
     root, bad_train, _ = folder
     train = data.TrainInput(_config(root, **{"dataset.max_bad_image_fraction": 0.02}))  # 1.28 of 64 images
-    with pytest.raises(data.BadImagesError, match=r"2 of the 64 training images .* epoch 0 cannot be read or decoded \(e\.g\. .*"
-                       r"(random_bytes|truncated)\.jpg\), more than config\.dataset\.max_bad_image_fraction=0\.02"):
+    with pytest.raises(
+        data.BadImagesError,
+        match=r"2 of the 64 training images .* epoch 0 cannot be read or decoded \(e\.g\. .*"
+        r"(random_bytes|truncated)\.jpg\), more than config\.dataset\.max_bad_image_fraction=0\.02",
+    ):
         list(train.epoch(0))
 
 
@@ -128,7 +137,9 @@ def test_trainer_counts_skipped_images_and_checks_the_eval_split_first(folder, t
     root, _, _ = folder
     with pytest.raises(data.BadImagesError, match=r"empty\.jpg"):
         train_and_evaluate(_config(root, **{"dataset.eval_split": "broken_val"}), str(tmp_path / "refused"))
-    assert not (tmp_path / "refused" / "checkpoints").exists() or not any((tmp_path / "refused" / "checkpoints").iterdir())
+    assert not (tmp_path / "refused" / "checkpoints").exists() or not any(
+        (tmp_path / "refused" / "checkpoints").iterdir()
+    )
     summary = train_and_evaluate(_config(root, **{"dataset.max_bad_image_fraction": 0.05}), str(tmp_path / "run"))
     assert summary["skipped_images"] == {"total": 4, "per_epoch": {"0": 2, "1": 2}}
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["skipped_images"]["total"] == 4

@@ -2,12 +2,12 @@
 the emulated devices works with both train steps, bad input is refused with a clear message, the zoo outputs (table,
 plot) are written, the PyTorch twin is the same network, and the pipeline verdict is right."""
 
-import time
 import json
 import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from regnet_jax.benchmarking import timing, zoo_report
-from regnet_jax.models import complexity, zoo
 from regnet_jax.config import ConfigError, base_config
+from regnet_jax.models import complexity, zoo
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -85,7 +85,12 @@ def test_bad_arguments_are_refused(kwargs, message):
 def _fake_results():
     rows = []
     for i, (name, gf, acts) in enumerate(
-        [("regnetx_200mf", 0.2, 2.2), ("regnetx_400mf", 0.4, 3.1), ("regnety_400mf", 0.4, 3.9), ("regnety_800mf", 0.8, 5.2)]
+        [
+            ("regnetx_200mf", 0.2, 2.2),
+            ("regnetx_400mf", 0.4, 3.1),
+            ("regnety_400mf", 0.4, 3.9),
+            ("regnety_800mf", 0.8, 5.2),
+        ]
     ):
         ms = 1.0 + 2.0 * acts + 0.1 * i
         rows.append(
@@ -140,9 +145,17 @@ def test_zoo_names():
 @pytest.mark.timeout(240)
 def test_cli_zoo_json_table_and_plot(tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    run = lambda *a: subprocess.run(
-        [sys.executable, "-m", "regnet_jax.benchmark", *a], cwd=REPO, env=env, capture_output=True, text=True, timeout=200
-    )  # noqa: E731
+
+    def run(*a):
+        return subprocess.run(
+            [sys.executable, "-m", "regnet_jax.benchmark", *a],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=200,
+        )
+
     p = run(
         "--zoo",
         "--zoo_models=regnetx_200mf,regnety_200mf",
@@ -158,7 +171,9 @@ def test_cli_zoo_json_table_and_plot(tmp_path):
     rows = json.loads(p.stdout)  # progress went to stderr
     assert [r["model"] for r in rows] == ["regnetx_200mf", "regnety_200mf"] and all(r["images_per_s"] > 0 for r in rows)
     for r in rows:  # inference counts the forward multiply-adds once
-        assert r["gflops_per_image"] == pytest.approx(complexity.count(zoo.get_config(r["model"]).model, 32)["flops"] / 1e9)
+        assert r["gflops_per_image"] == pytest.approx(
+            complexity.count(zoo.get_config(r["model"]).model, 32)["flops"] / 1e9
+        )
         assert r["devices"] == 1 and r["step_impl"] == "forward" and r["steps"] == 1
     assert "[2/2] regnety_200mf" in p.stderr and "| regnety_200mf |" in (tmp_path / "table.md").read_text()
     assert (tmp_path / "zoo_time.png").stat().st_size > 1000 and (tmp_path / "results.csv").exists()
@@ -171,8 +186,8 @@ def test_torch_twin_is_the_same_network():
     torch = pytest.importorskip("torch")
     from torch_regnet import build_torch_model
 
-    from regnet_jax.weights.layouts import to_pycls
     from regnet_jax.models import create_model
+    from regnet_jax.weights.layouts import to_pycls
 
     model = create_model(TINY)
     x = np.random.RandomState(0).randn(2, 16, 16, 3).astype(np.float32)
@@ -214,7 +229,9 @@ def test_pipeline_rows_beside_pytorch_and_their_reliability():
     rows = {(r["cores"], r["loader"]): r for r in summarize(runs, max_load=0.5)}
     one = rows[(1, "device")]
     assert (one["rounds"], one["images_per_s"], one["images_per_cpu_s"], one["load_before"]) == (3, 110.0, 590.0, 0.3)
-    assert one["x_torch_wall"] == pytest.approx(2.2) and one["x_torch_cpu"] == pytest.approx(590 / 300) and one["reliable"]
+    assert (
+        one["x_torch_wall"] == pytest.approx(2.2) and one["x_torch_cpu"] == pytest.approx(590 / 300) and one["reliable"]
+    )
     assert not rows[(2, "device")]["reliable"] and rows[(2, TORCH)]["reliable"]  # the 0.9 before the device row
     assert rows[(1, TORCH)]["x_torch_cpu"] == 1.0 and rows[(1, "host")]["reliable"]
     assert not rows[(3, "host")]["reliable"]  # its peer's load counts too: the ratio needs both
@@ -224,9 +241,8 @@ def test_pipeline_rows_beside_pytorch_and_their_reliability():
 
 
 def test_generated_jpegs_are_imagenet_sized(tmp_path):
-    from PIL import Image
-
     from input_pipeline import write_jpegs
+    from PIL import Image
 
     nbytes = write_jpegs(str(tmp_path), 3, (500, 375), num_classes=2)
     files = sorted(tmp_path.glob("train/*/*.jpg"))
@@ -239,7 +255,10 @@ def test_generated_jpegs_are_imagenet_sized(tmp_path):
 def test_side_by_side_marks_busy_or_unsteady_runs_unreliable():
     from side_by_side import reliability
 
-    steady = {"jax": [[1.0, 1.02]] * 5, "torch_channels_last": [[2.0, 2.1], [2.05, 2.0], [2.1, 2.1], [2.0, 2.0], [2.2, 2.1]]}
+    steady = {
+        "jax": [[1.0, 1.02]] * 5,
+        "torch_channels_last": [[2.0, 2.1], [2.05, 2.0], [2.1, 2.1], [2.0, 2.0], [2.2, 2.1]],
+    }
     assert reliability(steady, start_load=0.4, others_cores=0.1, cores=2) == []
     reasons = reliability(steady, start_load=1.5, others_cores=1.2, cores=2)
     assert "load average 1.50 before the measurements began, above half the 2 cores" in reasons[0]
@@ -273,11 +292,20 @@ ENTRY %main (a: f32[2,4,4,8], b: f32[3,3,8,8]) -> f32[2,4,4,8] {
     assert jax_kind(*op_metadata(comps, entry, "ynn_fusion.3")) == "3x3 conv input grad"
     assert jax_kind(*op_metadata(comps, entry, "wgrad")) == "3x3 conv weight grad"  # XLA dropped its metadata
     assert jax_kind(*op_metadata(comps, entry, "add.2")) == "BatchNorm fwd"
-    assert jax_kind("jit(per_device)/jvp(AnyNet)/stem/conv/cond/branch_0_fun/conv_general_dilated", "convolution", "") == "stem conv fwd"
+    assert (
+        jax_kind("jit(per_device)/jvp(AnyNet)/stem/conv/cond/branch_0_fun/conv_general_dilated", "convolution", "")
+        == "stem conv fwd"
+    )
     assert jax_kind("jit(per_device)/transpose(jvp(AnyNet))/s1/b1/f/se/f_ex_0/dot_general", "dot", "") == "SE bwd"
     assert jax_kind("jit(per_device)/mul", "multiply", "") == "optimizer update"
-    assert torch_conv_kind([32, 48, 56, 56], [48, 8, 3, 3]) == "3x3 conv" and torch_conv_kind([32, 3, 224, 224], [32, 3, 3, 3]) == "stem conv"
-    assert torch_conv_kind([32, 48, 1, 1], [12, 48, 1, 1]) == "SE" and torch_conv_kind([32, 48, 56, 56], [104, 48, 1, 1]) == "1x1 conv"
+    assert (
+        torch_conv_kind([32, 48, 56, 56], [48, 8, 3, 3]) == "3x3 conv"
+        and torch_conv_kind([32, 3, 224, 224], [32, 3, 3, 3]) == "stem conv"
+    )
+    assert (
+        torch_conv_kind([32, 48, 1, 1], [12, 48, 1, 1]) == "SE"
+        and torch_conv_kind([32, 48, 56, 56], [104, 48, 1, 1]) == "1x1 conv"
+    )
 
 
 def test_conv_layers_lists_every_distinct_conv_of_a_model():
@@ -285,7 +313,9 @@ def test_conv_layers_lists_every_distinct_conv_of_a_model():
 
     layers = model_layers("regnety_400mf")
     assert layers[:3] == [(224, 3, 32, 3, 2, 1), (112, 32, 48, 1, 1, 1), (112, 48, 48, 3, 2, 6)]
-    assert (112, 32, 48, 1, 2, 1) in layers and (7, 440, 440, 3, 1, 55) in layers and len(set(layers)) == len(layers) == 20
+    assert (
+        (112, 32, 48, 1, 2, 1) in layers and (7, 440, 440, 3, 1, 55) in layers and len(set(layers)) == len(layers) == 20
+    )
     assert parse_layer("28x104x104k3s1g13") == (28, 104, 104, 3, 1, 13)
     with pytest.raises(SystemExit, match="use HxC_INxC_OUTkKsSgG"):
         parse_layer("28x104")

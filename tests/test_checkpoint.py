@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from regnet_jax.models import create_model
 from regnet_jax.training import checkpoint
 from regnet_jax.training import steps as train_steps
 from regnet_jax.training.checkpoint import Checkpointer, CheckpointError
 from regnet_jax.weights.pretrained import Pretrained, merge_pretrained
-from regnet_jax.models import create_model
 from tests.helpers_train import TINY_MODEL
 
 

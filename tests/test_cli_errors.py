@@ -14,11 +14,8 @@ import sys
 import pytest
 from absl import flags
 
-from regnet_jax.config import define_config_flag
+from regnet_jax.config import ConfigError, define_config_flag, load_config_file
 from regnet_jax.core.cli import parse_flags
-from regnet_jax.config import ConfigError
-from regnet_jax.config import load_config_file
-
 from tests.helpers_train import REPO, cli_env
 
 
@@ -52,21 +49,54 @@ def broken_configs(tmp_path) -> dict[str, pathlib.Path]:
     "argv, expected",
     [
         (["--config.model.foo=1"], "--config.model.foo=1 needs a config file to override: add --config=FILE"),
-        (["--config=configs/quickstart.py", "--config.model.foo=1"], "config.model has no field 'foo'; its fields are activation, block_type"),
-        (["--config=configs/quickstart.py", "--config.optim.bse_lr=0.1"], "config.optim has no field 'bse_lr'; did you mean --config.optim.base_lr?"),
-        (["--config=configs/quickstart.py", "--config.base_lr=0.1"], "config has no field 'base_lr'; did you mean --config.optim.base_lr?"),
-        (["--config=configs/quickstart.py", "--config.dataset.nme=x"], "config.dataset has no field 'nme'; did you mean --config.dataset.name?"),
+        (
+            ["--config=configs/quickstart.py", "--config.model.foo=1"],
+            "config.model has no field 'foo'; its fields are activation, block_type",
+        ),
+        (
+            ["--config=configs/quickstart.py", "--config.optim.bse_lr=0.1"],
+            "config.optim has no field 'bse_lr'; did you mean --config.optim.base_lr?",
+        ),
+        (
+            ["--config=configs/quickstart.py", "--config.base_lr=0.1"],
+            "config has no field 'base_lr'; did you mean --config.optim.base_lr?",
+        ),
+        (
+            ["--config=configs/quickstart.py", "--config.dataset.nme=x"],
+            "config.dataset has no field 'nme'; did you mean --config.dataset.name?",
+        ),
         (["--config=configs/nope.py"], "config file configs/nope.py does not exist (looked in"),
         (["--config=configs/regnetx_400mfx.py"], "did you mean configs/regnetx_400mf.py"),
-        (["--config=configs/regnetx_400mf.py:37ep"], "schedule '37ep' is unknown: use one of ['100ep', '10ep', '25ep']"),
+        (
+            ["--config=configs/regnetx_400mf.py:37ep"],
+            "schedule '37ep' is unknown: use one of ['100ep', '10ep', '25ep']",
+        ),
         (["--config=configs/quickstart.py:25ep"], "configs/quickstart.py takes no ':' argument"),
-        (["--config=configs/finetune_example.py"], "give the pretrained weights: --config=configs/finetune_example.py:"),
-        (["--config=configs/quickstart.py", "--config.batch_size=abc"], "config.batch_size is an integer (it is 64 now); 'abc' is not one"),
+        (
+            ["--config=configs/finetune_example.py"],
+            "give the pretrained weights: --config=configs/finetune_example.py:",
+        ),
+        (
+            ["--config=configs/quickstart.py", "--config.batch_size=abc"],
+            "config.batch_size is an integer (it is 64 now); 'abc' is not one",
+        ),
         (["--config=configs/quickstart.py", "--config.optim.base_lr=fast"], "config.optim.base_lr is a number"),
-        (["--config=configs/quickstart.py", "--config.dataset.flip=maybe"], "config.dataset.flip is True or False, not 'maybe'"),
-        (["--config=configs/quickstart.py", "--config.num_epochs"], "config.num_epochs needs a value: write --config.num_epochs=VALUE"),
-        (["--config=configs/quickstart.py", "--config.dataset.mean=0.5"], "config.dataset.mean is a tuple: write a Python list or tuple"),
-        (["--config=configs/resnet50.py", "--config.model.depths=(3,'a',23,3)"], "config.model.depths holds a number; 'a' is not"),
+        (
+            ["--config=configs/quickstart.py", "--config.dataset.flip=maybe"],
+            "config.dataset.flip is True or False, not 'maybe'",
+        ),
+        (
+            ["--config=configs/quickstart.py", "--config.num_epochs"],
+            "config.num_epochs needs a value: write --config.num_epochs=VALUE",
+        ),
+        (
+            ["--config=configs/quickstart.py", "--config.dataset.mean=0.5"],
+            "config.dataset.mean is a tuple: write a Python list or tuple",
+        ),
+        (
+            ["--config=configs/resnet50.py", "--config.model.depths=(3,'a',23,3)"],
+            "config.model.depths holds a number; 'a' is not",
+        ),
         (["--config=configs/quickstart.py", "--config.model=1"], "config.model is a group of fields"),
         (["--config=configs/quickstart.py", "--workdr=/tmp/x"], "Unknown command line flag 'workdr'"),
     ],
@@ -93,7 +123,11 @@ def test_every_field_is_overridable_lists_included(capsys):
     )  # fmt: skip
     assert not err
     assert config.model.depths == [3, 4, 23, 3] and config.model.widths == [256, 512, 1024, 2048]
-    assert config.dataset.aspect_ratio == (0.5, 2) and config.optim.base_lr == 1.0 and isinstance(config.optim.base_lr, float)
+    assert (
+        config.dataset.aspect_ratio == (0.5, 2)
+        and config.optim.base_lr == 1.0
+        and isinstance(config.optim.base_lr, float)
+    )
     assert config.dataset.flip is False and config.optim.nesterov is False and config.dataset.name == "folder"
     assert config.is_locked
 
@@ -127,7 +161,9 @@ def test_sweep_spec_file_mistakes_are_config_errors(broken_configs):
 
 
 def _cli(module: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=cli_env(1), capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=REPO, env=cli_env(1), capture_output=True, text=True, timeout=120
+    )
 
 
 def test_complexity_cli_end_to_end():
@@ -141,9 +177,17 @@ def test_complexity_cli_end_to_end():
 
 
 def test_train_cli_end_to_end():
-    out = _cli("regnet_jax.train", "--config=configs/quickstart.py", "--workdir=/nonexistent/never_created", "--config.optim.bse_lr=0.1")
+    out = _cli(
+        "regnet_jax.train",
+        "--config=configs/quickstart.py",
+        "--workdir=/nonexistent/never_created",
+        "--config.optim.bse_lr=0.1",
+    )
     assert out.returncode == 2
-    assert out.stderr.strip().splitlines()[-1] == "error: --config.optim.bse_lr=0.1: config.optim has no field 'bse_lr'; did you mean --config.optim.base_lr?"
+    assert (
+        out.stderr.strip().splitlines()[-1]
+        == "error: --config.optim.bse_lr=0.1: config.optim has no field 'bse_lr'; did you mean --config.optim.base_lr?"
+    )
     assert "Traceback" not in out.stderr
 
 

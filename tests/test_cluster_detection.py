@@ -7,8 +7,8 @@ import pytest
 import requests
 from jax._src.clusters import cloud_tpu_cluster
 
-from regnet_jax.core import distributed
 from regnet_jax.config import ConfigError
+from regnet_jax.core import distributed
 
 LAUNCH_VARS = (
     "JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID",
@@ -54,7 +54,9 @@ def test_a_plain_machine_is_one_process(bare):
 
 @pytest.mark.parametrize("ntasks, expected", [("4", True), ("1", False)])
 def test_slurm(bare, ntasks, expected):
-    for var, value in dict(SLURM_JOB_ID="7", SLURM_STEP_NODELIST="node[001-004]", SLURM_NTASKS=ntasks, SLURM_PROCID="0", SLURM_LOCALID="0").items():
+    for var, value in dict(
+        SLURM_JOB_ID="7", SLURM_STEP_NODELIST="node[001-004]", SLURM_NTASKS=ntasks, SLURM_PROCID="0", SLURM_LOCALID="0"
+    ).items():
         bare.setenv(var, value)
     assert distributed.cluster_detected() is expected
 
@@ -89,7 +91,11 @@ def test_gke_tpu_slice_from_its_environment(bare):
 def test_tpu_vm_slice_reached_by_ssh_found_through_the_metadata_server(bare, endpoints, expected):
     """gcloud compute tpus tpu-vm ssh --worker=all sets no launcher variables; JAX asks the TPU metadata server."""
     calls: list[str] = []
-    attributes = {"agent-worker-number": "1", "worker-network-endpoints": endpoints, "tpu-env": "ACCELERATOR_TYPE: 'v4-32'\n"}
+    attributes = {
+        "agent-worker-number": "1",
+        "worker-network-endpoints": endpoints,
+        "tpu-env": "ACCELERATOR_TYPE: 'v4-32'\n",
+    }
     bare.setattr(cloud_tpu_cluster, "running_in_cloud_tpu_vm", True)
     bare.setattr(requests, "get", _metadata_server(attributes, calls))
     assert distributed.cluster_detected() is expected
@@ -102,7 +108,9 @@ def test_an_unanswering_metadata_server_is_a_clear_error_not_a_guess(bare):
 
     bare.setattr(cloud_tpu_cluster, "running_in_cloud_tpu_vm", True)
     bare.setattr(requests, "get", down)
-    with pytest.raises(ConfigError, match=r"could not tell whether this is a multi-process launch \(GceTpuCluster.*--nodistributed"):
+    with pytest.raises(
+        ConfigError, match=r"could not tell whether this is a multi-process launch \(GceTpuCluster.*--nodistributed"
+    ):
         distributed.cluster_detected()
 
 

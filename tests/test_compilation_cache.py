@@ -12,6 +12,7 @@ import sys
 import jax
 import pytest
 from absl import flags
+from helpers_train import REPO, cli_env, tiny_config, write_config_file
 from jax._src import compilation_cache as jax_cache
 
 from regnet_jax.config import ConfigError
@@ -19,9 +20,11 @@ from regnet_jax.core import compilation_cache as cc
 from regnet_jax.core.cli import parse_flags
 from regnet_jax.design_space import launch
 
-from helpers_train import REPO, cli_env, tiny_config, write_config_file
-
-JAX_OPTIONS = ("jax_compilation_cache_dir", "jax_enable_compilation_cache", "jax_persistent_cache_min_compile_time_secs")
+JAX_OPTIONS = (
+    "jax_compilation_cache_dir",
+    "jax_enable_compilation_cache",
+    "jax_persistent_cache_min_compile_time_secs",
+)
 
 
 @pytest.fixture
@@ -133,13 +136,26 @@ def test_second_run_loads_the_compiled_steps(tmp_path):
     cache = tmp_path / "cache"
     for i in (1, 2):
         log = tmp_path / f"run{i}.log"
-        rc = _run("regnet_jax.train", [f"--config={config}", f"--workdir={tmp_path / f'w{i}'}", f"--compilation_cache={cache}"], log, timeout=140)
+        rc = _run(
+            "regnet_jax.train",
+            [f"--config={config}", f"--workdir={tmp_path / f'w{i}'}", f"--compilation_cache={cache}"],
+            log,
+            timeout=140,
+        )
         assert rc == 0, log.read_text()[-3000:]
-        loaded, written = map(int, _log_says(log, r"compilation cache: (\d+) executable\(s\) loaded, (\d+) compiled and written "
-                                             rf"\({re.escape(str(cache))} \(--compilation_cache\)\)").groups())
+        loaded, written = map(
+            int,
+            _log_says(
+                log,
+                r"compilation cache: (\d+) executable\(s\) loaded, (\d+) compiled and written "
+                rf"\({re.escape(str(cache))} \(--compilation_cache\)\)",
+            ).groups(),
+        )
         entries = sorted(p.name for p in cache.iterdir())
         if i == 1:
-            assert loaded == 0 and written == len(entries) > 0 and any(e.startswith("jit_step") for e in entries), entries
+            assert loaded == 0 and written == len(entries) > 0 and any(e.startswith("jit_step") for e in entries), (
+                entries
+            )
             first = entries
         else:
             assert loaded == len(first) and written == 0 and entries == first
@@ -151,7 +167,9 @@ def test_off_writes_nothing(tmp_path):
     config = write_config_file(tmp_path / "tiny.py", tiny_config())
     env_dir, log = tmp_path / "env_cache", tmp_path / "bench.log"
     args = [f"--config={config}", "--batch=8", "--compile_only", "--compilation_cache=off"]
-    assert _run("regnet_jax.benchmark", args, log, timeout=80, **{cc.DIR_ENV: str(env_dir)}) == 0, log.read_text()[-3000:]
+    assert _run("regnet_jax.benchmark", args, log, timeout=80, **{cc.DIR_ENV: str(env_dir)}) == 0, log.read_text()[
+        -3000:
+    ]
     _log_says(log, r"compilation cache: off \(--compilation_cache=off\)")
     assert not env_dir.exists() or not list(env_dir.iterdir())
 
@@ -167,4 +185,7 @@ def test_sweep_passes_the_option_to_its_trainers(tmp_path):
     assert launcher._trainer_env() == {"JAX_ENABLE_COMPILATION_CACHE": "false"}
     launcher.opts = launch.LaunchOptions(trainer="my_trainer")
     assert launcher._trainer_env() == {}
-    assert launch._cache_flag("auto") == "" and launch._cache_flag(str(tmp_path / "c")) == f" --compilation_cache={tmp_path / 'c'}"
+    assert (
+        launch._cache_flag("auto") == ""
+        and launch._cache_flag(str(tmp_path / "c")) == f" --compilation_cache={tmp_path / 'c'}"
+    )

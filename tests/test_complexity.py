@@ -6,9 +6,8 @@ import sys
 
 import pytest
 
-from regnet_jax.models import zoo
+from regnet_jax.models import model_spec, zoo
 from regnet_jax.models.complexity import count
-from regnet_jax.models import model_spec
 
 # (flops, params, acts) from pycls dev/model_complexity.json (docs/fidelity.md#complexity-counting).
 EXPECTED = {
@@ -110,7 +109,9 @@ def test_zoo_config_docstrings_state_the_counted_complexity():
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "regnet_jax.complexity", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "regnet_jax.complexity", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_cli_json_overrides_and_resolution():

@@ -4,9 +4,9 @@ import copy
 
 import pytest
 
+from regnet_jax.config import ConfigError
 from regnet_jax.config import diff as config_diff
 from regnet_jax.models import zoo
-from regnet_jax.config import ConfigError
 
 
 def _base():
@@ -15,7 +15,12 @@ def _base():
 
 def test_diff_lists_each_changed_field_and_classifies_it():
     old, new = _base(), _base()
-    new["num_epochs"], new["optim"]["label_smoothing"], new["log_every_steps"], new["dataset"]["prefetch"] = 3, 0.1, 10, 4
+    new["num_epochs"], new["optim"]["label_smoothing"], new["log_every_steps"], new["dataset"]["prefetch"] = (
+        3,
+        0.1,
+        10,
+        4,
+    )
     changes = config_diff.diff(old, new)
     assert [(c.path, c.old, c.new, c.harmless) for c in changes] == [
         ("dataset.prefetch", 2, 4, True),
@@ -33,7 +38,10 @@ def test_the_learning_rate_is_compared_as_resolved():
     assert config_diff.diff(old, pinned) == []
     bigger = copy.deepcopy(old)
     bigger["batch_size"] = 1024
-    assert [(c.path, c.old, c.new) for c in config_diff.diff(old, bigger)] == [("batch_size", 512, 1024), ("optim.base_lr", 0.4, 0.8)]
+    assert [(c.path, c.old, c.new) for c in config_diff.diff(old, bigger)] == [
+        ("batch_size", 512, 1024),
+        ("optim.base_lr", 0.4, 0.8),
+    ]
 
 
 def test_a_field_the_saved_config_lacks_is_harmless():
@@ -80,5 +88,7 @@ def test_normalize_on_older_configs_count_as_host_and_switching_is_harmless():
     assert (change.path, change.old, change.new, change.harmless) == ("dataset.normalize_on", "host", "device", True)
     config = base_config(zoo.get_config("regnety_400mf").model)
     config.dataset.normalize_on = "gpu"
-    with pytest.raises(ConfigError, match=r"config.dataset.normalize_on='gpu' is invalid: must be 'device' .* or 'host'"):
+    with pytest.raises(
+        ConfigError, match=r"config.dataset.normalize_on='gpu' is invalid: must be 'device' .* or 'host'"
+    ):
         validate_config(config)

@@ -8,12 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from regnet_jax.models import zoo
-from regnet_jax.weights import formats, layouts
-from regnet_jax.models.complexity import count
 from regnet_jax.config import validate_model
+from regnet_jax.models import create_model, model_spec, zoo
+from regnet_jax.models.complexity import count
+from regnet_jax.weights import formats, layouts
 from regnet_jax.weights.layouts import ConversionError
-from regnet_jax.models import create_model, model_spec
 from tests import golden
 
 
@@ -82,13 +81,48 @@ def _pycls_to_timm(key):
     [
         (("stem", "conv", "kernel"), "stem.conv.weight", "stem.0.weight", "stem.conv.weight"),
         (("stem", "bn", "mean"), "stem.bn.running_mean", "stem.1.running_mean", "stem.bn.running_mean"),
-        (("s1", "b1", "proj", "kernel"), "s1.b1.proj.weight", "trunk_output.block1.block1-0.proj.0.weight", "s1.b1.downsample.conv.weight"),
-        (("s2", "b3", "bn", "var"), "s2.b3.bn.running_var", "trunk_output.block2.block2-2.proj.1.running_var", "s2.b3.downsample.bn.running_var"),
-        (("s1", "b1", "f", "a", "kernel"), "s1.b1.f.a.weight", "trunk_output.block1.block1-0.f.a.0.weight", "s1.b1.conv1.conv.weight"),
-        (("s3", "b2", "f", "b_bn", "scale"), "s3.b2.f.b_bn.weight", "trunk_output.block3.block3-1.f.b.1.weight", "s3.b2.conv2.bn.weight"),
-        (("s4", "b1", "f", "c_bn", "bias"), "s4.b1.f.c_bn.bias", "trunk_output.block4.block4-0.f.c.1.bias", "s4.b1.conv3.bn.bias"),
-        (("s1", "b1", "f", "se", "f_ex_0", "kernel"), "s1.b1.f.se.f_ex.0.weight", "trunk_output.block1.block1-0.f.se.fc1.weight", "s1.b1.se.fc1.weight"),
-        (("s1", "b1", "f", "se", "f_ex_2", "bias"), "s1.b1.f.se.f_ex.2.bias", "trunk_output.block1.block1-0.f.se.fc2.bias", "s1.b1.se.fc2.bias"),
+        (
+            ("s1", "b1", "proj", "kernel"),
+            "s1.b1.proj.weight",
+            "trunk_output.block1.block1-0.proj.0.weight",
+            "s1.b1.downsample.conv.weight",
+        ),
+        (
+            ("s2", "b3", "bn", "var"),
+            "s2.b3.bn.running_var",
+            "trunk_output.block2.block2-2.proj.1.running_var",
+            "s2.b3.downsample.bn.running_var",
+        ),
+        (
+            ("s1", "b1", "f", "a", "kernel"),
+            "s1.b1.f.a.weight",
+            "trunk_output.block1.block1-0.f.a.0.weight",
+            "s1.b1.conv1.conv.weight",
+        ),
+        (
+            ("s3", "b2", "f", "b_bn", "scale"),
+            "s3.b2.f.b_bn.weight",
+            "trunk_output.block3.block3-1.f.b.1.weight",
+            "s3.b2.conv2.bn.weight",
+        ),
+        (
+            ("s4", "b1", "f", "c_bn", "bias"),
+            "s4.b1.f.c_bn.bias",
+            "trunk_output.block4.block4-0.f.c.1.bias",
+            "s4.b1.conv3.bn.bias",
+        ),
+        (
+            ("s1", "b1", "f", "se", "f_ex_0", "kernel"),
+            "s1.b1.f.se.f_ex.0.weight",
+            "trunk_output.block1.block1-0.f.se.fc1.weight",
+            "s1.b1.se.fc1.weight",
+        ),
+        (
+            ("s1", "b1", "f", "se", "f_ex_2", "bias"),
+            "s1.b1.f.se.f_ex.2.bias",
+            "trunk_output.block1.block1-0.f.se.fc2.bias",
+            "s1.b1.se.fc2.bias",
+        ),
         (("head", "fc", "kernel"), "head.fc.weight", "fc.weight", "head.fc.weight"),
     ],
 )
@@ -106,7 +140,9 @@ def test_pytorch_shapes_in_every_layout():
     assert tv["trunk_output.block1.block1-0.f.b.0.weight"].shape == (24, 8, 3, 3)  # grouped: I = group width
     assert tv["trunk_output.block1.block1-0.f.se.fc1.weight"].shape == (8, 24, 1, 1)
     assert tv["fc.weight"].shape == (1000, 368)
-    np.testing.assert_array_equal(tv["stem.0.weight"], np.transpose(v["params"]["stem"]["conv"]["kernel"], (3, 2, 0, 1)))
+    np.testing.assert_array_equal(
+        tv["stem.0.weight"], np.transpose(v["params"]["stem"]["conv"]["kernel"], (3, 2, 0, 1))
+    )
     assert set(layouts.to_timm(v)) == {_pycls_to_timm(k) for k in layouts.to_pycls(v)}
     assert set(tv) == {_pycls_to_torchvision(k) for k in layouts.to_pycls(v)}
 
@@ -145,11 +181,15 @@ def test_reference_logits_through_every_layout():
     logits = np.asarray(apply(layouts.from_pycls(sd, meta["model"]), x))
     assert np.abs(logits - want).max() / np.abs(want).max() < 1e-5
 
-    bn_counters = {k.replace("running_mean", "num_batches_tracked"): np.array(7) for k in sd if k.endswith("running_mean")}
+    bn_counters = {
+        k.replace("running_mean", "num_batches_tracked"): np.array(7) for k in sd if k.endswith("running_mean")
+    }
     tv = {_pycls_to_torchvision(k): v for k, v in {**sd, **bn_counters}.items()}
     timm = {_pycls_to_timm(k): v for k, v in {**sd, **bn_counters}.items()}
     for layout, layout_sd in (("torchvision", tv), ("timm", timm)):
-        np.testing.assert_array_equal(np.asarray(apply(layouts.from_layout(layout_sd, meta["model"], layout), x)), logits)
+        np.testing.assert_array_equal(
+            np.asarray(apply(layouts.from_layout(layout_sd, meta["model"], layout), x)), logits
+        )
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +265,9 @@ def test_extra_key_is_named(tiny_sd):
 
 def test_wrong_shape_is_named(tiny_sd):
     sd = {**tiny_sd, "s1.b1.f.a.weight": np.zeros((8, 4, 1, 1), np.float32)}
-    with pytest.raises(ConversionError, match=r"'s1\.b1\.f\.a\.weight' has shape \(8, 4, 1, 1\), the model needs \(8, 8, 1, 1\)"):
+    with pytest.raises(
+        ConversionError, match=r"'s1\.b1\.f\.a\.weight' has shape \(8, 4, 1, 1\), the model needs \(8, 8, 1, 1\)"
+    ):
         layouts.from_pycls(sd, _tiny())
 
 
@@ -290,7 +332,10 @@ def test_bad_torch_files(tmp_path, tiny_sd):
     torch.save({"epoch": 3, "cfg": "MODEL: {}"}, tmp_path / "no_model.pyth")
     with pytest.raises(formats.FormatError, match="no state dict: expected a 'model_state' \\(pycls\\)"):
         formats.read_state_dict(str(tmp_path / "no_model.pyth"))
-    torch.save({"model": {k: torch.from_numpy(v) for k, v in tiny_sd.items()}, "args": re.compile("x")}, tmp_path / "pickled.pth")
+    torch.save(
+        {"model": {k: torch.from_numpy(v) for k, v in tiny_sd.items()}, "args": re.compile("x")},
+        tmp_path / "pickled.pth",
+    )
     with pytest.raises(formats.FormatError, match="--unsafe_pickle"):
         formats.read_state_dict(str(tmp_path / "pickled.pth"))
     sd = formats.read_state_dict(str(tmp_path / "pickled.pth"), unsafe_pickle=True)  # DeiT-style {'model': ...}

@@ -10,12 +10,14 @@ import jax
 import numpy as np
 import pytest
 
-from regnet_jax.weights import files as weight_files
-from regnet_jax.weights import layouts
 from regnet_jax.config import IMAGENET_MEAN, IMAGENET_STD, validate_model
 from regnet_jax.models import create_model
+from regnet_jax.weights import files as weight_files
+from regnet_jax.weights import layouts
 
-torch = pytest.importorskip("torch", reason="PyTorch is not installed (optional extra 'torch'): .pyth conversion through the CLI is not tested")
+torch = pytest.importorskip(
+    "torch", reason="PyTorch is not installed (optional extra 'torch'): .pyth conversion through the CLI is not tested"
+)
 pytestmark = pytest.mark.timeout(300)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -26,7 +28,9 @@ COLOR = (200, 30, 90)  # RGB; not grey, so that the channel order changes the pr
 
 def _cli(*args, timeout=180):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "JAX_PLATFORMS": "cpu"}
-    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True, text=True, check=False, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True, text=True, check=False, timeout=timeout
+    )
 
 
 def _random_variables(model):
@@ -47,7 +51,9 @@ def _random_variables(model):
 
 def _expected_probs(variables, order):
     """The network's probabilities for the constant COLOR image, normalised by hand (no resize can change it)."""
-    x = (np.asarray(COLOR, np.float32) / 255 - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
+    x = (np.asarray(COLOR, np.float32) / 255 - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(
+        IMAGENET_STD, np.float32
+    )
     x = np.broadcast_to(x[::-1] if order == "bgr" else x, (1, 32, 32, 3))
     return np.asarray(jax.nn.softmax(create_model(MODEL).apply(variables, x, train=False)[0]))
 
@@ -57,7 +63,13 @@ def test_pyth_converts_through_the_cli_and_predicts(tmp_path):
 
     variables = _random_variables(MODEL)
     model_state = {k: torch.from_numpy(np.array(v)) for k, v in layouts.to_pycls(variables).items()}
-    model_state.update({k.replace("running_mean", "num_batches_tracked"): torch.tensor(5) for k in list(model_state) if k.endswith("running_mean")})
+    model_state.update(
+        {
+            k.replace("running_mean", "num_batches_tracked"): torch.tensor(5)
+            for k in list(model_state)
+            if k.endswith("running_mean")
+        }
+    )
     torch.save({"epoch": 99, "model_state": model_state, "optimizer_state": {"state": {}, "param_groups": []},
                 "cfg": "MODEL:\n  TYPE: anynet\n"}, tmp_path / "model.pyth")  # fmt: skip
     (tmp_path / "tiny.py").write_text(
@@ -65,7 +77,13 @@ def test_pyth_converts_through_the_cli_and_predicts(tmp_path):
         f"def get_config():\n    return base_config({MODEL!r}, batch_size=8)\n"
     )
     out = tmp_path / "weights"
-    args = ["regnet_jax.convert", "--from=pycls", f"--checkpoint={tmp_path / 'model.pyth'}", f"--config={tmp_path / 'tiny.py'}", f"--output={out}"]
+    args = [
+        "regnet_jax.convert",
+        "--from=pycls",
+        f"--checkpoint={tmp_path / 'model.pyth'}",
+        f"--config={tmp_path / 'tiny.py'}",
+        f"--output={out}",
+    ]
     r = _cli(*args)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "BGR" in r.stdout
@@ -80,7 +98,9 @@ def test_pyth_converts_through_the_cli_and_predicts(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     (result,) = json.loads(r.stdout)
     want = _expected_probs(variables, "bgr")
-    assert not np.allclose(want, _expected_probs(variables, "rgb"), rtol=1e-2, atol=0)  # the test can tell the orders apart
+    assert not np.allclose(
+        want, _expected_probs(variables, "rgb"), rtol=1e-2, atol=0
+    )  # the test can tell the orders apart
     top = np.argsort(-want)[:5]
     assert [c["label"] for c in result["top"]] == top.tolist()
     np.testing.assert_allclose([c["prob"] for c in result["top"]], want[top], rtol=1e-4, atol=1e-6)
@@ -96,7 +116,12 @@ def test_pyth_converts_through_the_cli_and_predicts(tmp_path):
 
 def test_cli_reports_bad_input_in_one_line(tmp_path):
     (tmp_path / "broken.pyth").write_bytes(b"PK\x03\x04 truncated")
-    r = _cli("regnet_jax.convert", "--from=torchvision", f"--checkpoint={tmp_path / 'broken.pyth'}", f"--output={tmp_path / 'w'}")
+    r = _cli(
+        "regnet_jax.convert",
+        "--from=torchvision",
+        f"--checkpoint={tmp_path / 'broken.pyth'}",
+        f"--output={tmp_path / 'w'}",
+    )
     assert r.returncode == 2, r.stderr[-2000:]
     assert "error: could not read" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "w").exists()

@@ -7,9 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from regnet_jax.models import zoo
+from regnet_jax.models import create_model, zoo
 from regnet_jax.weights import layouts
-from regnet_jax.models import create_model
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -51,7 +50,11 @@ def _compare(torch, module, sd_layout, zoo_name, tmp_path):
 
 @pytest.mark.parametrize(
     "tv_name, zoo_name, variant",
-    [("regnet_y_400mf", "regnety_400mf", False), ("regnet_x_400mf", "regnetx_400mf", True), ("regnet_y_800mf", "regnety_800mf", True)],
+    [
+        ("regnet_y_400mf", "regnety_400mf", False),
+        ("regnet_x_400mf", "regnetx_400mf", True),
+        ("regnet_y_800mf", "regnety_800mf", True),
+    ],
 )
 def test_torchvision_models(tv_name, zoo_name, variant, tmp_path):
     torch = _library("torch")
@@ -64,7 +67,11 @@ def test_torchvision_models(tv_name, zoo_name, variant, tmp_path):
 
 @pytest.mark.parametrize(
     "timm_name, zoo_name, variant",
-    [("regnety_002", "regnety_200mf", False), ("regnetx_004_tv", "regnetx_400mf", True), ("regnety_008_tv", "regnety_800mf", True)],
+    [
+        ("regnety_002", "regnety_200mf", False),
+        ("regnetx_004_tv", "regnetx_400mf", True),
+        ("regnety_008_tv", "regnety_800mf", True),
+    ],
 )
 def test_timm_models(timm_name, zoo_name, variant, tmp_path):
     torch = _library("torch")

@@ -22,7 +22,9 @@ def _seed(i):
 @pytest.mark.parametrize("hw", [(480, 640), (333, 200), (64, 64)])
 def test_inception_crop_window_follows_pycls_rules(hw):
     h, w = hw
-    windows = np.array([augment.inception_crop_window(tf.constant(hw), _seed(i), 0.08, (3 / 4, 4 / 3)).numpy() for i in range(300)])
+    windows = np.array(
+        [augment.inception_crop_window(tf.constant(hw), _seed(i), 0.08, (3 / 4, 4 / 3)).numpy() for i in range(300)]
+    )
     y, x, ch, cw = windows.T
     assert (y >= 0).all() and (x >= 0).all() and (y + ch <= h).all() and (x + cw <= w).all()
     area = ch * cw / (h * w)
@@ -55,7 +57,9 @@ def test_fused_jpeg_decode_crop_equals_decode_then_crop():
     for subsampling in (0, 2):  # 4:4:4 is exact; 4:2:0 differs only by chroma upsampling at the crop's edge
         encoded = tf.constant(_jpeg(image, subsampling))
         np.testing.assert_array_equal(augment.image_shape(encoded).numpy(), [90, 120])
-        full = tf.io.decode_jpeg(encoded, channels=3, dct_method=augment.JPEG_DCT_METHOD).numpy()[10:50, 17:68].astype(int)
+        full = (
+            tf.io.decode_jpeg(encoded, channels=3, dct_method=augment.JPEG_DCT_METHOD).numpy()[10:50, 17:68].astype(int)
+        )
         fused = augment.decode_crop(encoded, window).numpy().astype(int)
         if subsampling == 0:
             np.testing.assert_array_equal(fused, full)
@@ -77,7 +81,9 @@ def test_eval_transform_matches_pycls_resize_and_centre_crop():
     out = augment.eval_preprocess(tf.constant(image), cfg, 224).numpy()
     new_w = math.floor(451 / 300 * 256)  # 384
     t = torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1)[None]
-    resized = torch.nn.functional.interpolate(t, size=(256, new_w), mode="bilinear", align_corners=False, antialias=False)
+    resized = torch.nn.functional.interpolate(
+        t, size=(256, new_w), mode="bilinear", align_corners=False, antialias=False
+    )
     y, x = math.ceil((256 - 224) / 2), math.ceil((new_w - 224) / 2)
     expected = resized[0, :, y : y + 224, x : x + 224].permute(1, 2, 0).numpy() / 255.0
     np.testing.assert_allclose(out, expected, atol=1e-4)
@@ -140,7 +146,9 @@ def _reference_train(encoded, seed, cfg, res):
     PCA lighting eigvec @ (alpha * eigval), (x / 255 + rgb - mean) / std, channel order; in float64."""
     seeds = tf.random.experimental.stateless_split(seed, 3)
     full = _pil_decode(encoded)
-    y, x, h, w = augment.inception_crop_window(tf.constant(full.shape[:2]), seeds[0], cfg.min_area, tuple(cfg.aspect_ratio)).numpy()
+    y, x, h, w = augment.inception_crop_window(
+        tf.constant(full.shape[:2]), seeds[0], cfg.min_area, tuple(cfg.aspect_ratio)
+    ).numpy()
     crop = full[y : y + h, x : x + w].astype(np.float32)
     out = tf.image.resize(crop, [res, res], method="bilinear", antialias=False).numpy().astype(np.float64)
     flipped = bool(tf.random.stateless_uniform([], seeds[1]).numpy() < 0.5)
@@ -177,7 +185,12 @@ def test_transforms_equal_the_reference_formulas(channel_order):
         assert out.dtype == np.float32 and out.shape == (48, 48, 3)
         np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5)
         for res in (32, 56):
-            np.testing.assert_allclose(augment.eval_preprocess(tf.constant(encoded), cfg, res).numpy(), _reference_eval(encoded, cfg, res), rtol=0, atol=1e-5)
+            np.testing.assert_allclose(
+                augment.eval_preprocess(tf.constant(encoded), cfg, res).numpy(),
+                _reference_eval(encoded, cfg, res),
+                rtol=0,
+                atol=1e-5,
+            )
     assert flips == {True, False}
 
 
@@ -318,7 +331,9 @@ def test_missing_data_errors_say_where_and_how(tmp_path):
     with pytest.raises(data.DatasetNotReadyError) as e:
         data.check_dataset(config)
     msg = str(e.value)
-    assert str(tmp_path / "imagenet2012") in msg and "ILSVRC2012_img_train.tar" in msg and "tfds build imagenet2012" in msg
+    assert (
+        str(tmp_path / "imagenet2012") in msg and "ILSVRC2012_img_train.tar" in msg and "tfds build imagenet2012" in msg
+    )
     config.dataset.name = "mnist"
     with pytest.raises(data.DatasetNotReadyError, match="tfds build mnist"):
         data.check_dataset(config)
@@ -333,4 +348,8 @@ def test_pipeline_benchmark_runs(tmp_path):
     input_pipeline.write_jpegs(str(tmp_path), 12, size=(50, 40))
     for variant in input_pipeline.VARIANTS:  # the trainer's (normalised on the device or the host), and the old one
         out = input_pipeline.measure(str(tmp_path), threads=1, resolution=16, batch=4, batches=3, variant=variant)
-        assert out["images_per_s"] > 0 and out["images_per_s_per_thread"] == out["images_per_s"] and out["images_per_cpu_s"] > 0
+        assert (
+            out["images_per_s"] > 0
+            and out["images_per_s_per_thread"] == out["images_per_s"]
+            and out["images_per_cpu_s"] > 0
+        )

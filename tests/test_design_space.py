@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from regnet_jax.models.complexity import count
 from regnet_jax.config import ConfigError, validate_model
 from regnet_jax.design_space import SPACES, Dist, TooFewModelsError, get_space, sample_space
 from regnet_jax.design_space import distributions as D
 from regnet_jax.models import create_model, model_spec
+from regnet_jax.models.complexity import count
 from regnet_jax.models.regnet import generate_regnet
 
 REGIME = {"flops": (360e6, 400e6)}
@@ -160,14 +160,19 @@ def test_sampling_is_reproducible_from_the_seed():
     assert [s.model for s in a.samples] == [s.model for s in b.samples]
     assert [s.model for s in a.samples] != [s.model for s in c.samples]
     # A larger n starts with the same models (so a sweep can be extended).
-    assert [s.model for s in sample_space(space, 12, seed=7, regime=REGIME).samples[:10]] == [s.model for s in a.samples]
+    assert [s.model for s in sample_space(space, 12, seed=7, regime=REGIME).samples[:10]] == [
+        s.model for s in a.samples
+    ]
 
 
 def test_violations_catch_models_outside_the_space():
     b = sample_space(get_space("anynetx_b"), 1, seed=0, regime=REGIME).samples[0].model
     assert get_space("anynetx_b").violations({**b, "bot_muls": [1.0, 0.5, 1.0, 1.0]})
     e = sample_space(get_space("anynetx_e"), 1, seed=0, regime=REGIME).samples[0].model
-    assert any("depth=[4, 3, 2, 1] is not non-decreasing" in v for v in get_space("anynetx_e").violations({**e, "depths": [4, 3, 2, 1]}))
+    assert any(
+        "depth=[4, 3, 2, 1] is not non-decreasing" in v
+        for v in get_space("anynetx_e").violations({**e, "depths": [4, 3, 2, 1]})
+    )
     assert any("1024" in v for v in get_space("anynetx_a").violations({**e, "widths": [8, 16, 32, 2048]}))
     r = sample_space(get_space("regnetx"), 1, seed=0, regime=REGIME).samples[0].model
     assert any("stages" in v for v in get_space("regnetx").violations({**r, "depth": 60, "wa": 250.0, "w0": 8}))
@@ -180,7 +185,9 @@ def test_too_few_models_is_a_clear_error():
 
 
 def test_fork_declares_a_new_space_in_a_few_lines():
-    space = get_space("anynetx_e").fork("mini_e", dists={"depth": "log_uniform:1:3:1", "width": "log_uniform:8:64:8"}, model={"activation": "silu"})
+    space = get_space("anynetx_e").fork(
+        "mini_e", dists={"depth": "log_uniform:1:3:1", "width": "log_uniform:8:64:8"}, model={"activation": "silu"}
+    )
     for s in sample_space(space, 15, seed=0, resolution=32, num_classes=10).samples:
         assert s.model["activation"] == "silu" and s.model["num_classes"] == 10
         assert all(d <= 3 for d in s.model["depths"]) and max(s.model["widths"]) <= 64

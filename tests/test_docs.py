@@ -21,8 +21,9 @@ HARNESS_TIMEOUT_S = 900
 
 def test_every_documented_command_is_run_or_listed():
     plans, unclassified = plan(doc_commands.extract_commands())
-    assert not unclassified, "documented commands that are neither run nor listed (add a rule in tests/doc_commands.py):\n" + "\n".join(
-        f"  {c.source}: {why}" for c, why in unclassified
+    assert not unclassified, (
+        "documented commands that are neither run nor listed (add a rule in tests/doc_commands.py):\n"
+        + "\n".join(f"  {c.source}: {why}" for c, why in unclassified)
     )
     assert sum(p.action == "run" for p in plans) >= 30 and all(p.notes for p in plans if p.action == "skip")
 
@@ -77,7 +78,10 @@ def _run_harness(plans, tmp_path, *extra: str) -> dict:
 
 
 def test_the_runner_reports_each_commands_status_and_log(tmp_path):
-    cmds = [DocCommand("x.md", 1, "python -m regnet_jax.sweep spaces"), DocCommand("x.md", 2, "python -m regnet_jax.complexity --config=configs/nope.py")]
+    cmds = [
+        DocCommand("x.md", 1, "python -m regnet_jax.sweep spaces"),
+        DocCommand("x.md", 2, "python -m regnet_jax.complexity --config=configs/nope.py"),
+    ]
     plans, _ = plan(cmds)
     results = _run_harness(plans, tmp_path, "--preload=")["results"]
     assert results["0"]["rc"] == 0 and "anynetx_a" in pathlib.Path(results["0"]["log"]).read_text()
@@ -99,12 +103,20 @@ def test_docs_carry_the_figures_scripts_latest_output():
     quoted = figures_script.spans()
     assert quoted, "no <!-- figure:NAME --> spans found in the docs"
     for name, places in quoted.items():
-        assert name in figures, f"{name} is quoted by {[str(d) for d, _ in places]} but not measured (docs/figures.json)"
+        assert name in figures, (
+            f"{name} is quoted by {[str(d) for d, _ in places]} but not measured (docs/figures.json)"
+        )
         for doc, text in places:
-            assert text == figures[name]["text"], f"{doc.name} quotes {name} as {text!r}; benchmarks/docs_figures.py measured {figures[name]['text']!r}"
+            assert text == figures[name]["text"], (
+                f"{doc.name} quotes {name} as {text!r}; benchmarks/docs_figures.py measured {figures[name]['text']!r}"
+            )
     for name, f in figures.items():
-        assert f["command"] and f["date"] and f["machine"] and f["load"], f"{name} lacks its command, date, machine or load"
-        assert f"`{name}`" in figures_script.FIGURES_MD.read_text(), f"docs/figures.md lacks {name}: rerun benchmarks/docs_figures.py"
+        assert f["command"] and f["date"] and f["machine"] and f["load"], (
+            f"{name} lacks its command, date, machine or load"
+        )
+        assert f"`{name}`" in figures_script.FIGURES_MD.read_text(), (
+            f"docs/figures.md lacks {name}: rerun benchmarks/docs_figures.py"
+        )
 
 
 def _report(plans, results: dict) -> tuple[list[str], list[str]]:
@@ -127,5 +139,7 @@ def test_documented_commands_run(tmp_path):
     summary = _run_harness(plans, tmp_path)
     rows, failures = _report(plans, summary["results"])
     print("\n".join(rows))
-    print(f"harness: {summary['wall_s']} s wall ({summary['preload_s']} s preloading), {summary['cpu_s']} s CPU, load {summary['load_average']}")
+    print(
+        f"harness: {summary['wall_s']} s wall ({summary['preload_s']} s preloading), {summary['cpu_s']} s CPU, load {summary['load_average']}"
+    )
     assert not failures, f"{len(failures)} documented command(s) failed:\n\n" + "\n\n".join(failures)

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 from regnet_jax import data
+from regnet_jax.config import ConfigError
 from regnet_jax.core import distributed
+from regnet_jax.models import create_model
 from regnet_jax.training import evaluation, optimizer
 from regnet_jax.training import steps as train_steps
 from regnet_jax.weights import files as weight_files
-from regnet_jax.config import ConfigError
-from regnet_jax.models import create_model
 from tests.helpers_train import TINY_MODEL, run_cli, tiny_config, write_config_file
 
 
@@ -21,7 +21,9 @@ def variables():
     model = create_model(TINY_MODEL)
     v = jax.jit(lambda k: train_steps.init_variables(model, k, (16, 16, 3)))(jax.random.key(3))
     # Non-trivial BN statistics, so that eval-mode BN matters.
-    v["batch_stats"] = jax.tree_util.tree_map(lambda s: s + 0.1 * np.random.default_rng(0).random(s.shape), v["batch_stats"])
+    v["batch_stats"] = jax.tree_util.tree_map(
+        lambda s: s + 0.1 * np.random.default_rng(0).random(s.shape), v["batch_stats"]
+    )
     v = jax.device_get(v)
     v["params"]["head"]["fc"]["kernel"] = v["params"]["head"]["fc"]["kernel"] * 300  # logits that depend on the input
     return v
@@ -63,7 +65,9 @@ def test_weights_input_conventions_are_applied(variables, tmp_path):
     bgr = evaluation.evaluate(config, str(tmp_path / "bgr"))
     assert rgb["count"] == bgr["count"] == 40
     assert rgb["loss"] == pytest.approx(_reference(config, variables)["loss"], rel=1e-5)
-    assert bgr["loss"] == pytest.approx(_reference(evaluation.apply_input_conventions(config, bgr_spec), variables)["loss"], rel=1e-5)
+    assert bgr["loss"] == pytest.approx(
+        _reference(evaluation.apply_input_conventions(config, bgr_spec), variables)["loss"], rel=1e-5
+    )
     assert abs(bgr["loss"] - rgb["loss"]) > 0.05 * rgb["loss"]  # the conventions matter for these weights
 
 
@@ -73,14 +77,18 @@ def test_split_reaches_folder_datasets_and_a_weights_dir_needs_a_config(variable
     for c in ("a", "b"):  # only val/: evaluation needs no training split
         (tmp_path / "data" / "val" / c).mkdir(parents=True)
         for i in range(3):
-            Image.new("RGB", (20, 20), (40 * i, 100, 200 if c == "a" else 0)).save(tmp_path / "data" / "val" / c / f"{i}.png")
+            Image.new("RGB", (20, 20), (40 * i, 100, 200 if c == "a" else 0)).save(
+                tmp_path / "data" / "val" / c / f"{i}.png"
+            )
     config = tiny_config(**{"dataset.name": "folder", "dataset.data_dir": str(tmp_path / "data"), "dataset.eval_split": "test",
                             "dataset.num_eval_examples": 0})  # fmt: skip
     weight_files.save_weights(str(tmp_path / "w"), variables, TINY_MODEL)
     with pytest.raises(data.DatasetNotReadyError, match="no split directory .*test"):
         evaluation.evaluate(config, str(tmp_path / "w"))
     assert evaluation.evaluate(config, str(tmp_path / "w"), split="val")["count"] == 6  # --split=val
-    with pytest.raises(ConfigError, match="is a weights directory .* give the dataset, resolution and batch with --config"):
+    with pytest.raises(
+        ConfigError, match="is a weights directory .* give the dataset, resolution and batch with --config"
+    ):
         evaluation.evaluate(None, str(tmp_path / "w"))
 
 
@@ -90,7 +98,9 @@ def test_evaluate_cli(variables, tmp_path):
     weight_files.save_weights(str(tmp_path / "w"), variables, TINY_MODEL)
     cfg_file = write_config_file(tmp_path / "config.py", config)
     args = [f"--config={cfg_file}", f"--checkpoint={tmp_path / 'w'}", "--json"]
-    assert run_cli("regnet_jax.evaluate", args, 1, tmp_path / "log", timeout=100) == 0, (tmp_path / "log").read_text()[-2000:]
+    assert run_cli("regnet_jax.evaluate", args, 1, tmp_path / "log", timeout=100) == 0, (tmp_path / "log").read_text()[
+        -2000:
+    ]
     out = json.loads([line for line in (tmp_path / "log").read_text().splitlines() if line.startswith("{")][-1])
     assert out["count"] == 40
     assert out["loss"] == pytest.approx(_reference(config, variables)["loss"], rel=1e-5)

@@ -12,10 +12,10 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from regnet_jax.config import validate_model
 from regnet_jax.models import zoo
 from regnet_jax.weights import exporting, formats, layouts
 from regnet_jax.weights import files as weight_files
-from regnet_jax.config import validate_model
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MODEL = validate_model(dict(type="anynet", stem_type="simple_stem_in", stem_w=8, block_type="res_bottleneck_block",
@@ -27,7 +27,9 @@ CONVENTIONS = weight_files.input_spec("bgr")
 @pytest.fixture(scope="module")
 def variables():
     rng = np.random.default_rng(0)
-    return jax.tree_util.tree_map(lambda s: rng.standard_normal(s.shape).astype(np.float32), layouts.variable_shapes(MODEL))
+    return jax.tree_util.tree_map(
+        lambda s: rng.standard_normal(s.shape).astype(np.float32), layouts.variable_shapes(MODEL)
+    )
 
 
 def _assert_same(a, b):
@@ -52,7 +54,9 @@ def test_safetensors_file_layout_is_the_published_format(tmp_path):
     assert header["a"]["dtype"] == "I64" and header["h"]["dtype"] == "BF16"
     start, end = header["b"]["data_offsets"]
     assert blob[8 + n + start : 8 + n + end] == struct.pack("<6f", *range(6))
-    assert blob[8 + n + header["h"]["data_offsets"][0] :][:4] == bytes.fromhex("c03f80be")  # bf16 1.5, -0.25 little-endian
+    assert blob[8 + n + header["h"]["data_offsets"][0] :][:4] == bytes.fromhex(
+        "c03f80be"
+    )  # bf16 1.5, -0.25 little-endian
     back, meta = exporting.read_safetensors(path)
     assert meta == {"note": "hi"} and back.keys() == tensors.keys()
     for k in tensors:
@@ -73,7 +77,9 @@ def test_safetensors_interoperates_with_the_reference_library(tmp_path, variable
 
 @pytest.mark.parametrize("name", ["w.safetensors", "w.msgpack"])
 def test_flax_export_round_trip(tmp_path, variables, name):
-    out, sidecar = exporting.export_variables(variables, MODEL, CONVENTIONS, str(tmp_path / "sub" / name), source="unit test")
+    out, sidecar = exporting.export_variables(
+        variables, MODEL, CONVENTIONS, str(tmp_path / "sub" / name), source="unit test"
+    )
     assert sidecar == str(tmp_path / "sub" / f"{name}.json")
     back, meta = exporting.read_export(out)
     _assert_same(back, variables)
@@ -112,7 +118,9 @@ def test_export_refuses_bad_requests(tmp_path, variables):
     with pytest.raises(exporting.ExportError, match=r"must end in \.safetensors or \.msgpack"):
         exporting.export_variables(variables, MODEL, CONVENTIONS, str(tmp_path / "x.pt"))
     with pytest.raises(layouts.ConversionError, match="simple_stem_in.*export --layout=pycls or flax"):
-        exporting.export_variables({}, zoo.get_config("resnet50").model, CONVENTIONS, str(tmp_path / "r.safetensors"), layout="torchvision")
+        exporting.export_variables(
+            {}, zoo.get_config("resnet50").model, CONVENTIONS, str(tmp_path / "r.safetensors"), layout="torchvision"
+        )
     pathlib.Path(path).write_bytes(before[: len(before) // 2])
     with pytest.raises(formats.SafetensorsError, match="truncated"):
         exporting.read_export(path)

@@ -27,7 +27,10 @@ from tests.helpers_train import REPO, TINY_MODEL, cli_env, stop, tiny_config, wr
 
 MISSING = [m for m in ("gcp_storage_emulator", "gcsfs") if importlib.util.find_spec(m) is None]
 pytestmark = [
-    pytest.mark.skipif(bool(MISSING), reason=f"Cloud Storage emulator tests skipped: {', '.join(MISSING)} not installed (pip install -e '.[test]')"),
+    pytest.mark.skipif(
+        bool(MISSING),
+        reason=f"Cloud Storage emulator tests skipped: {', '.join(MISSING)} not installed (pip install -e '.[test]')",
+    ),
     pytest.mark.timeout(300),
 ]
 BUCKET = "gs://bkt"
@@ -79,7 +82,17 @@ def gcs(tmp_path_factory):
     """The emulator with bucket 'bkt'; this process's environment (and the returned one) point both clients at it."""
     log_path = tmp_path_factory.mktemp("gcs") / "emulator.log"
     port = _free_loopback_port()
-    cmd = [sys.executable, "-c", EMULATOR, "start", "--host=127.0.0.1", f"--port={port}", "--in-memory", "--default-bucket=bkt", "-q"]
+    cmd = [
+        sys.executable,
+        "-c",
+        EMULATOR,
+        "start",
+        "--host=127.0.0.1",
+        f"--port={port}",
+        "--in-memory",
+        "--default-bucket=bkt",
+        "-q",
+    ]
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -90,10 +103,17 @@ def gcs(tmp_path_factory):
                 break
             except OSError:
                 if proc.poll() is not None or time.time() > deadline:
-                    pytest.skip(f"Cloud Storage emulator tests skipped: the emulator did not start: {log_path.read_text()[-500:]}")
+                    pytest.skip(
+                        f"Cloud Storage emulator tests skipped: the emulator did not start: {log_path.read_text()[-500:]}"
+                    )
                 time.sleep(0.1)
         url = f"http://127.0.0.1:{port}"
-        env = {"EPATH_USE_TF": "false", "STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url, "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator"}
+        env = {
+            "EPATH_USE_TF": "false",
+            "STORAGE_EMULATOR_HOST": url,
+            "TENSORSTORE_GCS_HTTP_URL": url,
+            "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
+        }
         with pytest.MonkeyPatch.context() as mp:
             for k, v in env.items():
                 mp.setenv(k, v)
@@ -170,7 +190,11 @@ def bucket_run(gcs, tmp_path_factory):
         proc.wait(timeout=30)
     finally:
         stop(proc)
-    killed = {"pid": proc.pid, "summary": paths.exists(f"{workdir}/summary.json"), "lock": workdir_lock.WorkdirLock(workdir).read()}
+    killed = {
+        "pid": proc.pid,
+        "summary": paths.exists(f"{workdir}/summary.json"),
+        "lock": workdir_lock.WorkdirLock(workdir).read(),
+    }
     proc = _start(gcs, "regnet_jax.train", args, 8, logs[1])
     try:
         rc = proc.wait(timeout=240)
@@ -179,13 +203,17 @@ def bucket_run(gcs, tmp_path_factory):
     return {"workdir": workdir, "killed": killed, "rc": rc, "log": logs[1].read_text()}
 
 
-def test_quickstart_on_a_bucket_killed_after_its_first_evaluation_resumes_like_a_local_run(bucket_run, local_run, tmp_path):
+def test_quickstart_on_a_bucket_killed_after_its_first_evaluation_resumes_like_a_local_run(
+    bucket_run, local_run, tmp_path
+):
     workdir, killed = bucket_run["workdir"], bucket_run["killed"]
     assert not killed["summary"], "the run finished before it was killed"
     assert killed["lock"]["pid"] == killed["pid"]  # the killed run left its lock behind...
     assert bucket_run["rc"] == 0, bucket_run["log"][-3000:]
     log = bucket_run["log"]
-    assert "taking over the lock of a run that is no longer alive" in log and f"pid {killed['pid']}" in log  # ...taken over
+    assert (
+        "taking over the lock of a run that is no longer alive" in log and f"pid {killed['pid']}" in log
+    )  # ...taken over
     assert f"resumed from {workdir}/checkpoints at step" in log
     summary = paths.read_json(f"{workdir}/summary.json")
     assert summary["steps"] == 12
@@ -211,8 +239,20 @@ def test_two_processes_on_a_bucket_preempted_by_sigterm_resume(gcs, local_run, t
     def run(attempt, until=None):
         logs = [tmp_path / f"{attempt}-process{i}.log" for i in range(2)]
         procs = [
-            _start(gcs, "regnet_jax.train", [f"--config={cfg}", f"--workdir={workdir}", "--distributed", f"--coordinator_address=127.0.0.1:{port}",
-                                             "--num_processes=2", f"--process_id={i}"], 4, logs[i])  # fmt: skip
+            _start(
+                gcs,
+                "regnet_jax.train",
+                [
+                    f"--config={cfg}",
+                    f"--workdir={workdir}",
+                    "--distributed",
+                    f"--coordinator_address=127.0.0.1:{port}",
+                    "--num_processes=2",
+                    f"--process_id={i}",
+                ],
+                4,
+                logs[i],
+            )  # fmt: skip
             for i in range(2)
         ]
         try:
@@ -242,16 +282,18 @@ def test_convert_evaluate_predict_export_on_a_bucket(gcs, bucket_run, local_run,
     from PIL import Image
 
     from regnet_jax.training import prediction
+    from regnet_jax.training.evaluation import evaluate
     from regnet_jax.weights import exporting, layouts
     from regnet_jax.weights.pretrained import load_pretrained
-    from regnet_jax.training.evaluation import evaluate
 
     config = tiny_config()
     from_bucket = evaluate(config, bucket_run["workdir"])  # evaluate --checkpoint=gs://... (a training workdir)
     assert from_bucket["top1_err"] == pytest.approx(local_run[1]["final"]["top1_err"], abs=1e-9)
     trained = load_pretrained(local_run[0])
     np.savez(tmp_path / "pycls.npz", **layouts.to_layout(trained.variables, "pycls"))
-    out = layouts.convert_file("pycls", str(tmp_path / "pycls.npz"), config, f"{BUCKET}/weights")  # convert --output=gs://...
+    out = layouts.convert_file(
+        "pycls", str(tmp_path / "pycls.npz"), config, f"{BUCKET}/weights"
+    )  # convert --output=gs://...
     assert str(out["output"]) == f"{BUCKET}/weights" and paths.isfile(f"{BUCKET}/weights/meta.json")
     converted = evaluate(config, f"{BUCKET}/weights")  # a weights directory on the bucket
     assert converted["count"] == 50 and 0 <= converted["top1_err"] <= 100
@@ -260,18 +302,22 @@ def test_convert_evaluate_predict_export_on_a_bucket(gcs, bucket_run, local_run,
     paths.write_bytes(f"{BUCKET}/images/grey.png", image.getvalue())
     (result,) = prediction.predict(f"{BUCKET}/weights", [f"{BUCKET}/images/grey.png"], k=3, resolution=16)
     assert result["image"] == f"{BUCKET}/images/grey.png" and len(result["top"]) == 3
-    _, sidecar = exporting.export_variables(trained.variables, TINY_MODEL, trained.input, f"{BUCKET}/export/tiny.safetensors")
+    _, sidecar = exporting.export_variables(
+        trained.variables, TINY_MODEL, trained.input, f"{BUCKET}/export/tiny.safetensors"
+    )
     tensors, meta = exporting.read_export(f"{BUCKET}/export/tiny.safetensors")
     assert str(sidecar) == f"{BUCKET}/export/tiny.safetensors.json" and meta["model"]["widths"] == [8, 16]
-    np.testing.assert_array_equal(tensors["params"]["head"]["fc"]["kernel"], trained.variables["params"]["head"]["fc"]["kernel"])
+    np.testing.assert_array_equal(
+        tensors["params"]["head"]["fc"]["kernel"], trained.variables["params"]["head"]["fc"]["kernel"]
+    )
 
 
 def test_sweep_setup_launch_collect_analyze_on_a_bucket(gcs):
+    from regnet_jax.config import load_config_file
     from regnet_jax.design_space.collect import collect
-    from regnet_jax.design_space.launch import LaunchOptions, Launcher, launch
+    from regnet_jax.design_space.launch import Launcher, LaunchOptions, launch
     from regnet_jax.design_space.layout import SweepDir
     from regnet_jax.design_space.report import analyze
-    from regnet_jax.config import load_config_file
     from regnet_jax.design_space.sweep_setup import setup_sweep
     from tests.test_sweep import TINY
 
@@ -333,7 +379,14 @@ def test_folder_dataset_and_tfds_metadata_on_a_bucket(gcs, tmp_path):
     splits = [tfds.core.SplitInfo(name=s, shard_lengths=[8], num_bytes=0) for s in ("train", "test")]
     builder.info.set_splits(tfds.core.SplitDict(splits))
     builder.info.write_to_directory(builder.data_dir)
-    config = tiny_config(**{"dataset.name": "mnist", "dataset.data_dir": f"{BUCKET}/tfds", "dataset.num_train_examples": 0, "dataset.num_eval_examples": 0})
+    config = tiny_config(
+        **{
+            "dataset.name": "mnist",
+            "dataset.data_dir": f"{BUCKET}/tfds",
+            "dataset.num_train_examples": 0,
+            "dataset.num_eval_examples": 0,
+        }
+    )
     data.check_dataset(config)  # prepared: both splits found with their sizes
     config.dataset.data_dir = f"{BUCKET}/empty"
     with pytest.raises(DatasetNotReadyError, match=f"not prepared: looked in {BUCKET}/empty/mnist"):
@@ -347,7 +400,10 @@ def test_workdir_lock_on_a_bucket(gcs, caplog):
     holder = workdir_lock.WorkdirLock(workdir, settle_s=0.1)
     holder.acquire()
     try:
-        with pytest.raises(workdir_lock.WorkdirBusyError, match=rf"in use by another run \(host {socket.gethostname()}, pid {os.getpid()}, started "):
+        with pytest.raises(
+            workdir_lock.WorkdirBusyError,
+            match=rf"in use by another run \(host {socket.gethostname()}, pid {os.getpid()}, started ",
+        ):
             train_and_evaluate(tiny_config(), workdir)
     finally:
         holder.release()
@@ -355,7 +411,14 @@ def test_workdir_lock_on_a_bucket(gcs, caplog):
     with pytest.raises(paths.StorageError, match="cannot write gs://nobucket/run/lock.json: its bucket does not exist"):
         train_and_evaluate(tiny_config(), "gs://nobucket/run")
     # A holder on another host cannot be checked by pid: its heartbeat decides.
-    record = {"host": "other-host", "pid": 1, "started": "yesterday", "heartbeat": time.time(), "lease_s": 60, "token": "x"}
+    record = {
+        "host": "other-host",
+        "pid": 1,
+        "started": "yesterday",
+        "heartbeat": time.time(),
+        "lease_s": 60,
+        "token": "x",
+    }
     paths.write_json(f"{workdir}/{workdir_lock.LOCK_FILE}", record)
     with pytest.raises(workdir_lock.WorkdirBusyError, match="host other-host, pid 1, started yesterday"):
         workdir_lock.WorkdirLock(workdir, settle_s=0.1).acquire()
@@ -375,7 +438,10 @@ def test_prepared_data_on_a_bucket(gcs, tmp_path, monkeypatch):
     out = f"{BUCKET}/prepared"
     index = build_prepared.build(tiny_config(), out, 37, ["train", "test"], images_per_shard=64)
     assert paths.read_json(f"{out}/index.json") == json.loads(json.dumps(index))
-    assert [s["file"] for s in index["splits"]["train"]["shards"]] == ["train-00000-of-00002.array_record", "train-00001-of-00002.array_record"]
+    assert [s["file"] for s in index["splits"]["train"]["shards"]] == [
+        "train-00000-of-00002.array_record",
+        "train-00001-of-00002.array_record",
+    ]
     prepared = tiny_config(**{"dataset.prepared_dir": out})
     for a, b in zip(data.TrainInput(tiny_config()).epoch(0), data.TrainInput(prepared).epoch(0)):
         np.testing.assert_array_equal(a["image"], b["image"])  # digits are stored as they are: the same batches

@@ -36,7 +36,9 @@ def _wait_for_line(log: pathlib.Path, pattern: str, proc: subprocess.Popen, time
         m = re.search(pattern, log.read_text())
         if m:
             return m
-        assert proc.poll() is None, f"exited with status {proc.returncode} before {pattern!r}:\n{log.read_text()[-3000:]}"
+        assert proc.poll() is None, (
+            f"exited with status {proc.returncode} before {pattern!r}:\n{log.read_text()[-3000:]}"
+        )
         assert time.time() < deadline, f"no {pattern!r} within {timeout}s:\n{log.read_text()[-3000:]}"
         time.sleep(0.05)
 
@@ -49,7 +51,9 @@ def _checkpoints(workdir: pathlib.Path) -> list[int]:
     return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
 
 
-def _interrupt_train(config: pathlib.Path, workdir: pathlib.Path, log: pathlib.Path, after: str) -> tuple[int, str, re.Match]:
+def _interrupt_train(
+    config: pathlib.Path, workdir: pathlib.Path, log: pathlib.Path, after: str
+) -> tuple[int, str, re.Match]:
     """Start `train`, press Ctrl-C once the log matches ``after``; returns (exit status, output, that match)."""
     proc = start_cli("regnet_jax.train", [f"--config={config}", f"--workdir={workdir}"], 1, log)
     try:
@@ -68,7 +72,9 @@ def test_ctrl_c_saves_a_checkpoint_mid_epoch_says_how_to_resume_and_the_rerun_re
     assert rc == EXIT_INTERRUPTED, out[-3000:]
     assert "Traceback" not in out, out[-3000:]
     (line,) = _interrupted_lines(out)
-    m = re.fullmatch(r"interrupted at step (\d+) \(Ctrl-C\): checkpoint saved in (\S+); rerun the same command to resume", line)
+    m = re.fullmatch(
+        r"interrupted at step (\d+) \(Ctrl-C\): checkpoint saved in (\S+); rerun the same command to resume", line
+    )
     assert m and m.group(2) == str(workdir / "checkpoints"), line
     step = int(m.group(1))
     assert _checkpoints(workdir) == [step] and 3 <= step < STEPS_PER_EPOCH  # beyond the last epoch boundary (step 0)
@@ -109,7 +115,9 @@ def test_ctrl_c_twice_while_compiling_stops_at_once_with_one_line(tmp_path):
 def test_ctrl_c_while_starting_is_one_line(tmp_path):
     """Ctrl-C while the command imports its libraries: one line, exit status 130, no traceback."""
     log = tmp_path / "train.log"
-    proc = start_cli("regnet_jax.train", [f"--config={_long_config(tmp_path)}", f"--workdir={tmp_path / 'run'}"], 1, log)
+    proc = start_cli(
+        "regnet_jax.train", [f"--config={_long_config(tmp_path)}", f"--workdir={tmp_path / 'run'}"], 1, log
+    )
     try:
         time.sleep(1.5)
         os.killpg(proc.pid, signal.SIGINT)
@@ -156,7 +164,9 @@ def test_ctrl_c_stops_a_sweep_launch_with_its_trainers_checkpointed_and_a_relaun
     proc = _launch(out, tmp_path / "launch1.log")
     try:
         deadline = time.time() + 240
-        while not any((r / "train.log").exists() and re.search(r"step 2/2000 ", (r / "train.log").read_text()) for r in runs):
+        while not any(
+            (r / "train.log").exists() and re.search(r"step 2/2000 ", (r / "train.log").read_text()) for r in runs
+        ):
             assert proc.poll() is None, (tmp_path / "launch1.log").read_text()
             assert time.time() < deadline, (tmp_path / "launch1.log").read_text()
             time.sleep(0.05)
@@ -171,7 +181,9 @@ def test_ctrl_c_stops_a_sweep_launch_with_its_trainers_checkpointed_and_a_relaun
     assert "2 trainer(s) stopped (000000, 000001), each after saving what it had trained" in line, line
     assert "0/2 models done. Rerun the same command to resume" in line, line
     trained = []
-    for run in runs:  # each trainer stopped cleanly: saved at its next step, or before its first one with nothing to save
+    for (
+        run
+    ) in runs:  # each trainer stopped cleanly: saved at its next step, or before its first one with nothing to save
         log = (run / "train.log").read_text()
         assert len(_interrupted_lines(log)) == 1 and "Traceback" not in log, log[-3000:]
         assert json.load(open(run / "launch.json"))["attempts"][-1]["result"] == "interrupted"

@@ -69,7 +69,9 @@ def test_cpu_lowerings_equal_native_forward_and_gradients(h, w, c_in, c_out, k, 
     lowered = {impl: _value_and_grads(impl, x, kernel, stride, groups, r) for impl in ("blocked", "vjp")}
     if stride > 1 and groups > 1:  # small grouped layers keep XLA's strided input gradient: check the phases too
         monkeypatch.setattr(conv, "PHASE_MIN_PIXELS", 0)
-        lowered["vjp, phases"] = jax.jit(_value_and_grads.__wrapped__, static_argnums=(0, 3, 4))("vjp", x, kernel, stride, groups, r)
+        lowered["vjp, phases"] = jax.jit(_value_and_grads.__wrapped__, static_argnums=(0, 3, 4))(
+            "vjp", x, kernel, stride, groups, r
+        )
     for impl, values in lowered.items():
         assert native[0].shape == values[0].shape == r.shape
         for name, a, b in zip(("output", "grad x", "grad kernel"), values, native):
@@ -88,13 +90,20 @@ def test_vjp_lowering_under_shard_map_sums_kernel_gradients_over_devices(groups)
         per_device = lambda x, k, r: jax.lax.psum(jnp.sum(conv.conv2d(x, k, 2, groups, impl=impl) * r), "batch")  # noqa: E731
         return jax.shard_map(per_device, mesh=mesh, in_specs=(P("batch"), P(), P("batch")), out_specs=P())(x, kernel, r)
 
-    grads = {impl: jax.jit(jax.grad(loss, argnums=(1, 2)), static_argnums=0)(impl, x, kernel, r) for impl in ("xla", "vjp")}
+    grads = {
+        impl: jax.jit(jax.grad(loss, argnums=(1, 2)), static_argnums=0)(impl, x, kernel, r) for impl in ("xla", "vjp")
+    }
     for a, b in zip(grads["vjp"], grads["xla"]):
         assert _rel_err(a, b) < 1e-5
 
 
 def _compiled_backward(impl, x, kernel, stride, groups, r) -> str:
-    return jax.jit(lambda x, k: jax.vjp(lambda x, k: conv.conv2d(x, k, stride, groups, impl=impl), x, k)[1](r)).lower(x, kernel).compile().as_text()
+    return (
+        jax.jit(lambda x, k: jax.vjp(lambda x, k: conv.conv2d(x, k, stride, groups, impl=impl), x, k)[1](r))
+        .lower(x, kernel)
+        .compile()
+        .as_text()
+    )
 
 
 def test_vjp_backward_structure():
@@ -106,8 +115,12 @@ def test_vjp_backward_structure():
     # 1x1: both gradients are 2-D matrix products of the activations as they are (no transposed copies).
     x, kernel, r = _inputs(8, 8, 16, 24, 1, 1, 1)
     one = _compiled_backward("vjp", x, kernel, 1, 1, r)
-    transposed = [np.prod([int(d) for d in shape.split(",")]) for shape in re.findall(r"= f32\[([\d,]+)\]\S* transpose\(", one)]
-    assert "convolution(" not in one and all(n < x.size for n in transposed), transposed  # only the kernel is transposed
+    transposed = [
+        np.prod([int(d) for d in shape.split(",")]) for shape in re.findall(r"= f32\[([\d,]+)\]\S* transpose\(", one)
+    ]
+    assert "convolution(" not in one and all(n < x.size for n in transposed), (
+        transposed
+    )  # only the kernel is transposed
 
 
 def test_chunk_width_rule_and_uneven_chunks(monkeypatch):
@@ -123,7 +136,9 @@ def test_chunk_width_rule_and_uneven_chunks(monkeypatch):
         assert _rel_err(a, b) < 1e-5
 
 
-@pytest.mark.parametrize("groups, group_in, width", [(13, 8, 32), (6, 8, 32), (2, 64, 32), (17, 64, 128), (55, 8, 32), (1, 3, 32)])
+@pytest.mark.parametrize(
+    "groups, group_in, width", [(13, 8, 32), (6, 8, 32), (2, 64, 32), (17, 64, 128), (55, 8, 32), (1, 3, 32)]
+)
 def test_group_chunks_cover_every_group_once(groups, group_in, width):
     chunks = conv.group_chunks(groups, group_in, width)
     covered = [g for start, m in chunks for g in range(start, start + m)]
@@ -141,7 +156,9 @@ def test_block_diagonal_and_transposed_kernels():
     np.testing.assert_array_equal(dense, expected)
     # The input gradient's kernel: flipped, and each group's (in, out) block transposed.
     kt = np.asarray(conv.transpose_kernel(jnp.asarray(k), 3))
-    np.testing.assert_array_equal(np.asarray(conv.block_diagonal(jnp.asarray(kt), 3)), dense[::-1, ::-1].transpose(0, 1, 3, 2))
+    np.testing.assert_array_equal(
+        np.asarray(conv.block_diagonal(jnp.asarray(kt), 3)), dense[::-1, ::-1].transpose(0, 1, 3, 2)
+    )
 
 
 def test_auto_uses_the_vjp_lowering_on_cpu():

@@ -45,7 +45,13 @@ def test_a_tool_prints_only_its_own_output():
     """A tool that imports TensorFlow and JAX, then fails on bad input: stderr is that one error line."""
     env = {k: v for k, v in os.environ.items() if k not in (*logs.QUIET_ENVIRONMENT, logs.VERBOSE_ENV)}
     env["PYTHONPATH"] = str(REPO)
-    args = [sys.executable, "-m", "regnet_jax.evaluate", "--config=configs/quickstart.py", "--checkpoint=/nonexistent/run"]
+    args = [
+        sys.executable,
+        "-m",
+        "regnet_jax.evaluate",
+        "--config=configs/quickstart.py",
+        "--checkpoint=/nonexistent/run",
+    ]
     out = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=110)
     lines = out.stderr.splitlines()
     assert out.returncode == 2 and out.stdout == ""

@@ -41,7 +41,9 @@ def test_train_step_donates_the_state():
     state = train_steps.create_train_state(model, tx, jax.random.key(0), IMAGE, mesh)
     step = train_steps.make_train_step(model, tx, mesh, num_classes=10)
     rng = np.random.default_rng(0)
-    batch = distributed.shard_batch({"image": rng.normal(size=(8, *IMAGE)).astype(np.float32), "label": np.arange(8, dtype=np.int32)}, mesh)
+    batch = distributed.shard_batch(
+        {"image": rng.normal(size=(8, *IMAGE)).astype(np.float32), "label": np.arange(8, dtype=np.int32)}, mesh
+    )
     # XLA writes the new state into the old state's buffers: every byte of the state is aliased.
     state_bytes = sum(x.addressable_shards[0].data.nbytes for x in jax.tree_util.tree_leaves(state))
     assert step.lower(state, batch).compile().memory_analysis().alias_size_in_bytes == state_bytes
@@ -74,7 +76,9 @@ def test_prepare_releases_the_compilers_free_memory(monkeypatch):
     calls = []
     monkeypatch.setattr(timing, "release_free_heap", lambda: calls.append("release"))
     stages = []
-    prep = timing.prepare(tiny_config(), mode="train", batch=4, num_devices=1, on_stage=lambda s: stages.append((s, list(calls))))
+    prep = timing.prepare(
+        tiny_config(), mode="train", batch=4, num_devices=1, on_stage=lambda s: stages.append((s, list(calls)))
+    )
     assert stages == [("built", []), ("compiled", ["release"])]  # after compiling, before any step
     jax.block_until_ready(prep.run())
     assert calls == ["release"]  # never inside the timed steps
@@ -111,7 +115,9 @@ def test_side_by_side_pytorch_worker_imports_no_regnet_jax():
         "run()\n"
         "print('IMPORTED', [m for m in ('regnet_jax.models', 'jax', 'flax') if m in sys.modules])\n"
     )
-    p = subprocess.run([sys.executable, "-c", code, json.dumps(opts)], cwd=REPO, capture_output=True, text=True, timeout=200)
+    p = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(opts)], cwd=REPO, capture_output=True, text=True, timeout=200
+    )
     assert p.returncode == 0, p.stderr
     assert "IMPORTED []" in p.stdout, p.stdout
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from regnet_jax.models.complexity import count
 from regnet_jax.config import ConfigError, validate_model
 from regnet_jax.models import create_model, list_models
+from regnet_jax.models.complexity import count
 from regnet_jax.models.layers import BatchNorm, Conv
 from regnet_jax.models.regnet import adjust_block_compatibility, generate_regnet
 
@@ -193,8 +193,12 @@ def test_anynet_bottleneck_fields_are_optional_for_basic_and_vanilla_blocks():
         anynet = {k: v for k, v in _anynet(block_type=block).items() if k not in ("bot_muls", "group_ws")}
         m = validate_model(anynet)
         assert (m["bot_muls"], m["group_ws"]) == ([1.0, 1.0], [1, 1])
-        assert count(anynet, 32) == count({**anynet, "bot_muls": [0.5, 4], "group_ws": [8, 3]}, 32)  # unused: same model
-        variables = jax.eval_shape(lambda: create_model(anynet).init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False))
+        assert count(anynet, 32) == count(
+            {**anynet, "bot_muls": [0.5, 4], "group_ws": [8, 3]}, 32
+        )  # unused: same model
+        variables = jax.eval_shape(
+            lambda: create_model(anynet).init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False)
+        )
         assert sum(x.size for x in jax.tree_util.tree_leaves(variables["params"])) == count(anynet, 32)["params"]
 
 

@@ -25,8 +25,15 @@ def test_killing_one_of_two_processes_mid_epoch_ends_the_other(tmp_path):
     procs = [
         start_cli(
             "regnet_jax.train",
-            [f"--config={cfg_file}", f"--workdir={tmp_path / 'run'}", "--distributed", f"--coordinator_address=localhost:{port}",
-             "--num_processes=2", f"--process_id={i}", "--heartbeat_timeout_s=20"],
+            [
+                f"--config={cfg_file}",
+                f"--workdir={tmp_path / 'run'}",
+                "--distributed",
+                f"--coordinator_address=localhost:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+                "--heartbeat_timeout_s=20",
+            ],
             num_devices=4,
             log_path=tmp_path / f"process{i}.log",
         )  # fmt: skip
@@ -49,7 +56,9 @@ def test_killing_one_of_two_processes_mid_epoch_ends_the_other(tmp_path):
     assert code == 1, text[-3000:]
     assert took < EXIT_WITHIN_S, took
     errors = [line for line in text.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and errors[0].startswith("error: process 0 of 2: a step shared by all processes failed"), text[-3000:]
+    assert len(errors) == 1 and errors[0].startswith("error: process 0 of 2: a step shared by all processes failed"), (
+        text[-3000:]
+    )
     assert "another process has probably died (see its log)" in errors[0]
     assert "Traceback" not in text and "step 32/1600" not in text  # stopped mid-epoch 0
 

@@ -17,7 +17,9 @@ def _start_pair(tmp_path: pathlib.Path, name: str, args: list[str], cache_dir: p
         log = open(tmp_path / f"{name}{i}.log", "w")
         cmd = [sys.executable, "-m", "regnet_jax.train", *args, "--distributed", f"--coordinator_address=localhost:{port}",
                "--num_processes=2", f"--process_id={i}"]  # fmt: skip
-        procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        procs.append(
+            subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        )
     return procs
 
 
@@ -46,7 +48,11 @@ def test_two_processes_resume_with_the_compilation_cache_of_an_earlier_run(tmp_p
     assert all("persistent compilation cache is off" in log for log in _logs(tmp_path, "first"))
     assert not cache.exists() or not any(cache.iterdir()), "a multi-process CPU run wrote the compilation cache"
     config.num_epochs = 2
-    args = [f"--config={write_config_file(tmp_path / 'c2.py', config)}", f"--workdir={workdir}", "--allow_config_change"]
+    args = [
+        f"--config={write_config_file(tmp_path / 'c2.py', config)}",
+        f"--workdir={workdir}",
+        "--allow_config_change",
+    ]
     second = _wait_pair(_start_pair(tmp_path, "second", args, cache), timeout=240)
     assert second == [0, 0], "".join(log[-3000:] for log in _logs(tmp_path, "second"))
     summary = json.loads((workdir / "summary.json").read_text())

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from regnet_jax.config import base_config, base_lr, describe_lr
 from regnet_jax.models import zoo
 from regnet_jax.training import optimizer
-from regnet_jax.config import base_config, base_lr, describe_lr
 from tests.helpers_train import TINY_MODEL, tiny_config
 
 
@@ -90,7 +90,10 @@ def test_sgd_matches_pytorch_nesterov_with_weight_decay():
     config = tiny_config(num_epochs=4)
     config.optim.warmup_epochs = 1
     rng = np.random.default_rng(0)
-    params = {"conv": {"kernel": rng.normal(size=(3, 4)).astype(np.float32)}, "head": {"bias": rng.normal(size=(4,)).astype(np.float32)}}
+    params = {
+        "conv": {"kernel": rng.normal(size=(3, 4)).astype(np.float32)},
+        "head": {"bias": rng.normal(size=(4,)).astype(np.float32)},
+    }
     grads = [jax.tree_util.tree_map(lambda p: rng.normal(size=p.shape).astype(np.float32), params) for _ in range(8)]
     steps_per_epoch = 2
     tx = optimizer.make_optimizer(config, steps_per_epoch, params)
@@ -99,7 +102,10 @@ def test_sgd_matches_pytorch_nesterov_with_weight_decay():
         updates, state = tx.update(g, state, p)
         p = jax.tree_util.tree_map(lambda a, u: a + u, p, updates)
 
-    tp = [torch.tensor(params["conv"]["kernel"], requires_grad=True), torch.tensor(params["head"]["bias"], requires_grad=True)]
+    tp = [
+        torch.tensor(params["conv"]["kernel"], requires_grad=True),
+        torch.tensor(params["head"]["bias"], requires_grad=True),
+    ]
     opt = torch.optim.SGD(tp, lr=1.0, momentum=0.9, nesterov=True, weight_decay=config.optim.weight_decay, dampening=0)
     for i, g in enumerate(grads):
         for group in opt.param_groups:  # pycls sets the lr once per epoch
@@ -113,7 +119,14 @@ def test_sgd_matches_pytorch_nesterov_with_weight_decay():
 def test_weight_decay_can_exclude_bn_and_biases():
     params = {
         "stem": {"conv": {"kernel": jnp.ones((3, 3, 3, 8))}, "bn": {"scale": jnp.ones(8), "bias": jnp.ones(8)}},
-        "s1": {"b1": {"f": {"a_bn": {"scale": jnp.ones(8)}, "se": {"f_ex_0": {"kernel": jnp.ones((8, 2)), "bias": jnp.ones(2)}}}}},
+        "s1": {
+            "b1": {
+                "f": {
+                    "a_bn": {"scale": jnp.ones(8)},
+                    "se": {"f_ex_0": {"kernel": jnp.ones((8, 2)), "bias": jnp.ones(2)}},
+                }
+            }
+        },
         "head": {"fc": {"kernel": jnp.ones((8, 10)), "bias": jnp.ones(10)}},
     }
     zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
@@ -122,7 +135,10 @@ def test_weight_decay_can_exclude_bn_and_biases():
         config.optim.wd_exclude_bn_bias = exclude
         tx = optimizer.make_optimizer(config, 10, params)
         updates, _ = tx.update(zeros, tx.init(params), params)
-        decayed = {jax.tree_util.keystr(k): bool(np.any(np.asarray(u) != 0)) for k, u in jax.tree_util.tree_flatten_with_path(updates)[0]}
+        decayed = {
+            jax.tree_util.keystr(k): bool(np.any(np.asarray(u) != 0))
+            for k, u in jax.tree_util.tree_flatten_with_path(updates)[0]
+        }
         for key, moved in decayed.items():
             is_bn_or_bias = "bn" in key or key.endswith("['bias']")
             assert moved == (not (exclude and is_bn_or_bias)), key

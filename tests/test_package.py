@@ -15,7 +15,18 @@ import sys
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "regnet_jax"
-COMMANDS = ["train", "evaluate", "predict", "convert", "export", "sweep", "complexity", "benchmark", "prepare", "models.__main__"]
+COMMANDS = [
+    "train",
+    "evaluate",
+    "predict",
+    "convert",
+    "export",
+    "sweep",
+    "complexity",
+    "benchmark",
+    "prepare",
+    "models.__main__",
+]
 # docs/architecture.md: core <- config <- models, data <- training, weights, design_space, benchmarking <- commands.
 LAYERS = [
     ("core",),
@@ -157,8 +168,17 @@ def test_nothing_points_outside_the_repository():
     hits = []
     for path in REPO.rglob("*"):
         rel = path.relative_to(REPO)
-        if rel.parts[0].startswith(".") and rel.parts[0] != ".ci" or not path.is_file() or path == pathlib.Path(__file__):
+        if (
+            rel.parts[0].startswith(".")
+            and rel.parts[0] != ".ci"
+            or not path.is_file()
+            or path == pathlib.Path(__file__)
+        ):
             continue
         if path.suffix in suffixes or rel.parts[0] == ".ci":
-            hits += [f"{rel}:{i}" for i, line in enumerate(path.read_text(errors="replace").splitlines(), 1) if pattern.search(line)]
+            hits += [
+                f"{rel}:{i}"
+                for i, line in enumerate(path.read_text(errors="replace").splitlines(), 1)
+                if pattern.search(line)
+            ]
     assert not hits, hits

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from regnet_jax.core import distributed
+from regnet_jax.models import create_model
 from regnet_jax.training import optimizer
 from regnet_jax.training import steps as train_steps
-from regnet_jax.models import create_model
 from tests.helpers_train import tiny_config
 
 IMAGE = (16, 16, 3)
@@ -23,14 +23,19 @@ def _setup(**overrides):
 def _batches(n, batch=16, seed=0):
     rng = np.random.default_rng(seed)
     return [
-        {"image": rng.normal(size=(batch, *IMAGE)).astype(np.float32), "label": rng.integers(0, 10, batch).astype(np.int32)}
+        {
+            "image": rng.normal(size=(batch, *IMAGE)).astype(np.float32),
+            "label": rng.integers(0, 10, batch).astype(np.int32),
+        }
         for _ in range(n)
     ]
 
 
 def _train(model, tx, devices, batches, **step_kw):
     mesh = distributed.make_mesh(devices)
-    state = train_steps.create_train_state(model, tx, jax.random.key(0), IMAGE, mesh, ema=bool(step_kw.get("ema_decay")))
+    state = train_steps.create_train_state(
+        model, tx, jax.random.key(0), IMAGE, mesh, ema=bool(step_kw.get("ema_decay"))
+    )
     step = train_steps.make_train_step(model, tx, mesh, num_classes=10, **step_kw)
     losses = []
     for b in batches:
@@ -42,7 +47,9 @@ def _train(model, tx, devices, batches, **step_kw):
 
 def _assert_trees_close(a, b, rtol=2e-5, atol=1e-6):
     for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree_util.tree_leaves(b)):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol, err_msg=jax.tree_util.keystr(path))
+        np.testing.assert_allclose(
+            np.asarray(x), np.asarray(y), rtol=rtol, atol=atol, err_msg=jax.tree_util.keystr(path)
+        )
 
 
 def test_eight_devices_equal_one_device():
@@ -71,7 +78,9 @@ def test_eval_step_masks_padding():
     state = train_steps.create_train_state(model, tx, jax.random.key(0), IMAGE, mesh)
     step = train_steps.make_eval_step(model, mesh, num_classes=10)
     (batch,) = _batches(1)
-    full = jax.device_get(step(state.variables(), distributed.shard_batch({**batch, "mask": np.ones(16, np.float32)}, mesh)))
+    full = jax.device_get(
+        step(state.variables(), distributed.shard_batch({**batch, "mask": np.ones(16, np.float32)}, mesh))
+    )
     mask = (np.arange(16) < 5).astype(np.float32)
     part = jax.device_get(step(state.variables(), distributed.shard_batch({**batch, "mask": mask}, mesh)))
     logits = model.apply(jax.device_get(state.variables()), batch["image"], train=False)
@@ -84,6 +93,12 @@ def test_eval_step_masks_padding():
 
 @pytest.mark.parametrize("enabled", [False, None])
 def test_no_distributed_init_without_cluster(enabled, monkeypatch):
-    for var in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS", "JAX_COORDINATOR_ADDRESS"):
+    for var in (
+        "SLURM_NTASKS",
+        "OMPI_COMM_WORLD_SIZE",
+        "TPU_WORKER_HOSTNAMES",
+        "MEGASCALE_COORDINATOR_ADDRESS",
+        "JAX_COORDINATOR_ADDRESS",
+    ):
         monkeypatch.delenv(var, raising=False)
     assert distributed.maybe_initialize_distributed(enabled) is False

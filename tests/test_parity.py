@@ -17,9 +17,9 @@ import numpy as np
 import optax
 import pytest
 
+from regnet_jax.models import create_model, layers, model_spec
 from regnet_jax.models.complexity import count
 from regnet_jax.weights.layouts import from_pycls, to_pycls
-from regnet_jax.models import create_model, layers, model_spec
 from tests import golden
 
 LOWERINGS = ("xla", "vjp")  # the GPU/TPU lowering and the CPU default
@@ -60,7 +60,9 @@ def _outputs(name: str, impl: str) -> dict[str, np.ndarray]:
 
     def run(variables):
         def loss_fn(params):
-            logits, updates = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, train=True, mutable=["batch_stats"])
+            logits, updates = model.apply(
+                {"params": params, "batch_stats": variables["batch_stats"]}, x, train=True, mutable=["batch_stats"]
+            )
             return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), (logits, updates["batch_stats"])
 
         (loss, (logits, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
@@ -78,7 +80,9 @@ def _errors(name: str, impl: str, prefix: str) -> dict[str, float]:
     _, arrays, _ = _case(name)
     got = _outputs(name, impl)
     keys = [k for k in arrays if k.startswith(prefix)]
-    assert keys and set(keys) == {k for k in got if k.startswith(prefix)}, f"{prefix}: regnet_jax and pycls have different keys"
+    assert keys and set(keys) == {k for k in got if k.startswith(prefix)}, (
+        f"{prefix}: regnet_jax and pycls have different keys"
+    )
     return {k: rel_err(got[k], arrays[k]) for k in keys}
 
 
@@ -86,7 +90,12 @@ def _errors(name: str, impl: str, prefix: str) -> dict[str, float]:
 def test_pycls_built_the_same_architecture(name):
     meta, _ = golden.load(name)
     spec, p = model_spec(meta["model"]), meta["pycls_args"]
-    assert (list(spec.depths), list(spec.widths), list(spec.strides), spec.stem_w) == (p["ds"], p["ws"], p["ss"], p["stem_w"])
+    assert (list(spec.depths), list(spec.widths), list(spec.strides), spec.stem_w) == (
+        p["ds"],
+        p["ws"],
+        p["ss"],
+        p["stem_w"],
+    )
     if spec.block_type == "res_bottleneck_block":  # pycls's other blocks take no bottleneck or group widths
         assert (list(spec.bot_muls), list(spec.group_ws)) == (p["bms"], p["gws"])
     assert spec.se_ratio == (p["se_r"] or 0) and spec.num_classes == p["nc"]
@@ -95,7 +104,9 @@ def test_pycls_built_the_same_architecture(name):
 
 @pytest.mark.parametrize("name, impl", RUNS)
 def test_logits_and_loss(name, impl):
-    errors = {k: rel_err(_outputs(name, impl)[k], _case(name)[1][k]) for k in ("logits_eval", "logits_train", "loss_train")}
+    errors = {
+        k: rel_err(_outputs(name, impl)[k], _case(name)[1][k]) for k in ("logits_eval", "logits_train", "loss_train")
+    }
     assert max(errors.values()) <= 1e-5, errors
 
 

@@ -52,7 +52,12 @@ def test_an_append_cut_short_is_undone(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "exc, kind",
     [
-        (ValueError('RESOURCE_EXHAUSTED: Failed writing "x": Failed to write 177 bytes to file 11: No space left on device'), "no space left"),
+        (
+            ValueError(
+                'RESOURCE_EXHAUSTED: Failed writing "x": Failed to write 177 bytes to file 11: No space left on device'
+            ),
+            "no space left",
+        ),
         (OSError(errno.EDQUOT, "Disk quota exceeded"), "no space left"),
         (OSError(errno.EROFS, "Read-only file system"), "is not writable"),
         (PermissionError(errno.EACCES, "Permission denied"), "is not writable"),

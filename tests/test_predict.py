@@ -8,10 +8,10 @@ import jax
 import numpy as np
 import pytest
 
+from regnet_jax.models import create_model
 from regnet_jax.training import prediction
 from regnet_jax.weights import files as weight_files
 from regnet_jax.weights import layouts
-from regnet_jax.models import create_model
 
 MODEL = dict(type="anynet", stem_type="simple_stem_in", stem_w=8, block_type="res_bottleneck_block", depths=[1],
              widths=[16], strides=[2], bot_muls=[1.0], group_ws=[8], se_ratio=0.0, num_classes=4)  # fmt: skip
@@ -47,7 +47,9 @@ def weights_dir(tmp_path_factory):
     rng = np.random.default_rng(0)
     shapes = layouts.variable_shapes(MODEL)
     variables = jax.tree_util.tree_map_with_path(
-        lambda p, s: (rng.uniform(0.5, 1.5, s.shape) if p[-1].key in ("var", "scale") else rng.normal(0, 0.5, s.shape)).astype(np.float32),
+        lambda p, s: (
+            rng.uniform(0.5, 1.5, s.shape) if p[-1].key in ("var", "scale") else rng.normal(0, 0.5, s.shape)
+        ).astype(np.float32),
         shapes,
     )
     out = str(tmp_path_factory.mktemp("predict") / "weights")
@@ -90,9 +92,13 @@ def test_converted_weights_record_the_configs_resolution_and_predict_uses_it(wei
     config = base_config(MODEL)
     config.resolution, config.dataset.eval_crop_fraction = 24, 1.0
     layouts.convert_file("pycls", str(tmp_path / "sd.npz"), config, str(tmp_path / "w"))
-    assert {"resolution": 24, "crop_fraction": 1.0}.items() <= weight_files.read_meta(str(tmp_path / "w"))["input"].items()
+    assert {"resolution": 24, "crop_fraction": 1.0}.items() <= weight_files.read_meta(str(tmp_path / "w"))[
+        "input"
+    ].items()
     seen, real = [], prediction.preprocess
-    monkeypatch.setattr(prediction, "preprocess", lambda path, conv, res, crop: seen.append((res, crop)) or real(path, conv, res, crop))
+    monkeypatch.setattr(
+        prediction, "preprocess", lambda path, conv, res, crop: seen.append((res, crop)) or real(path, conv, res, crop)
+    )
     image = _flat_png(tmp_path / "x.png", (1, 2, 3))
     prediction.predict(str(tmp_path / "w"), [image])
     prediction.predict(str(tmp_path / "w"), [image], resolution=32)  # the flags override the model's

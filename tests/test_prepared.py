@@ -35,7 +35,11 @@ def _photo_tiles() -> list[np.ndarray]:
     """8 photo crops of 375x500 (scikit-learn's china.jpg and flower.jpg, shipped in its wheel)."""
     from sklearn.datasets import load_sample_images
 
-    return [im[y : y + 375, x : x + 500] for im in load_sample_images().images for y, x in ((0, 0), (52, 140), (20, 70), (40, 10))]
+    return [
+        im[y : y + 375, x : x + 500]
+        for im in load_sample_images().images
+        for y, x in ((0, 0), (52, 140), (20, 70), (40, 10))
+    ]
 
 
 def _jpeg(pixels: np.ndarray) -> bytes:
@@ -91,7 +95,12 @@ def _records(out: str, split: str) -> list[tuple[int, np.ndarray]]:
 def test_folder_round_trip(folder, folder_prepared):
     out, index = folder_prepared
     assert index == prepared.read_index(out)
-    assert (index["format"], index["version"], index["short_side"], index["encoding"]) == (prepared.FORMAT, 1, SHORT, "raw")
+    assert (index["format"], index["version"], index["short_side"], index["encoding"]) == (
+        prepared.FORMAT,
+        1,
+        SHORT,
+        "raw",
+    )
     assert index["source"] == {"name": "folder", "data_dir": str(folder)} and index["class_names"] == ["c0", "c1"]
     train = index["splits"]["train"]
     assert (train["num_examples"], train["skipped"], [s["num_examples"] for s in train["shards"]]) == (6, [], [4, 2])
@@ -106,7 +115,9 @@ def test_folder_round_trip(folder, folder_prepared):
         expected = tf.image.resize(source.astype(np.float32), expected_hw, method="bilinear", antialias=False).numpy()
         assert np.abs(pixels.astype(float) - expected).max() <= 1  # decoding + resizing the source, within 1 level
     assert prepared.read_index(out)["splits"]["val"]["num_examples"] == 2
-    assert index["bytes"] == sum(os.path.getsize(os.path.join(out, s["file"])) for e in index["splits"].values() for s in e["shards"])
+    assert index["bytes"] == sum(
+        os.path.getsize(os.path.join(out, s["file"])) for e in index["splits"].values() for s in e["shards"]
+    )
 
 
 def test_prepared_folder_is_read_in_the_jpeg_paths_order_and_positions(folder, folder_prepared):
@@ -163,9 +174,13 @@ def test_switching_to_prepared_data_is_a_reported_change():
 
 
 def _crops(images, res: int, seeds: int) -> np.ndarray:
-    cfg = tiny_config(**{"dataset.mean": (0.0, 0.0, 0.0), "dataset.std": (1.0, 1.0, 1.0), "dataset.min_area": 0.08}).dataset
+    cfg = tiny_config(
+        **{"dataset.mean": (0.0, 0.0, 0.0), "dataset.std": (1.0, 1.0, 1.0), "dataset.min_area": 0.08}
+    ).dataset
     fn = tf.function(lambda image, seed: augment.train_preprocess(image, seed, cfg, res))
-    return np.stack([fn(image, tf.constant([k, s], tf.int64)).numpy() for k, image in enumerate(images) for s in range(seeds)])
+    return np.stack(
+        [fn(image, tf.constant([k, s], tf.int64)).numpy() for k, image in enumerate(images) for s in range(seeds)]
+    )
 
 
 @pytest.mark.parametrize("res", [224, 64])
@@ -187,13 +202,23 @@ def test_crops_of_prepared_images_have_the_jpeg_paths_statistics(res):
 
 def _windows(hw, n: int) -> np.ndarray:
     seeds = tf.stack([tf.zeros([n], tf.int64), tf.range(n, dtype=tf.int64)], 1)
-    fn = tf.function(lambda s: tf.map_fn(lambda x: augment.inception_crop_window(tf.constant(hw), x, 0.08, (3 / 4, 4 / 3)), s, fn_output_signature=tf.int32))
+    fn = tf.function(
+        lambda s: tf.map_fn(
+            lambda x: augment.inception_crop_window(tf.constant(hw), x, 0.08, (3 / 4, 4 / 3)),
+            s,
+            fn_output_signature=tf.int32,
+        )
+    )
     return fn(seeds).numpy()
 
 
 def _ks(a: np.ndarray, b: np.ndarray) -> float:
     x = np.sort(np.concatenate([a, b]))
-    return float(np.abs(np.searchsorted(np.sort(a), x, "right") / len(a) - np.searchsorted(np.sort(b), x, "right") / len(b)).max())
+    return float(
+        np.abs(
+            np.searchsorted(np.sort(a), x, "right") / len(a) - np.searchsorted(np.sort(b), x, "right") / len(b)
+        ).max()
+    )
 
 
 @pytest.mark.parametrize("prepared_hw", [(258, 344), (37, 49)])  # 500x375 prepared for 224 px and for 32 px
@@ -229,9 +254,14 @@ def test_bad_images_are_skipped_and_counted_in_training_splits_and_refused_in_ev
     assert (train["num_examples"], train["source_examples"]) == (4, 6)
     assert [label for label, _ in _records(str(tmp_path / "p"), "train")] == [0, 0, 1, 1]
     (root / "val" / "b" / "0.jpg").write_bytes(b"")
-    with pytest.raises(data.BadImagesError, match=r"^1 evaluation image\(s\) cannot be read or decoded: .*val/b/0\.jpg"):
+    with pytest.raises(
+        data.BadImagesError, match=r"^1 evaluation image\(s\) cannot be read or decoded: .*val/b/0\.jpg"
+    ):
         build_prepared.build(config, str(tmp_path / "p"), 40, ["train", "val"], images_per_shard=2)
-    with pytest.raises(data.BadImagesError, match=r"^1 of the 6 images of split 'train' cannot be read or decoded \(e\.g\. .*train/a/1\.jpg\), more than config"):
+    with pytest.raises(
+        data.BadImagesError,
+        match=r"^1 of the 6 images of split 'train' cannot be read or decoded \(e\.g\. .*train/a/1\.jpg\), more than config",
+    ):
         build_prepared.build(_folder_config(root), str(tmp_path / "strict"), 40, ["train"], images_per_shard=2)
 
 
@@ -258,7 +288,11 @@ def test_an_interrupted_build_is_unusable_and_a_rerun_finishes_it(folder, folder
     monkeypatch.setattr(build_prepared._ShardWriter, "finish", crash_on_the_second_shard)
     with pytest.raises(_Killed):
         build_prepared.build(config, out, SHORT, ["train", "val"], images_per_shard=4)
-    assert sorted(os.listdir(out)) == ["build.json", "train-00000-of-00002.array_record", "train-00000-of-00002.array_record.json"]
+    assert sorted(os.listdir(out)) == [
+        "build.json",
+        "train-00000-of-00002.array_record",
+        "train-00000-of-00002.array_record.json",
+    ]
     with pytest.raises(data.DatasetNotReadyError, match="its build is unfinished"):
         data.TrainInput(_folder_config(folder, **{"dataset.prepared_dir": out}))
     calls.clear()
@@ -269,14 +303,19 @@ def test_an_interrupted_build_is_unusable_and_a_rerun_finishes_it(folder, folder
         for (la, pa), (lb, pb) in zip(_records(out, split), _records(folder_prepared[0], split)):
             assert la == lb and np.array_equal(pa, pb)
     calls.clear()
-    assert build_prepared.build(config, out, SHORT, ["train", "val"], images_per_shard=4) == index and calls == []  # done
+    assert (
+        build_prepared.build(config, out, SHORT, ["train", "val"], images_per_shard=4) == index and calls == []
+    )  # done
 
 
 def test_bad_directories_are_one_line_errors(folder, folder_prepared, quickstart_prepared, tmp_path):
     def reading(prepared_dir, **overrides):
         return data.TrainInput(_folder_config(folder, **{"dataset.prepared_dir": str(prepared_dir), **overrides}))
 
-    with pytest.raises(data.DatasetNotReadyError, match=r"prepared_dir=.*/nowhere does not exist: build it with python -m regnet_jax.prepare"):
+    with pytest.raises(
+        data.DatasetNotReadyError,
+        match=r"prepared_dir=.*/nowhere does not exist: build it with python -m regnet_jax.prepare",
+    ):
         reading(tmp_path / "nowhere")
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "x.txt").write_text("x")
@@ -284,17 +323,26 @@ def test_bad_directories_are_one_line_errors(folder, folder_prepared, quickstart
         reading(tmp_path / "other")
     with pytest.raises(ConfigError, match=r"was prepared from dataset 'quickstart' but config.dataset.name='folder'"):
         reading(quickstart_prepared)
-    with pytest.raises(data.DatasetNotReadyError, match=r"has the split\(s\) \['train', 'val'\], not 'test': add it with"):
+    with pytest.raises(
+        data.DatasetNotReadyError, match=r"has the split\(s\) \['train', 'val'\], not 'test': add it with"
+    ):
         reading(folder_prepared[0], **{"dataset.train_split": "test"})
     damaged = tmp_path / "damaged"
     shutil.copytree(folder_prepared[0], damaged)
     os.remove(damaged / "train-00001-of-00002.array_record")
-    with pytest.raises(data.DatasetNotReadyError, match=r"shard train-00001-of-00002.array_record is missing or has the wrong size"):
+    with pytest.raises(
+        data.DatasetNotReadyError, match=r"shard train-00001-of-00002.array_record is missing or has the wrong size"
+    ):
         list(reading(damaged).epoch(0))
     config = _folder_config(folder)
-    with pytest.raises(ConfigError, match=r"other is not empty and holds no prepared dataset: give a new or empty directory"):
+    with pytest.raises(
+        ConfigError, match=r"other is not empty and holds no prepared dataset: give a new or empty directory"
+    ):
         build_prepared.build(config, str(tmp_path / "other"), SHORT, ["train"])
-    with pytest.raises(ConfigError, match=r"holds a prepared dataset of name=folder .*\(short side 74, raw\), built with other settings \(short_side differs\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"holds a prepared dataset of name=folder .*\(short side 74, raw\), built with other settings \(short_side differs\)",
+    ):
         build_prepared.build(config, folder_prepared[0], 50, ["train"], images_per_shard=4)
     with pytest.raises(paths.StorageError, match=r"x.txt/p lies under .*x.txt, which is a file, not a directory"):
         build_prepared.build(config, str(tmp_path / "other" / "x.txt" / "p"), SHORT, ["train"])

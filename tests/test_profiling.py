@@ -59,5 +59,7 @@ def test_profile_steps_is_a_config_field():
 
 @pytest.mark.parametrize("steps", [(3, 3), (5, 2), (-1, 4), (1, 2, 3), (1.5, 4)])
 def test_bad_profile_steps_are_refused(steps):
-    with pytest.raises(ConfigError, match=r"config.profile_steps=.* is invalid: must be \(\) \(off\) or \(start, end\)"):
+    with pytest.raises(
+        ConfigError, match=r"config.profile_steps=.* is invalid: must be \(\) \(off\) or \(start, end\)"
+    ):
         validate_config(tiny_config(profile_steps=steps))

@@ -13,17 +13,16 @@ import pytest
 
 from regnet_jax import config as config_lib
 from regnet_jax import data
-from regnet_jax.core import distributed
-from regnet_jax.models import zoo
-from regnet_jax.training import optimizer, precise_bn
-from regnet_jax.training import steps as train_steps
-from regnet_jax.weights.pretrained import load_pretrained
 from regnet_jax.config import ConfigError
+from regnet_jax.core import distributed
 from regnet_jax.core.distributed import batch_layout
-from regnet_jax.weights.layouts import from_pycls, to_pycls
-from regnet_jax.models import create_model
+from regnet_jax.models import create_model, zoo
 from regnet_jax.models.layers import BatchNorm
 from regnet_jax.train import train_and_evaluate
+from regnet_jax.training import optimizer, precise_bn
+from regnet_jax.training import steps as train_steps
+from regnet_jax.weights.layouts import from_pycls, to_pycls
+from regnet_jax.weights.pretrained import load_pretrained
 from tests import golden
 from tests.helpers_train import tiny_config
 
@@ -38,17 +37,25 @@ VANILLA = dict(
 
 def _assert_trees_close(a, b, rtol=2e-5, atol=1e-6):
     for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree_util.tree_leaves(b)):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol, err_msg=jax.tree_util.keystr(path))
+        np.testing.assert_allclose(
+            np.asarray(x), np.asarray(y), rtol=rtol, atol=atol, err_msg=jax.tree_util.keystr(path)
+        )
 
 
 def _max_abs_diff(a, b) -> float:
-    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+    return max(
+        float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+        for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
+    )
 
 
 def _random_batches(n, batch, seed=0):
     rng = np.random.default_rng(seed)
     return [
-        {"image": rng.normal(size=(batch, *IMAGE)).astype(np.float32), "label": rng.integers(0, 10, batch).astype(np.int32)}
+        {
+            "image": rng.normal(size=(batch, *IMAGE)).astype(np.float32),
+            "label": rng.integers(0, 10, batch).astype(np.int32),
+        }
         for _ in range(n)
     ]
 
@@ -67,7 +74,9 @@ def runs():
     params = jax.eval_shape(lambda: train_steps.init_variables(model, jax.random.key(0), IMAGE))["params"]
     tx = optimizer.make_optimizer(config, steps_per_epoch=2, params=params)
     batches = _random_batches(3, BATCH)
-    initial = jax.device_get(train_steps.create_train_state(model, tx, jax.random.key(0), IMAGE, distributed.make_mesh(), ema=True))
+    initial = jax.device_get(
+        train_steps.create_train_state(model, tx, jax.random.key(0), IMAGE, distributed.make_mesh(), ema=True)
+    )
     done = {}
 
     def run(devices, group, accum, order=None, accumulation="auto"):
@@ -76,7 +85,14 @@ def runs():
             mesh = distributed.make_mesh(jax.devices()[:devices])
             state = distributed.replicate(initial, mesh)
             step = train_steps.make_train_step(
-                model, tx, mesh, num_classes=10, ema_decay=0.5, bn_group_size=group, grad_accum_steps=accum, accumulation=accumulation
+                model,
+                tx,
+                mesh,
+                num_classes=10,
+                ema_decay=0.5,
+                bn_group_size=group,
+                grad_accum_steps=accum,
+                accumulation=accumulation,
             )
             losses = []
             for b in batches:
@@ -124,10 +140,22 @@ def test_groups_spanning_devices_equal_groups_inside_a_device(runs):
 @pytest.mark.parametrize(
     "batch, devices, accum, group, message",
     [
-        (80, 8, 4, 0, "batch_size=80 is not divisible by the 8 devices x config.grad_accum_steps=4 micro-batches: use a multiple of 32"),
+        (
+            80,
+            8,
+            4,
+            0,
+            "batch_size=80 is not divisible by the 8 devices x config.grad_accum_steps=4 micro-batches: use a multiple of 32",
+        ),
         (128, 8, 2, 0, "bn_group_size=0 .* cannot be combined with config.grad_accum_steps=2"),
         (128, 1, 1, 48, "bn_group_size=48 does not divide the 128 images"),
-        (96, 8, 1, 8, r"bn_group_size=8 cannot be formed from the 8 devices' micro-batches of 12 images.*\[1, 2, 3, 4, 6, 12, 24, 48, 96\]"),
+        (
+            96,
+            8,
+            1,
+            8,
+            r"bn_group_size=8 cannot be formed from the 8 devices' micro-batches of 12 images.*\[1, 2, 3, 4, 6, 12, 24, 48, 96\]",
+        ),
     ],
 )
 def test_impossible_layouts_are_clear_errors(batch, devices, accum, group, message):
@@ -190,9 +218,14 @@ def test_precise_bn_equals_statistics_recomputed_by_hand(runs):
     variables = runs(8, 16, 1)[0].variables()  # trained weights; precise BN ignores the old running statistics
     batches = _random_batches(3, BATCH, seed=1)
     step = train_steps.make_bn_stats_step(model, mesh, bn_group_size=16, grad_accum_steps=2)
-    stats = jax.device_get(precise_bn.recompute_batch_stats(step, variables, (distributed.shard_batch(b, mesh) for b in batches), 2))
+    stats = jax.device_get(
+        precise_bn.recompute_batch_stats(step, variables, (distributed.shard_batch(b, mesh) for b in batches), 2)
+    )
     expected = _stats_by_hand(model, variables, batches[:2], 16)  # count=2: only the first two batches
-    flat, running = ({tuple(k.key for k in path): v for path, v in jax.tree_util.tree_flatten_with_path(t)[0]} for t in (stats, variables["batch_stats"]))
+    flat, running = (
+        {tuple(k.key for k in path): v for path, v in jax.tree_util.tree_flatten_with_path(t)[0]}
+        for t in (stats, variables["batch_stats"])
+    )
     assert len(expected) == 5 and len(flat) == 10  # every BN layer: the stem's and two per vanilla block
     for layer, (mean, var) in expected.items():
         np.testing.assert_allclose(flat[(*layer, "mean")], mean, rtol=1e-4, atol=1e-5, err_msg=str(layer))
@@ -204,12 +237,19 @@ def test_precise_bn_equals_statistics_recomputed_by_hand(runs):
 def test_trainer_applies_precise_bn_with_groups_and_accumulation(tmp_path):
     """One epoch with precise BN: the checkpoint holds the statistics of the epoch's first images (model and EMA)."""
     config = tiny_config(
-        num_epochs=1, bn_group_size=8, grad_accum_steps=2, precise_bn=True, precise_bn_images=64, **{"optim.ema_decay": 0.5}
+        num_epochs=1,
+        bn_group_size=8,
+        grad_accum_steps=2,
+        precise_bn=True,
+        precise_bn_images=64,
+        **{"optim.ema_decay": 0.5},
     )  # 32 images per step, 2 per device and micro-batch: groups of 8 span 4 devices
     config.model = VANILLA
     train_and_evaluate(config, str(tmp_path))
     mesh = distributed.make_mesh()
-    step = train_steps.make_bn_stats_step(create_model(config, bn_axis_name=distributed.AXIS), mesh, bn_group_size=8, grad_accum_steps=2)
+    step = train_steps.make_bn_stats_step(
+        create_model(config, bn_axis_name=distributed.AXIS), mesh, bn_group_size=8, grad_accum_steps=2
+    )
     for ema in (False, True):
         variables = load_pretrained(str(tmp_path), ema=ema).variables
         batches = data.device_prefetch(data.TrainInput(config).epoch(0), mesh)
@@ -236,9 +276,17 @@ def test_one_step_equals_pycls_ddp_on_4_gpus():
     meta, want = golden.load("ddp_step")
     case_meta, case_arrays = golden.load(meta["case"])
     before = golden.state_dict(case_meta, case_arrays)
-    x, y = golden.seeded_inputs(meta["seeds"]["inputs"], meta["batch"], meta["resolution"], meta["model"]["num_classes"])
+    x, y = golden.seeded_inputs(
+        meta["seeds"]["inputs"], meta["batch"], meta["resolution"], meta["model"]["num_classes"]
+    )
     config = config_lib.base_config(meta["model"], batch_size=meta["batch"])
-    config.optim.update(base_lr=meta["lr"], momentum=meta["momentum"], nesterov=meta["nesterov"], weight_decay=meta["weight_decay"], warmup_epochs=0)
+    config.optim.update(
+        base_lr=meta["lr"],
+        momentum=meta["momentum"],
+        nesterov=meta["nesterov"],
+        weight_decay=meta["weight_decay"],
+        warmup_epochs=0,
+    )
     variables = from_pycls(before, meta["model"])
     tx = optimizer.make_optimizer(config, steps_per_epoch=1, params=variables["params"])
     mesh = distributed.make_mesh(jax.devices()[:devices])

@@ -12,10 +12,10 @@ import orbax.checkpoint as ocp
 import pytest
 
 from regnet_jax.core import paths
+from regnet_jax.train import train_and_evaluate
 from regnet_jax.training import checkpoint
 from regnet_jax.training import records as run_records
 from regnet_jax.weights.pretrained import load_pretrained
-from regnet_jax.train import train_and_evaluate
 from tests.helpers_train import tiny_config
 
 
@@ -89,7 +89,10 @@ def test_workdir_turning_read_only_during_a_save_stops_the_run_and_a_rerun_resum
         return save(self, step, *args, **kwargs)
 
     monkeypatch.setattr(checkpoint.Checkpointer, "save", save_on_a_read_only_disk_from_step_5)
-    with pytest.raises(paths.StorageError, match=rf"checkpoint of step 5: {workdir}/checkpoints is not writable \(a read-only file system.*up to step 4 are intact"):
+    with pytest.raises(
+        paths.StorageError,
+        match=rf"checkpoint of step 5: {workdir}/checkpoints is not writable \(a read-only file system.*up to step 4 are intact",
+    ):
         train_and_evaluate(_config(), str(workdir))
     monkeypatch.undo()
     assert _assert_intact(workdir) == 4
@@ -108,6 +111,9 @@ def test_a_save_failing_for_lack_of_space_names_the_directory_and_keeps_what_was
         return save(self, step, *args, **kwargs)
 
     monkeypatch.setattr(ocp.CheckpointManager, "save", save_failing_at_step_3)
-    with pytest.raises(paths.StorageError, match=rf"no space left to write {workdir}/checkpoints \(.* free, about .* needed\).*up to step 2 are intact"):
+    with pytest.raises(
+        paths.StorageError,
+        match=rf"no space left to write {workdir}/checkpoints \(.* free, about .* needed\).*up to step 2 are intact",
+    ):
         train_and_evaluate(_config(), str(workdir))
     assert _assert_intact(workdir) == 2

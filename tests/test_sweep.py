@@ -14,13 +14,13 @@ import time
 import ml_collections
 import pytest
 
-from regnet_jax.models.complexity import count
 from regnet_jax.config import ConfigError, base_lr, validate_config, validate_model
 from regnet_jax.design_space import get_space
 from regnet_jax.design_space.collect import collect
 from regnet_jax.design_space.launch import LaunchOptions, device_slots, launch, write_slurm_script
 from regnet_jax.design_space.layout import SweepDir, SweepError
 from regnet_jax.design_space.sweep_setup import load_config_file, setup_sweep
+from regnet_jax.models.complexity import count
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,7 +40,7 @@ TINY_FLAGS = [
 
 # A stand-in trainer: per model id, FAKE_PLAN gives the exit status of each attempt (default 0 = success, writing
 # the files the real trainer writes); FAKE_SLEEP seconds of work; it records when it ran and on which GPU.
-FAKE_TRAINER = textwrap.dedent('''
+FAKE_TRAINER = textwrap.dedent("""
     import json, os, sys, time
     args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if "=" in a)
     mid = os.path.basename(args["config"])[:-3]
@@ -65,7 +65,7 @@ FAKE_TRAINER = textwrap.dedent('''
             f.write(json.dumps({"step": e, "epoch": e, "top1_err": err + cfg["num_epochs"] - e, "top5_err": 10.0, "loss": 1.0}) + "\\n")
     json.dump({"status": "done", "epochs": cfg["num_epochs"], "steps": cfg["num_epochs"], "final": {"top1_err": err, "top5_err": 10.0, "loss": 1.0},
                "best_top1_err": err, "wall_time_s": 0.1, "params": 1, "flops": 1}, open(os.path.join(work, "summary.json"), "w"))
-''')
+""")
 
 
 @pytest.fixture
@@ -95,8 +95,15 @@ def test_setup_writes_trainable_configs_and_summary(tmp_path):
         validate_config(ml_collections.ConfigDict(cfg))
         assert validate_model(cfg["model"]) == cfg["model"] == entry["model"]
         assert cfg["model"]["type"] == "anynet" and cfg["model"]["stem_w"] == 8 and cfg["model"]["num_classes"] == 10
-        assert (cfg["dataset"]["name"], cfg["resolution"], cfg["num_epochs"], cfg["batch_size"]) == ("synthetic", 16, 1, 8)
-        assert base_lr(ml_collections.ConfigDict(cfg)) == pytest.approx(0.05 * 8 / 128)  # the 10ep recipe's lr, scaled to the batch
+        assert (cfg["dataset"]["name"], cfg["resolution"], cfg["num_epochs"], cfg["batch_size"]) == (
+            "synthetic",
+            16,
+            1,
+            8,
+        )
+        assert base_lr(ml_collections.ConfigDict(cfg)) == pytest.approx(
+            0.05 * 8 / 128
+        )  # the 10ep recipe's lr, scaled to the batch
         assert 30_000 <= count(cfg["model"], 16)["flops"] == entry["complexity"]["flops"] <= 60_000
 
 
@@ -116,7 +123,9 @@ def test_setup_is_idempotent_extends_and_refuses_other_specs(tmp_path):
 
 
 def _cli(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "regnet_jax.sweep", *args], capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "regnet_jax.sweep", *args], capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )
 
 
 @pytest.mark.timeout(120)
@@ -139,7 +148,9 @@ def test_launch_retries_gives_up_and_skips_finished(tmp_path, fake_trainer, monk
     # 000001 fails twice then succeeds; 000002 has a bad config (exit 2: not retried); 000003 always crashes.
     monkeypatch.setenv("FAKE_PLAN", json.dumps({"000001": [1, 1, 0], "000002": [2], "000003": [1]}))
     lines = []
-    result = launch(out, LaunchOptions(trainer=fake_trainer, devices="none", max_retry=3, poll_s=0.05), log=lines.append)
+    result = launch(
+        out, LaunchOptions(trainer=fake_trainer, devices="none", max_retry=3, poll_s=0.05), log=lines.append
+    )
     assert result["done"] == 2 and result["failed"] == ["000002", "000003"]
     assert _attempts(out, "000000") == ["done"]
     assert _attempts(out, "000001") == ["failed", "failed", "done"]
@@ -179,7 +190,11 @@ def test_collect_statuses_and_no_duplicate_rows(tmp_path, fake_trainer, monkeypa
     out = str(tmp_path / "sweep")
     setup_sweep({**TINY, "num_epochs": 3}, out, log=lambda s: None)
     monkeypatch.setenv("FAKE_PLAN", json.dumps({"000001": [1]}))
-    launch(out, LaunchOptions(trainer=fake_trainer, devices="none", max_retry=0, only=("0", "1"), poll_s=0.05), log=lambda s: None)
+    launch(
+        out,
+        LaunchOptions(trainer=fake_trainer, devices="none", max_retry=0, only=("0", "1"), poll_s=0.05),
+        log=lambda s: None,
+    )
     # 000002 looks interrupted (metrics, no summary); its resumed run repeated a step, which must count once.
     run2 = os.path.join(out, "runs", "000002")
     os.makedirs(run2)
@@ -188,7 +203,12 @@ def test_collect_statuses_and_no_duplicate_rows(tmp_path, fake_trainer, monkeypa
             f.write(json.dumps({**rec, "top5_err": 9.0, "loss": 1.0}) + "\n")
     for _ in range(2):
         rows = collect(out, log=None)
-    assert [(r["id"], r["status"]) for r in rows] == [("000000", "done"), ("000001", "failed"), ("000002", "incomplete"), ("000003", "pending")]
+    assert [(r["id"], r["status"]) for r in rows] == [
+        ("000000", "done"),
+        ("000001", "failed"),
+        ("000002", "incomplete"),
+        ("000003", "pending"),
+    ]
     assert rows[0]["error"] == 50.0 and rows[0]["final_top1_err"] == 50.0 and rows[0]["epochs"] == 3  # best over epochs
     assert rows[2]["epochs"] == 1 and rows[2]["best_top1_err"] == 60.0
     with open(SweepDir(out).results_jsonl) as f:
@@ -200,9 +220,13 @@ def test_launch_runs_one_model_per_device_at_once(tmp_path, fake_trainer, monkey
     slots, _ = device_slots("gpu:0,1", 0)
     assert [s["CUDA_VISIBLE_DEVICES"] for s in slots] == ["0", "1"]
     slots, _ = device_slots("gpu:3", 2)  # two models share GPU 3: no preallocation
-    assert [s["CUDA_VISIBLE_DEVICES"] for s in slots] == ["3", "3"] and slots[0]["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+    assert [s["CUDA_VISIBLE_DEVICES"] for s in slots] == ["3", "3"] and slots[0][
+        "XLA_PYTHON_CLIENT_PREALLOCATE"
+    ] == "false"
     slots, _ = device_slots("tpu:0,1,2,3", 0)
-    assert [s["TPU_VISIBLE_CHIPS"] for s in slots] == ["0", "1", "2", "3"] and len({s["TPU_PROCESS_PORT"] for s in slots}) == 4
+    assert [s["TPU_VISIBLE_CHIPS"] for s in slots] == ["0", "1", "2", "3"] and len(
+        {s["TPU_PROCESS_PORT"] for s in slots}
+    ) == 4
     assert device_slots("cpu", 0)[0] == [{"JAX_PLATFORMS": "cpu"}]
     with pytest.raises(ConfigError, match="--devices"):
         device_slots("fpga:0", 0)
@@ -224,13 +248,20 @@ def test_shard_only_and_slurm_script(tmp_path, fake_trainer):
     out = str(tmp_path / "sweep")
     setup_sweep(TINY, out, log=lambda s: None)
     launch(out, LaunchOptions(trainer=fake_trainer, devices="none", shard="1/2", poll_s=0.05), log=lambda s: None)
-    assert [os.path.exists(os.path.join(out, "runs", m, "summary.json")) for m in SweepDir(out).model_ids()] == [False, True, False, True]
+    assert [os.path.exists(os.path.join(out, "runs", m, "summary.json")) for m in SweepDir(out).model_ids()] == [
+        False,
+        True,
+        False,
+        True,
+    ]
     with pytest.raises(ConfigError, match="--only"):
         launch(out, LaunchOptions(trainer=fake_trainer, only=("9",)), log=lambda s: None)
     with pytest.raises(ConfigError, match="--shard"):
         launch(out, LaunchOptions(trainer=fake_trainer, shard="2/2"), log=lambda s: None)
     text = open(write_slurm_script(out, partition="gpu", max_jobs=8)).read()
-    assert "#SBATCH --array=0-3%8" in text and "--only=$SLURM_ARRAY_TASK_ID" in text and "#SBATCH --partition=gpu" in text
+    assert (
+        "#SBATCH --array=0-3%8" in text and "--only=$SLURM_ARRAY_TASK_ID" in text and "#SBATCH --partition=gpu" in text
+    )
 
 
 def _alive(pid: int) -> bool:
@@ -298,7 +329,9 @@ def test_end_to_end_with_the_real_trainer_killed_and_resumed(tmp_path):
     r = _cli("collect", f"--out={out}")
     assert r.returncode == 0 and "2 done" in r.stdout
     rows = [json.loads(line) for line in open(os.path.join(out, "results.jsonl"))]
-    assert [r["id"] for r in rows] == ["000000", "000001"] and all(r["status"] == "done" and 0 <= r["error"] <= 100 for r in rows)
+    assert [r["id"] for r in rows] == ["000000", "000001"] and all(
+        r["status"] == "done" and 0 <= r["error"] <= 100 for r in rows
+    )
     assert all(r["epochs"] == 1 and r["steps"] == 1 for r in rows)
     r = _cli("analyze", f"--out={out}", "--bootstrap=500")
     assert r.returncode == 0, r.stderr

@@ -14,13 +14,12 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from regnet_jax.config import ConfigError, load_config_file, validate_config
+from regnet_jax.train import train_and_evaluate
 from regnet_jax.training import checkpoint, evaluation, prediction
+from regnet_jax.training.trainer import NonFiniteLossError
 from regnet_jax.weights import files as weight_files
 from regnet_jax.weights.pretrained import load_pretrained
-from regnet_jax.config import ConfigError, validate_config
-from regnet_jax.config import load_config_file
-from regnet_jax.train import train_and_evaluate
-from regnet_jax.training.trainer import NonFiniteLossError
 from tests.helpers_train import REPO, TINY_MODEL, free_port, run_cli, start_cli, stop, tiny_config, write_config_file
 
 EVAL_KEYS = {"step", "epoch", "top1_err", "top5_err", "loss"}
@@ -50,7 +49,9 @@ def _final_variables(workdir):
 
 def _assert_same_variables(a, b, rtol=1e-6):
     for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree_util.tree_leaves(b)):
-        np.testing.assert_allclose(x, y, rtol=rtol, atol=10 * rtol * np.abs(y).max(), err_msg=jax.tree_util.keystr(path))
+        np.testing.assert_allclose(
+            x, y, rtol=rtol, atol=10 * rtol * np.abs(y).max(), err_msg=jax.tree_util.keystr(path)
+        )
 
 
 def _read_jsonl(path):
@@ -63,7 +64,18 @@ def test_run_writes_its_records_and_rerun_is_a_noop(trained):
     assert [r["step"] for r in evals] == [4, 8] and [r["epoch"] for r in evals] == [1, 2]
     assert all(set(r) == EVAL_KEYS for r in evals)
     assert all(0 <= r["top1_err"] <= 100 and 0 <= r["top5_err"] <= r["top1_err"] for r in evals)
-    assert set(summary) == {"status", "epochs", "steps", "final", "best_top1_err", "wall_time_s", "params", "trainable_params", "flops", "skipped_images"}
+    assert set(summary) == {
+        "status",
+        "epochs",
+        "steps",
+        "final",
+        "best_top1_err",
+        "wall_time_s",
+        "params",
+        "trainable_params",
+        "flops",
+        "skipped_images",
+    }
     assert summary["trainable_params"] == summary["params"]
     assert summary["status"] == "done" and summary["epochs"] == 2 and summary["steps"] == 8
     assert summary["final"] == {k: evals[-1][k] for k in ("top1_err", "top5_err", "loss")}
@@ -95,10 +107,18 @@ def test_resuming_with_a_changed_config_is_refused_unless_allowed_and_keeps_the_
     original = json.loads((workdir / "config.json").read_text())
     changed = _config()
     changed.num_epochs, changed.optim.label_smoothing = 3, 0.1
-    with pytest.raises(ConfigError, match=r"another config: num_epochs: 2 -> 3; optim.label_smoothing: 0.0 -> 0.1\..*--allow_config_change"):
+    with pytest.raises(
+        ConfigError,
+        match=r"another config: num_epochs: 2 -> 3; optim.label_smoothing: 0.0 -> 0.1\..*--allow_config_change",
+    ):
         train_and_evaluate(changed, str(workdir))
-    assert json.loads((workdir / "config.json").read_text()) == original and not (workdir / "config_history.jsonl").exists()
-    assert train_and_evaluate(tiny_config(checkpoint_every_steps=1, log_every_steps=1), str(workdir))["steps"] == 8  # harmless
+    assert (
+        json.loads((workdir / "config.json").read_text()) == original
+        and not (workdir / "config_history.jsonl").exists()
+    )
+    assert (
+        train_and_evaluate(tiny_config(checkpoint_every_steps=1, log_every_steps=1), str(workdir))["steps"] == 8
+    )  # harmless
     summary = train_and_evaluate(changed, str(workdir), allow_config_change=True)
     assert (summary["epochs"], summary["steps"]) == (3, 12)
     history = _read_jsonl(workdir / "config_history.jsonl")
@@ -111,7 +131,9 @@ def test_a_workdir_describes_itself_to_evaluate_and_predict(trained, tmp_path, m
     workdir, final = str(trained[0]), trained[1]["final"]
     own = evaluation.evaluate(None, workdir)  # python -m regnet_jax.evaluate --checkpoint=WORKDIR
     assert own["top1_err"] == pytest.approx(final["top1_err"]) and own["loss"] == pytest.approx(final["loss"], rel=1e-5)
-    from_json = evaluation.evaluate(ml_collections.ConfigDict(load_config_file(f"{workdir}/config.json")), workdir)  # --config=WORKDIR/config.json
+    from_json = evaluation.evaluate(
+        ml_collections.ConfigDict(load_config_file(f"{workdir}/config.json")), workdir
+    )  # --config=WORKDIR/config.json
     assert from_json["loss"] == pytest.approx(own["loss"], rel=1e-6)
     other = evaluation.evaluate(None, workdir, split="train")  # --split: the training digits (first 50)
     assert other["count"] == own["count"] == 50 and other["loss"] != own["loss"]
@@ -119,7 +141,9 @@ def test_a_workdir_describes_itself_to_evaluate_and_predict(trained, tmp_path, m
 
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 40, 3), np.uint8)).save(tmp_path / "x.png")
     seen, real = [], prediction.preprocess
-    monkeypatch.setattr(prediction, "preprocess", lambda path, conv, res, crop: seen.append((res, crop)) or real(path, conv, res, crop))
+    monkeypatch.setattr(
+        prediction, "preprocess", lambda path, conv, res, crop: seen.append((res, crop)) or real(path, conv, res, crop)
+    )
     prediction.predict(workdir, [str(tmp_path / "x.png")])
     assert seen == [(16, 224 / 256)]  # the run's resolution and eval crop, not 224 px
 
@@ -144,7 +168,9 @@ def test_killed_and_resumed_run_matches_uninterrupted(trained, tmp_path):
     assert not (workdir / "summary.json").exists()
     killed_at = checkpoint.Checkpointer(str(workdir), read_only=True).steps()[-1]
     assert killed_at < 8
-    assert run_cli("regnet_jax.train", args, 8, tmp_path / "second.log", timeout=180) == 0, (tmp_path / "second.log").read_text()[-3000:]
+    assert run_cli("regnet_jax.train", args, 8, tmp_path / "second.log", timeout=180) == 0, (
+        tmp_path / "second.log"
+    ).read_text()[-3000:]
     log = (tmp_path / "second.log").read_text()
     assert f"at step {killed_at} " in log  # resumed where it stopped, not from scratch
     _assert_same_variables(_final_variables(workdir), _final_variables(trained[0]), rtol=1e-5)
@@ -165,8 +191,14 @@ def test_two_processes_of_four_devices_match_one_process_of_eight(trained, tmp_p
     procs = [
         start_cli(
             "regnet_jax.train",
-            [f"--config={cfg_file}", f"--workdir={tmp_path / 'two'}", "--distributed",
-             f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
+            [
+                f"--config={cfg_file}",
+                f"--workdir={tmp_path / 'two'}",
+                "--distributed",
+                f"--coordinator_address=localhost:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            ],
             num_devices=4,
             log_path=tmp_path / f"process{i}.log",
         )
@@ -267,13 +299,20 @@ def test_finetune_from_a_workdir_with_new_classes_and_frozen_trunk(trained, tmp_
 
 def test_finetune_from_weights_applies_their_input_conventions(trained, tmp_path):
     variables = _final_variables(trained[0])
-    weight_files.save_weights(str(tmp_path / "weights"), variables, TINY_MODEL, weight_files.input_spec("bgr", (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)))
+    weight_files.save_weights(
+        str(tmp_path / "weights"),
+        variables,
+        TINY_MODEL,
+        weight_files.input_spec("bgr", (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
+    )
     config = tiny_config(num_epochs=1, init_from=str(tmp_path / "weights"))
     summary = train_and_evaluate(config, str(tmp_path / "tuned"))
     resolved = json.loads((tmp_path / "tuned" / "config.json").read_text())
     assert resolved["dataset"]["channel_order"] == "bgr" and resolved["dataset"]["mean"] == [0.5, 0.5, 0.5]
     assert summary["status"] == "done"
-    bad = tiny_config(num_epochs=1, init_from=str(tmp_path / "weights"), **{"model.widths": [8, 24], "model.group_ws": [8, 24]})
+    bad = tiny_config(
+        num_epochs=1, init_from=str(tmp_path / "weights"), **{"model.widths": [8, 24], "model.group_ws": [8, 24]}
+    )
     with pytest.raises(checkpoint.CheckpointError, match="different architecture"):
         train_and_evaluate(bad, str(tmp_path / "bad"))
 
@@ -305,7 +344,12 @@ def _load_config(path, *args):
 @pytest.mark.timeout(120)
 def test_cli_reports_an_unprepared_dataset_and_exits_2(tmp_path):
     cfg_file = write_config_file(tmp_path / "config.py", tiny_config())
-    args = [f"--config={cfg_file}", f"--workdir={tmp_path / 'run'}", "--config.dataset.name=imagenet2012", f"--config.dataset.data_dir={tmp_path / 'tfds'}"]
+    args = [
+        f"--config={cfg_file}",
+        f"--workdir={tmp_path / 'run'}",
+        "--config.dataset.name=imagenet2012",
+        f"--config.dataset.data_dir={tmp_path / 'tfds'}",
+    ]
     assert run_cli("regnet_jax.train", args, 1, tmp_path / "log", timeout=100) == 2
     log = (tmp_path / "log").read_text()
     assert "error: TFDS dataset 'imagenet2012' is not prepared" in log and "tfds build imagenet2012" in log

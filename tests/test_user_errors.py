@@ -16,7 +16,9 @@ from regnet_jax.core import paths
 from tests.helpers_train import REPO, cli_env
 
 
-def _run_all(commands: dict[str, list[str]], env: dict[str, str], timeout: float = 240) -> dict[str, tuple[int, str, float]]:
+def _run_all(
+    commands: dict[str, list[str]], env: dict[str, str], timeout: float = 240
+) -> dict[str, tuple[int, str, float]]:
     """Run ``python -m ARGS`` for every entry at once; {name: (exit status, output, seconds)}."""
     procs = {}
     for name, args in commands.items():
@@ -63,16 +65,31 @@ def test_a_file_where_a_directory_is_expected_and_a_config_file_that_returns_no_
         "json_list": ["regnet_jax.complexity", f"--config={tmp_path / 'list.json'}"],
     }, cli_env(1))  # fmt: skip
     assert f"error: {file} is a file, not a directory: give a directory" in _one_error_line(results["train"])
-    assert f"error: {file}/run lies under {file}, which is a file, not a directory" in _one_error_line(results["train_under"])
+    assert f"error: {file}/run lies under {file}, which is a file, not a directory" in _one_error_line(
+        results["train_under"]
+    )
     for name in ("evaluate", "predict", "export"):
-        assert f"error: {file} is a file, not a training workdir nor a weights directory" in _one_error_line(results[name]), name
+        assert f"error: {file} is a file, not a training workdir nor a weights directory" in _one_error_line(
+            results[name]
+        ), name
     assert f"lies under {file}, which is a file, not a directory" in _one_error_line(results["sweep_setup"])
     assert f"error: {file} is a file, not a sweep directory" in _one_error_line(results["sweep_launch"])
     line = _one_error_line(results["int_config"])
-    assert f"{tmp_path / 'int_config.py'} is not a config: its get_config() returned 3 (type int); expected an ml_collections.ConfigDict" in line
-    assert "returned None (type NoneType) (does get_config() end with `return config`?)" in _one_error_line(results["none_config"])
-    assert "list.json is not a config: its content is [1, 2] (type list); expected a JSON object" in _one_error_line(results["json_list"])
-    assert file.read_text() == "not a directory\n" and not (tmp_path / "w").exists() and not (tmp_path / "out.safetensors").exists()
+    assert (
+        f"{tmp_path / 'int_config.py'} is not a config: its get_config() returned 3 (type int); expected an ml_collections.ConfigDict"
+        in line
+    )
+    assert "returned None (type NoneType) (does get_config() end with `return config`?)" in _one_error_line(
+        results["none_config"]
+    )
+    assert "list.json is not a config: its content is [1, 2] (type list); expected a JSON object" in _one_error_line(
+        results["json_list"]
+    )
+    assert (
+        file.read_text() == "not a directory\n"
+        and not (tmp_path / "w").exists()
+        and not (tmp_path / "out.safetensors").exists()
+    )
 
 
 def test_writing_a_file_where_a_directory_is_or_under_a_file_is_a_storage_error(tmp_path):
@@ -101,7 +118,12 @@ def test_unreachable_cloud_storage_is_one_line_naming_the_bucket_within_seconds(
     quickstart = f"--config={REPO / 'configs' / 'quickstart.py'}"
     results = {}
     for name, endpoint in (("refused", f"http://127.0.0.1:{_closed_port()}"), ("dns", "http://nonexistent.invalid:80")):
-        env = {**cli_env(1), "EPATH_USE_TF": "false", "STORAGE_EMULATOR_HOST": endpoint, "GOOGLE_AUTH_TOKEN_FOR_TESTING": "test"}
+        env = {
+            **cli_env(1),
+            "EPATH_USE_TF": "false",
+            "STORAGE_EMULATOR_HOST": endpoint,
+            "GOOGLE_AUTH_TOKEN_FOR_TESTING": "test",
+        }
         results.update({f"{name}_{k}": v for k, v in _run_all({
             "train": ["regnet_jax.train", quickstart, "--workdir=gs://my-bucket/runs/q"],
             "evaluate": ["regnet_jax.evaluate", "--checkpoint=gs://my-bucket/runs/q"],
@@ -109,9 +131,14 @@ def test_unreachable_cloud_storage_is_one_line_naming_the_bucket_within_seconds(
         }, env).items()})  # fmt: skip
     for name, result in results.items():
         line = _one_error_line(result)
-        assert "error: cannot reach Cloud Storage for gs://my-bucket/" in line and "(bucket my-bucket)" in line, (name, line)
+        assert "error: cannot reach Cloud Storage for gs://my-bucket/" in line and "(bucket my-bucket)" in line, (
+            name,
+            line,
+        )
         assert "Check the network connection and STORAGE_EMULATOR_HOST=" in line, (name, line)
-        assert ("cannot be found (DNS" in line) == name.startswith("dns") and ("cannot connect to" in line) == name.startswith("refused")
+        assert ("cannot be found (DNS" in line) == name.startswith("dns") and (
+            "cannot connect to" in line
+        ) == name.startswith("refused")
         assert result[2] < 60, (name, result[2])  # gcsfs's own retries take about a minute
 
 
@@ -121,7 +148,11 @@ def test_synthetic_stand_ins_have_their_datasets_class_count():
     from regnet_jax.config import base_config, smoke
     from regnet_jax.data.sources import dataset_classes, synthetic_classes
 
-    assert (dataset_classes("imagenet2012"), dataset_classes("oxford_flowers102"), dataset_classes("cifar10:3.0.2")) == (1000, 102, 10)
+    assert (
+        dataset_classes("imagenet2012"),
+        dataset_classes("oxford_flowers102"),
+        dataset_classes("cifar10:3.0.2"),
+    ) == (1000, 102, 10)
     assert dataset_classes("dtd") == 47  # not in the table: TFDS's registered builder says (offline)
     assert dataset_classes("no_such_dataset") is None
     config = base_config({**TINY_REGNET, "num_classes": 102}, batch_size=64, schedule="25ep")
@@ -142,7 +173,11 @@ TINY_REGNET = dict(type="regnet", stem_type="simple_stem_in", stem_w=8, block_ty
 @pytest.mark.timeout(300)
 def test_smoke_mode_refuses_a_model_with_fewer_classes_than_the_named_dataset_as_a_real_run_does(tmp_path):
     """The README fine-tune mistake: num_classes=102 without naming the 102-class dataset trains on ImageNet (1000)."""
-    base = ["regnet_jax.train", f"--config={REPO / 'configs' / 'regnety_400mf.py'}:25ep", "--config.model.num_classes=102"]
+    base = [
+        "regnet_jax.train",
+        f"--config={REPO / 'configs' / 'regnety_400mf.py'}:25ep",
+        "--config.model.num_classes=102",
+    ]
     results = _run_all({
         "imagenet": [*base, f"--workdir={tmp_path / 'imagenet'}"],
         "flowers": [*base, f"--workdir={tmp_path / 'flowers'}", "--config.dataset.name=oxford_flowers102"],

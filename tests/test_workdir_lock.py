@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from regnet_jax.training import workdir_lock
 from regnet_jax.train import train_and_evaluate
+from regnet_jax.training import workdir_lock
 from regnet_jax.training.workdir_lock import LOCK_FILE, WorkdirBusyError, WorkdirLock
 from tests.helpers_train import tiny_config
 
@@ -27,7 +27,10 @@ def test_a_live_holder_is_named_and_a_second_train_refused(tmp_path):
     try:
         record = json.loads((tmp_path / LOCK_FILE).read_text())
         assert (record["host"], record["pid"]) == (socket.gethostname(), os.getpid())
-        with pytest.raises(WorkdirBusyError, match=rf"in use by another run \(host {socket.gethostname()}, pid {os.getpid()}, started {record['started']};"):
+        with pytest.raises(
+            WorkdirBusyError,
+            match=rf"in use by another run \(host {socket.gethostname()}, pid {os.getpid()}, started {record['started']};",
+        ):
             _lock(tmp_path).acquire()
         with pytest.raises(WorkdirBusyError, match="in use by another run"):
             train_and_evaluate(tiny_config(), str(tmp_path))
@@ -41,7 +44,9 @@ def test_a_live_holder_is_named_and_a_second_train_refused(tmp_path):
 
 
 def test_a_dead_holder_is_taken_over_with_a_warning(tmp_path, caplog):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     pid = int(dead.stdout)
     record = {**_lock(tmp_path)._record(time.time()), "pid": pid, "pid_start": "1", "token": "dead"}
     (tmp_path / LOCK_FILE).write_text(json.dumps(record))
@@ -50,7 +55,14 @@ def test_a_dead_holder_is_taken_over_with_a_warning(tmp_path, caplog):
     taker.release()
     assert any(f"pid {pid}" in r.getMessage() and "is gone" in r.getMessage() for r in caplog.records)
     # Another machine's holder: alive while its heartbeat is younger than its lease.
-    other = {"host": "other-host", "pid": 1, "started": "then", "heartbeat": time.time(), "lease_s": 30, "token": "other"}
+    other = {
+        "host": "other-host",
+        "pid": 1,
+        "started": "then",
+        "heartbeat": time.time(),
+        "lease_s": 30,
+        "token": "other",
+    }
     (tmp_path / LOCK_FILE).write_text(json.dumps(other))
     with pytest.raises(WorkdirBusyError, match="host other-host, pid 1, started then"):
         _lock(tmp_path).acquire()

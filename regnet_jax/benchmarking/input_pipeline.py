@@ -64,7 +64,9 @@ def photo_like(rng: np.random.Generator, size: tuple[int, int], photos: list[np.
     return np.clip(np.round(img), 0, 255).astype(np.uint8)
 
 
-def write_jpegs(root: str, num_images: int, size: tuple[int, int] = IMAGENET_SIZE, num_classes: int = 4, seed: int = 0) -> int:
+def write_jpegs(
+    root: str, num_images: int, size: tuple[int, int] = IMAGENET_SIZE, num_classes: int = 4, seed: int = 0
+) -> int:
     """``num_images`` photo-like JPEGs (width x height ``size``) in ``root/train/<class>/``; returns the total bytes.
 
     Windows of real photographs with mild grain (``photo_like``), quality 96 (4:2:0): at ImageNet's 500x375 they
@@ -166,8 +168,15 @@ def train_input(config, variant: str = "device"):
     return LegacyTrainInput(config)
 
 
-def measure(data_dir: str, threads: int, resolution: int, batch: int, batches: int, variant: str = "device",
-            prepared_dir: str = "") -> dict[str, float]:
+def measure(
+    data_dir: str,
+    threads: int,
+    resolution: int,
+    batch: int,
+    batches: int,
+    variant: str = "device",
+    prepared_dir: str = "",
+) -> dict[str, float]:
     """Images/s (wall) and images per CPU-second of the training input pipeline over ``batches`` batches (after one
     warm-up batch), from a folder dataset or from a prepared directory (``prepared_dir``)."""
     import tensorflow as tf

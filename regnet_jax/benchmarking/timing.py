@@ -19,7 +19,8 @@ import dataclasses
 import os
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -102,7 +103,9 @@ def peak_memory(devices: list[jax.Device]) -> int | None:
     return max(peaks) if peaks else None
 
 
-def time_steps(run: Callable[[], Any], steps: int, warmup: int, progress: Callable[[str], None] | None = None) -> list[float]:
+def time_steps(
+    run: Callable[[], Any], steps: int, warmup: int, progress: Callable[[str], None] | None = None
+) -> list[float]:
     """Seconds per call of ``run`` (which must return something to block on) after ``warmup`` untimed calls."""
     for _ in range(warmup):
         jax.block_until_ready(run())
@@ -126,9 +129,12 @@ def _synthetic_batch(batch: int, resolution: int, num_classes: int, seed: int = 
     }
 
 
-def _infer_step(config: ml_collections.ConfigDict, dtype: str, mesh, data: dict[str, jax.Array]) -> tuple[Callable, tuple]:
+def _infer_step(
+    config: ml_collections.ConfigDict, dtype: str, mesh, data: dict[str, jax.Array]
+) -> tuple[Callable, tuple]:
     """A jitted shard_map forward pass (eval mode), and its arguments."""
-    from jax.sharding import NamedSharding, PartitionSpec as P
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     model = create_model(config, dtype=dtype)
     shape = data["image"].shape[1:]
@@ -139,11 +145,15 @@ def _infer_step(config: ml_collections.ConfigDict, dtype: str, mesh, data: dict[
     axis = mesh.axis_names[0]
     # shard_map rather than sharding propagation: plain jit partitioning of a grouped convolution gathers the whole
     # batch on every device (openxla/xla#48086).
-    forward = jax.shard_map(lambda v, x: model.apply(v, x, train=False), mesh=mesh, in_specs=(P(), P(axis)), out_specs=P(axis))
+    forward = jax.shard_map(
+        lambda v, x: model.apply(v, x, train=False), mesh=mesh, in_specs=(P(), P(axis)), out_specs=P(axis)
+    )
     return jax.jit(forward), (variables, data["image"])
 
 
-def _parallel_train_step(config: ml_collections.ConfigDict, dtype: str, mesh, data: dict[str, jax.Array]) -> tuple[Callable, tuple]:
+def _parallel_train_step(
+    config: ml_collections.ConfigDict, dtype: str, mesh, data: dict[str, jax.Array]
+) -> tuple[Callable, tuple]:
     """The trainer's step (regnet_jax.training.steps + optimizer, the recipe's SGD) with ``config.grad_accum_steps``
     micro-batches and BatchNorm statistics over groups of ``config.bn_group_size`` images (0: the whole batch), at most
     one micro-batch: a smaller batch is one group."""
@@ -156,8 +166,12 @@ def _parallel_train_step(config: ml_collections.ConfigDict, dtype: str, mesh, da
     tx = make_optimizer(config, 1000, params)
     state = steps.create_train_state(model, tx, jax.random.PRNGKey(0), shape, mesh)
     accum = config.grad_accum_steps
-    group = min(config.bn_group_size, data["image"].shape[0] // accum)  # a --batch below one statistics group: one group
-    step = steps.make_train_step(model, tx, mesh, num_classes=config.model.num_classes, bn_group_size=group, grad_accum_steps=accum)
+    group = min(
+        config.bn_group_size, data["image"].shape[0] // accum
+    )  # a --batch below one statistics group: one group
+    step = steps.make_train_step(
+        model, tx, mesh, num_classes=config.model.num_classes, bn_group_size=group, grad_accum_steps=accum
+    )
     return step, (state, data)
 
 
@@ -202,7 +216,11 @@ def prepare(
         raise ConfigError(f"--dtype={dtype!r} is invalid: must be one of {DTYPES}")
     devices = select_devices(num_devices)
     n = len(devices)
-    divide_batch(batch, n, f"--batch={batch} is invalid: it must be a positive multiple of the {n} device(s) (or use --devices=1)")
+    divide_batch(
+        batch,
+        n,
+        f"--batch={batch} is invalid: it must be a positive multiple of the {n} device(s) (or use --devices=1)",
+    )
     resolution = resolution or int(config.resolution)
     mesh = make_mesh(devices)
     data = shard_batch(_synthetic_batch(batch, resolution, config.model.num_classes), mesh)
@@ -253,7 +271,9 @@ def benchmark(
     if steps < 1 or warmup < 0:
         raise ConfigError(f"--steps={steps} / --warmup={warmup} are invalid: need steps >= 1 and warmup >= 0")
     name = name or str(config.model.get("type"))
-    prep = prepare(config, mode=mode, batch=batch, dtype=dtype, resolution=resolution, num_devices=num_devices, step_impl=step_impl)
+    prep = prepare(
+        config, mode=mode, batch=batch, dtype=dtype, resolution=resolution, num_devices=num_devices, step_impl=step_impl
+    )
     if progress:
         progress(f"{name}: compiled the {mode} step in {prep.compile_s:.1f} s")
     times = [] if compile_only else time_steps(prep.run, steps, warmup, progress)
@@ -261,7 +281,13 @@ def benchmark(
 
 
 def make_result(
-    config: ml_collections.ConfigDict, name: str, mode: str, dtype: str, batch: int, prep: PreparedStep, times: list[float]
+    config: ml_collections.ConfigDict,
+    name: str,
+    mode: str,
+    dtype: str,
+    batch: int,
+    prep: PreparedStep,
+    times: list[float],
 ) -> Result:
     """The ``Result`` of ``times`` (seconds per step; empty if only compiled) for a prepared step."""
     counts = count(config.model, prep.resolution)

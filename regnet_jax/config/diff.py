@@ -65,7 +65,11 @@ def _comparable(config: Mapping[str, Any]) -> dict[str, Any]:
 def diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Change]:
     """The fields of two configs (plain nested dicts, e.g. config.json and the new config) that differ, sorted."""
     a, b = _comparable(old), _comparable(new)
-    return [Change(k, a.get(k, _MISSING), b.get(k, _MISSING)) for k in sorted(set(a) | set(b)) if a.get(k, _MISSING) != b.get(k, _MISSING)]
+    return [
+        Change(k, a.get(k, _MISSING), b.get(k, _MISSING))
+        for k in sorted(set(a) | set(b))
+        if a.get(k, _MISSING) != b.get(k, _MISSING)
+    ]
 
 
 def describe(changes: list[Change]) -> str:

@@ -47,7 +47,9 @@ def _missing_file_error(path: str) -> ConfigError:
         near = _closest(os.path.basename(path), (f for f in os.listdir(folder) if f.endswith(ext)))
         if near:
             hint = f"; did you mean {' or '.join(os.path.join(os.path.dirname(path), f) for f in near)}?"
-    return ConfigError(f"config file {path} does not exist (looked in {os.getcwd()}){hint or ': give e.g. --config=configs/quickstart.py'}")
+    return ConfigError(
+        f"config file {path} does not exist (looked in {os.getcwd()}){hint or ': give e.g. --config=configs/quickstart.py'}"
+    )
 
 
 def _error_in_file(path: str, e: BaseException) -> ConfigError:
@@ -55,7 +57,9 @@ def _error_in_file(path: str, e: BaseException) -> ConfigError:
     if isinstance(e, SyntaxError) and e.filename and os.path.abspath(e.filename) == os.path.abspath(path):
         text = f" in {e.text.strip()!r}" if e.text and e.text.strip() else ""
         return ConfigError(f"{path} line {e.lineno}: {type(e).__name__}: {e.msg}{text}")
-    lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if os.path.abspath(f.filename) == os.path.abspath(path)]
+    lines = [
+        f.lineno for f in traceback.extract_tb(e.__traceback__) if os.path.abspath(f.filename) == os.path.abspath(path)
+    ]
     where = f"{path} line {lines[-1]}" if lines else path
     return ConfigError(f"{where}: {type(e).__name__}: {e}")
 
@@ -63,14 +67,18 @@ def _error_in_file(path: str, e: BaseException) -> ConfigError:
 def _call_get_config(path: str, module: Any, arg: str | None) -> Any:
     get_config = getattr(module, "get_config", None)
     if not callable(get_config):
-        raise ConfigError(f"{path} has no get_config() function: a config file defines get_config() returning the config")
+        raise ConfigError(
+            f"{path} has no get_config() function: a config file defines get_config() returning the config"
+        )
     args = () if arg is None else (arg,)
     try:
         inspect.signature(get_config).bind(*args)
     except TypeError:
         if arg is None:
             raise ConfigError(f"{path} needs an argument after ':' (see its docstring): --config={path}:ARG") from None
-        raise ConfigError(f"{path} takes no ':' argument (its get_config() has no parameter): use --config={path}") from None
+        raise ConfigError(
+            f"{path} takes no ':' argument (its get_config() has no parameter): use --config={path}"
+        ) from None
     return get_config(*args)
 
 
@@ -94,7 +102,9 @@ def load_config_file(path_arg: str) -> Any:
         if sep:
             raise ConfigError(f"{path} is a JSON file: it takes no ':' argument")
         return _load_json(path)
-    name = "regnet_jax_config_" + "".join(c if c.isalnum() else "_" for c in os.path.splitext(os.path.basename(path))[0])
+    name = "regnet_jax_config_" + "".join(
+        c if c.isalnum() else "_" for c in os.path.splitext(os.path.basename(path))[0]
+    )
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     try:
@@ -124,7 +134,9 @@ def _leaf_paths(node: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
     return out
 
 
-def _unknown_field(config: ml_collections.ConfigDict, node: ml_collections.ConfigDict, where: str, key: str, label: str, prefix: str) -> ConfigError:
+def _unknown_field(
+    config: ml_collections.ConfigDict, node: ml_collections.ConfigDict, where: str, key: str, label: str, prefix: str
+) -> ConfigError:
     near = [f"{where}.{k}"[len("config.") :] for k in _closest(key, node.keys())]
     by_leaf: dict[str, list[str]] = {}  # the same name elsewhere, e.g. --config.base_lr -> optim.base_lr
     for p in _leaf_paths(config):
@@ -137,7 +149,9 @@ def _unknown_field(config: ml_collections.ConfigDict, node: ml_collections.Confi
     return ConfigError(f"{label}: {where} has no field {key!r}; {hint}")
 
 
-def _parent(config: ml_collections.ConfigDict, path: str, label: str, prefix: str) -> tuple[ml_collections.ConfigDict, str]:
+def _parent(
+    config: ml_collections.ConfigDict, path: str, label: str, prefix: str
+) -> tuple[ml_collections.ConfigDict, str]:
     """The group holding the existing field ``path`` ('optim.base_lr') and its name; unknown fields are refused."""
     node, parts = config, path.split(".")
     for i, key in enumerate(parts):
@@ -179,7 +193,9 @@ def _parse_sequence(ov: Override, old: list | tuple, where: str) -> list | tuple
         value = None
     if not isinstance(value, (list, tuple)):
         example = "(" + ", ".join(map(repr, old)) + ("," if len(old) == 1 else "") + ")"
-        raise ConfigError(f"{ov}: {where} is a {type(old).__name__}: write a Python list or tuple, e.g. --{ov.flag}.{ov.path}='{example}' (quoted for the shell)")
+        raise ConfigError(
+            f"{ov}: {where} is a {type(old).__name__}: write a Python list or tuple, e.g. --{ov.flag}.{ov.path}='{example}' (quoted for the shell)"
+        )
     kinds = {_kind(x) for x in old}
     for x in value:
         if kinds and _kind(x) not in kinds:
@@ -190,7 +206,9 @@ def _parse_sequence(ov: Override, old: list | tuple, where: str) -> list | tuple
 def _parse_value(ov: Override, old: Any, where: str) -> Any:
     """The override's text as a value of ``old``'s type."""
     if isinstance(old, ml_collections.ConfigDict):
-        raise ConfigError(f"{ov}: {where} is a group of fields; set them one by one, e.g. --{ov.flag}.{ov.path}.{next(iter(old.keys()), 'FIELD')}=VALUE")
+        raise ConfigError(
+            f"{ov}: {where} is a group of fields; set them one by one, e.g. --{ov.flag}.{ov.path}.{next(iter(old.keys()), 'FIELD')}=VALUE"
+        )
     if isinstance(old, bool):
         if ov.text is None:
             return not ov.negated
@@ -232,7 +250,9 @@ def apply_overrides(config: Any, overrides: Iterable[Override]) -> Any:
     """Apply ``overrides`` in order (the last one of a field wins); returns ``config``."""
     overrides = list(overrides)
     if overrides and not isinstance(config, ml_collections.ConfigDict):
-        raise ConfigError(f"{overrides[0]}: the config file returned a {type(config).__name__}, not an ml_collections.ConfigDict, so it has no fields to set")
+        raise ConfigError(
+            f"{overrides[0]}: the config file returned a {type(config).__name__}, not an ml_collections.ConfigDict, so it has no fields to set"
+        )
     for ov in overrides:
         apply_override(config, ov)
     return config
@@ -247,7 +267,9 @@ def _not_a_config(path_arg: str, value: Any) -> ConfigError:
     expected = ("a JSON object of config fields" if path.endswith(".json")
                 else "an ml_collections.ConfigDict (e.g. `return ml_collections.ConfigDict(...)`; see configs/quickstart.py)")  # fmt: skip
     hint = " (does get_config() end with `return config`?)" if value is None and not path.endswith(".json") else ""
-    return ConfigError(f"{path} is not a config: {source} {shown} (type {type(value).__name__}){hint}; expected {expected}")
+    return ConfigError(
+        f"{path} is not a config: {source} {shown} (type {type(value).__name__}){hint}; expected {expected}"
+    )
 
 
 class _ConfigFileFlag(OverridableFlag):
@@ -274,7 +296,9 @@ class _ConfigFileFlag(OverridableFlag):
         return config
 
 
-def define_config_flag(name: str, help_string: str, lock: bool = True, flag_values: flags.FlagValues = flags.FLAGS) -> None:
+def define_config_flag(
+    name: str, help_string: str, lock: bool = True, flag_values: flags.FlagValues = flags.FLAGS
+) -> None:
     """Define ``--NAME`` (a config file; its ``--NAME.FIELD=VALUE`` overrides are applied by ``parse_flags``)."""
     flags.DEFINE_flag(_ConfigFileFlag(name, help_string, lock), flag_values)
 

@@ -64,7 +64,12 @@ def _check(ok: bool, field: str, value: Any, allowed: str) -> None:
 
 
 def _check_bot_mul(field: str, b: Any) -> None:
-    _check(_is_num(b) and b > 0 and (b < 1 or float(b).is_integer()), field, b, "> 0, and an integer when >= 1 (e.g. 0.25, 1, 4)")
+    _check(
+        _is_num(b) and b > 0 and (b < 1 or float(b).is_integer()),
+        field,
+        b,
+        "> 0, and an integer when >= 1 (e.g. 0.25, 1, 4)",
+    )
 
 
 def validate_model(model: Any) -> dict[str, Any]:
@@ -77,14 +82,20 @@ def validate_model(model: Any) -> dict[str, Any]:
     known = set(COMMON_FIELDS) | set(own) | set(OPTIONAL_MODEL_FIELDS)
     for k in m:
         if k in other:
-            raise ConfigError(f"config.model.{k} is a field of type '{'anynet' if mtype == 'regnet' else 'regnet'}' models, not '{mtype}': remove it")
+            raise ConfigError(
+                f"config.model.{k} is a field of type '{'anynet' if mtype == 'regnet' else 'regnet'}' models, not '{mtype}': remove it"
+            )
         if k not in known:
-            raise ConfigError(f"config.model.{k} is not a model field; known fields for type '{mtype}': {sorted(known)}")
+            raise ConfigError(
+                f"config.model.{k} is not a model field; known fields for type '{mtype}': {sorted(known)}"
+            )
     optional = BOTTLENECK_ONLY_FIELDS if mtype == "anynet" and m.get("block_type") != "res_bottleneck_block" else {}
     required = [k for k in (*COMMON_FIELDS, *own) if k not in optional]
     for k in required:
         if k not in m or m[k] is None:
-            raise ConfigError(f"config.model.{k} is missing: type '{mtype}' models with block_type {m.get('block_type')!r} need {required}")
+            raise ConfigError(
+                f"config.model.{k} is missing: type '{mtype}' models with block_type {m.get('block_type')!r} need {required}"
+            )
     for k, default in optional.items():
         if m.get(k) is None:
             m[k] = [default] * len(m["depths"]) if isinstance(m["depths"], (list, tuple)) else None
@@ -95,9 +106,16 @@ def validate_model(model: Any) -> dict[str, Any]:
     _check(m["block_type"] in BLOCK_TYPES, "block_type", m["block_type"], f"one of {BLOCK_TYPES}")
     _check(_is_int(m["stem_w"]) and m["stem_w"] > 0, "stem_w", m["stem_w"], "a positive integer")
     _check(_is_int(m["num_classes"]) and m["num_classes"] > 0, "num_classes", m["num_classes"], "a positive integer")
-    _check(_is_num(m["se_ratio"]) and 0 <= m["se_ratio"] <= 1, "se_ratio", m["se_ratio"], "in [0, 1] (0 = no SE; RegNetY uses 0.25)")
+    _check(
+        _is_num(m["se_ratio"]) and 0 <= m["se_ratio"] <= 1,
+        "se_ratio",
+        m["se_ratio"],
+        "in [0, 1] (0 = no SE; RegNetY uses 0.25)",
+    )
     if m["se_ratio"] > 0 and m["block_type"] != "res_bottleneck_block":
-        raise ConfigError(f"config.model.se_ratio={m['se_ratio']} needs block_type 'res_bottleneck_block' (SE sits inside the bottleneck); got '{m['block_type']}'")
+        raise ConfigError(
+            f"config.model.se_ratio={m['se_ratio']} needs block_type 'res_bottleneck_block' (SE sits inside the bottleneck); got '{m['block_type']}'"
+        )
     _check(m["activation"] in ACTIVATIONS, "activation", m["activation"], f"one of {ACTIVATIONS}")
     _check(isinstance(m["zero_init_last_bn"], bool), "zero_init_last_bn", m["zero_init_last_bn"], "True or False")
     for k in ("dtype", "param_dtype"):
@@ -105,7 +123,9 @@ def validate_model(model: Any) -> dict[str, Any]:
 
     if mtype == "regnet":
         _check(_is_int(m["depth"]) and m["depth"] >= 1, "depth", m["depth"], "a positive integer (number of blocks)")
-        _check(_is_int(m["w0"]) and m["w0"] > 0 and m["w0"] % QUANT == 0, "w0", m["w0"], f"a positive multiple of {QUANT}")
+        _check(
+            _is_int(m["w0"]) and m["w0"] > 0 and m["w0"] % QUANT == 0, "w0", m["w0"], f"a positive multiple of {QUANT}"
+        )
         _check(_is_num(m["wa"]) and m["wa"] >= 0, "wa", m["wa"], ">= 0")
         _check(_is_num(m["wm"]) and m["wm"] > 1, "wm", m["wm"], "> 1 (wm <= 1 would give a single stage width)")
         _check(_is_int(m["group_w"]) and m["group_w"] >= 1, "group_w", m["group_w"], "a positive integer")
@@ -118,7 +138,9 @@ def validate_model(model: Any) -> dict[str, Any]:
     n = len(m["depths"])
     for k in ANYNET_FIELDS[1:]:
         if len(m[k]) != n:
-            raise ConfigError(f"config.model.{k} has {len(m[k])} entries but depths has {n}: give one entry per stage in each list")
+            raise ConfigError(
+                f"config.model.{k} has {len(m[k])} entries but depths has {n}: give one entry per stage in each list"
+            )
     for i in range(n):
         d, w, s, b, g = (m[k][i] for k in ANYNET_FIELDS)
         _check(_is_int(d) and d >= 1, f"depths[{i}]", d, "a positive integer")
@@ -188,7 +210,9 @@ def base_config(model: Mapping[str, Any], batch_size: int = 1024, schedule: str 
     Every field is documented in docs/training.md.
     """
     if schedule not in SCHEDULES:
-        raise ConfigError(f"schedule {schedule!r} is unknown: use one of {sorted(SCHEDULES)} (e.g. --config=configs/regnetx_400mf.py:25ep)")
+        raise ConfigError(
+            f"schedule {schedule!r} is unknown: use one of {sorted(SCHEDULES)} (e.g. --config=configs/regnetx_400mf.py:25ep)"
+        )
     preset = SCHEDULES[schedule]
     bs = preset["batch_size"] or batch_size
     c = ml_collections.ConfigDict()
@@ -310,40 +334,117 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
         ("resolution", _is_int(config.resolution) and config.resolution >= 8, "an integer >= 8 (pixels)"),
         ("num_epochs", _is_int(config.num_epochs) and config.num_epochs >= 1, "a positive integer"),
         ("batch_size", _is_int(config.batch_size) and config.batch_size >= 1, "a positive integer (global batch)"),
-        ("grad_accum_steps", _is_int(config.grad_accum_steps) and config.grad_accum_steps >= 1, "a positive integer (1 = no accumulation)"),
-        ("bn_group_size", _is_int(config.bn_group_size) and config.bn_group_size >= 0, "0 (the whole global batch) or a positive integer (images)"),
+        (
+            "grad_accum_steps",
+            _is_int(config.grad_accum_steps) and config.grad_accum_steps >= 1,
+            "a positive integer (1 = no accumulation)",
+        ),
+        (
+            "bn_group_size",
+            _is_int(config.bn_group_size) and config.bn_group_size >= 0,
+            "0 (the whole global batch) or a positive integer (images)",
+        ),
         ("precise_bn", isinstance(config.precise_bn, bool), "True or False"),
-        ("precise_bn_images", _is_int(config.precise_bn_images) and config.precise_bn_images >= 1, "a positive integer (images)"),
-        ("eval_batch_size", _is_int(config.eval_batch_size) and config.eval_batch_size >= 0, "0 (= batch_size) or a positive integer"),
+        (
+            "precise_bn_images",
+            _is_int(config.precise_bn_images) and config.precise_bn_images >= 1,
+            "a positive integer (images)",
+        ),
+        (
+            "eval_batch_size",
+            _is_int(config.eval_batch_size) and config.eval_batch_size >= 0,
+            "0 (= batch_size) or a positive integer",
+        ),
         ("seed", _is_int(config.seed), "an integer"),
-        ("dataset.name", isinstance(config.dataset.name, str) and config.dataset.name, f"a dataset name: {', '.join(DATASET_KINDS)}"),
+        (
+            "dataset.name",
+            isinstance(config.dataset.name, str) and config.dataset.name,
+            f"a dataset name: {', '.join(DATASET_KINDS)}",
+        ),
         ("dataset.channel_order", config.dataset.channel_order in ("rgb", "bgr"), "'rgb' or 'bgr'"),
-        ("dataset.synthetic_like", isinstance(config.dataset.synthetic_like, str), "'' or a dataset name, e.g. 'imagenet2012'"),
+        (
+            "dataset.synthetic_like",
+            isinstance(config.dataset.synthetic_like, str),
+            "'' or a dataset name, e.g. 'imagenet2012'",
+        ),
         ("dataset.mean", len(config.dataset.mean) == 3, "3 numbers (RGB, on [0, 1] pixels)"),
-        ("dataset.std", len(config.dataset.std) == 3 and all(s > 0 for s in config.dataset.std), "3 positive numbers (RGB)"),
+        (
+            "dataset.std",
+            len(config.dataset.std) == 3 and all(s > 0 for s in config.dataset.std),
+            "3 positive numbers (RGB)",
+        ),
         ("dataset.eval_crop_fraction", 0 < config.dataset.eval_crop_fraction <= 1, "in (0, 1], e.g. 0.875 = 224/256"),
         ("dataset.min_area", 0 < config.dataset.min_area <= 1, "in (0, 1]"),
-        ("dataset.aspect_ratio", len(config.dataset.aspect_ratio) == 2 and 0 < config.dataset.aspect_ratio[0] <= config.dataset.aspect_ratio[1], "(low, high) with 0 < low <= high"),
+        (
+            "dataset.aspect_ratio",
+            len(config.dataset.aspect_ratio) == 2
+            and 0 < config.dataset.aspect_ratio[0] <= config.dataset.aspect_ratio[1],
+            "(low, high) with 0 < low <= high",
+        ),
         ("dataset.pca_std", config.dataset.pca_std >= 0, ">= 0"),
         ("dataset.output_dtype", config.dataset.output_dtype in ("float32", "bfloat16"), "'float32' or 'bfloat16'"),
-        ("dataset.normalize_on", config.dataset.normalize_on in ("host", "device"), "'device' (uint8 batches, normalised on the accelerator) or 'host'"),
-        ("dataset.num_train_examples", _is_int(config.dataset.num_train_examples) and config.dataset.num_train_examples >= 0, "0 (all) or a positive integer"),
-        ("dataset.max_bad_image_fraction", _is_num(bad_fraction) and 0 <= bad_fraction <= 1, "in [0, 1] (0 = stop at the first undecodable training image)"),
-        ("dataset.prepared_dir", isinstance(config.dataset.prepared_dir, str), "'' (off) or a directory written by python -m regnet_jax.prepare"),
-        ("dataset.num_eval_examples", _is_int(config.dataset.num_eval_examples) and config.dataset.num_eval_examples >= 0, "0 (all) or a positive integer"),
-        ("optim.base_lr", _is_num(config.optim.base_lr) and config.optim.base_lr >= 0, "0 (the linear rule: optim.lr_per_128 x batch_size / 128) or a positive number"),
-        ("optim.lr_per_128", _is_num(lr_per_128) and lr_per_128 > 0, "a positive number (the lr per 128 images of the global batch)"),
+        (
+            "dataset.normalize_on",
+            config.dataset.normalize_on in ("host", "device"),
+            "'device' (uint8 batches, normalised on the accelerator) or 'host'",
+        ),
+        (
+            "dataset.num_train_examples",
+            _is_int(config.dataset.num_train_examples) and config.dataset.num_train_examples >= 0,
+            "0 (all) or a positive integer",
+        ),
+        (
+            "dataset.max_bad_image_fraction",
+            _is_num(bad_fraction) and 0 <= bad_fraction <= 1,
+            "in [0, 1] (0 = stop at the first undecodable training image)",
+        ),
+        (
+            "dataset.prepared_dir",
+            isinstance(config.dataset.prepared_dir, str),
+            "'' (off) or a directory written by python -m regnet_jax.prepare",
+        ),
+        (
+            "dataset.num_eval_examples",
+            _is_int(config.dataset.num_eval_examples) and config.dataset.num_eval_examples >= 0,
+            "0 (all) or a positive integer",
+        ),
+        (
+            "optim.base_lr",
+            _is_num(config.optim.base_lr) and config.optim.base_lr >= 0,
+            "0 (the linear rule: optim.lr_per_128 x batch_size / 128) or a positive number",
+        ),
+        (
+            "optim.lr_per_128",
+            _is_num(lr_per_128) and lr_per_128 > 0,
+            "a positive number (the lr per 128 images of the global batch)",
+        ),
         ("optim.momentum", 0 <= config.optim.momentum < 1, "in [0, 1)"),
         ("optim.weight_decay", config.optim.weight_decay >= 0, ">= 0"),
-        ("optim.warmup_epochs", _is_int(config.optim.warmup_epochs) and config.optim.warmup_epochs >= 0, "an integer >= 0"),
+        (
+            "optim.warmup_epochs",
+            _is_int(config.optim.warmup_epochs) and config.optim.warmup_epochs >= 0,
+            "an integer >= 0",
+        ),
         ("optim.warmup_factor", 0 <= config.optim.warmup_factor <= 1, "in [0, 1]"),
         ("optim.label_smoothing", 0 <= config.optim.label_smoothing < 1, "in [0, 1)"),
         ("optim.ema_decay", 0 <= config.optim.ema_decay < 1, "in [0, 1) (0 = off)"),
         ("log_every_steps", _is_int(config.log_every_steps) and config.log_every_steps >= 1, "a positive integer"),
-        ("eval_every_epochs", _is_int(config.eval_every_epochs) and config.eval_every_epochs >= 0, "0 (only at the end) or a positive integer"),
-        ("checkpoint_every_steps", _is_int(config.checkpoint_every_steps) and config.checkpoint_every_steps >= 0, "0 (every epoch) or a positive integer"),
+        (
+            "eval_every_epochs",
+            _is_int(config.eval_every_epochs) and config.eval_every_epochs >= 0,
+            "0 (only at the end) or a positive integer",
+        ),
+        (
+            "checkpoint_every_steps",
+            _is_int(config.checkpoint_every_steps) and config.checkpoint_every_steps >= 0,
+            "0 (every epoch) or a positive integer",
+        ),
         ("keep_checkpoints", _is_int(config.keep_checkpoints) and config.keep_checkpoints >= 1, "a positive integer"),
-        ("profile_steps", _is_step_window(config.profile_steps), "() (off) or (start, end) with 0 <= start < end, e.g. (100, 110)"),
+        (
+            "profile_steps",
+            _is_step_window(config.profile_steps),
+            "() (off) or (start, end) with 0 <= start < end, e.g. (100, 110)",
+        ),
     ]
     for field, ok, allowed in checks:
         if not ok:
@@ -353,7 +454,11 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
             raise _field_error(field, value, allowed)
     batch_layout(config.batch_size, 1, config.grad_accum_steps, config.bn_group_size)  # the device-independent part
     if config.freeze_trunk and not config.init_from:
-        raise ConfigError("config.freeze_trunk=True needs config.init_from (a weights directory or a training workdir): a linear probe of a random trunk is meaningless")
+        raise ConfigError(
+            "config.freeze_trunk=True needs config.init_from (a weights directory or a training workdir): a linear probe of a random trunk is meaningless"
+        )
     if config.freeze_trunk and config.precise_bn:
-        raise ConfigError("config.precise_bn=True with config.freeze_trunk=True: a linear probe keeps the trunk's BN statistics fixed; set precise_bn=False")
+        raise ConfigError(
+            "config.precise_bn=True with config.freeze_trunk=True: a linear probe keeps the trunk's BN statistics fixed; set precise_bn=False"
+        )
     return config

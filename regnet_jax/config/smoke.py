@@ -94,7 +94,9 @@ def shrink_config(config: Any) -> Any:
         if replaced:  # synthetic images with the dataset's classes: a class-count mistake fails as in a real run
             d.synthetic_like, d.name = d.name, "synthetic"
     data = f"synthetic images standing in for {d.synthetic_like} (its classes)" if replaced else "small data"
-    announce(f"shrunk the config: tiny model, {RESOLUTION} px, 1 epoch of {TRAIN_EXAMPLES // BATCH} steps of {BATCH} images, {data}")
+    announce(
+        f"shrunk the config: tiny model, {RESOLUTION} px, 1 epoch of {TRAIN_EXAMPLES // BATCH} steps of {BATCH} images, {data}"
+    )
     return config
 
 

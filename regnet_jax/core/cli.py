@@ -100,7 +100,9 @@ def _exit_usage(e: Exception) -> None:
     sys.exit(EXIT_USAGE)
 
 
-def run(main: Callable[[list[str]], int | None], define_flags: Callable[[flags.FlagValues], None] | None = None) -> None:
+def run(
+    main: Callable[[list[str]], int | None], define_flags: Callable[[flags.FlagValues], None] | None = None
+) -> None:
     """Define the command's flags, then ``absl.app.run(main)``: command-line mistakes and any ``UserError`` become
     'error: ...' and exit status 2, Ctrl-C (``KeyboardInterrupt``, ``core.interrupts.Interrupted``) 'interrupted: ...'
     and exit status 130; ``main``'s return value is the exit status (None: 0)."""
@@ -117,7 +119,9 @@ def run(main: Callable[[list[str]], int | None], define_flags: Callable[[flags.F
         except KeyboardInterrupt as e:
             interrupts.set_handler(interrupts.on_interrupt_again)
             print(interrupts.message(e), file=sys.stderr, flush=True)
-            interrupts.set_handler(interrupts.on_interrupt_after_report)  # the exit may wait for threads: Ctrl-C ends it now
+            interrupts.set_handler(
+                interrupts.on_interrupt_after_report
+            )  # the exit may wait for threads: Ctrl-C ends it now
             sys.exit(interrupts.EXIT_INTERRUPTED)
 
     app.run(wrapped, flags_parser=parse_flags)

@@ -138,7 +138,10 @@ def enable(option: str | None = AUTO, process_count: int | None = None) -> str |
         logging.warning("compilation cache: off (%s cannot be written: %s)", directory, problem)
         return None
     jax.config.update("jax_compilation_cache_dir", directory)
-    if MIN_COMPILE_TIME_ENV not in os.environ and jax.config.jax_persistent_cache_min_compile_time_secs == JAX_DEFAULT_MIN_COMPILE_TIME_S:
+    if (
+        MIN_COMPILE_TIME_ENV not in os.environ
+        and jax.config.jax_persistent_cache_min_compile_time_secs == JAX_DEFAULT_MIN_COMPILE_TIME_S
+    ):
         jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_TIME_S)
     install_atomic_writes()
     if not jax.config.jax_enable_compilation_cache:  # e.g. core.distributed's multi-process CPU guard (issue 21)
@@ -171,13 +174,20 @@ def stats() -> dict[str, int]:
 def _on_event(event: str, **kwargs: Any) -> None:
     if event == "/jax/compilation_cache/cache_hits":
         _counts["loaded"] += 1
-    elif event == "/jax/compilation_cache/cache_misses":  # recorded as JAX writes an entry (compilation_cache.put_executable_and_time)
+    elif (
+        event == "/jax/compilation_cache/cache_misses"
+    ):  # recorded as JAX writes an entry (compilation_cache.put_executable_and_time)
         _counts["written"] += 1
 
 
 def _report() -> None:
     if _in_use is not None and any(_counts.values()):  # a command that stopped before compiling says nothing
-        logging.info("compilation cache: %d executable(s) loaded, %d compiled and written (%s)", _counts["loaded"], _counts["written"], _in_use)
+        logging.info(
+            "compilation cache: %d executable(s) loaded, %d compiled and written (%s)",
+            _counts["loaded"],
+            _counts["written"],
+            _in_use,
+        )
 
 
 def _count_cache_events() -> None:

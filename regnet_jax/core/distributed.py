@@ -27,8 +27,8 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
 from absl import logging
+from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from regnet_jax.core.errors import ConfigError
@@ -51,7 +51,12 @@ def cluster_detected() -> bool:
         return True
     from jax._src import clusters  # private, but exactly the detection jax.distributed.initialize() performs
 
-    for env in (clusters.OmpiCluster, clusters.SlurmCluster, clusters.GceTpuCluster, clusters.GkeTpuCluster):  # JAX's order
+    for env in (
+        clusters.OmpiCluster,
+        clusters.SlurmCluster,
+        clusters.GceTpuCluster,
+        clusters.GkeTpuCluster,
+    ):  # JAX's order
         try:
             if env.is_env_present():
                 return env.get_process_count() > 1
@@ -65,7 +70,10 @@ def cluster_detected() -> bool:
 
 
 def maybe_initialize_distributed(
-    enabled: bool | None = None, coordinator_address: str = "", num_processes: int = 0, process_id: int = -1,
+    enabled: bool | None = None,
+    coordinator_address: str = "",
+    num_processes: int = 0,
+    process_id: int = -1,
     heartbeat_timeout_s: int = HEARTBEAT_TIMEOUT_S,
 ) -> bool:
     """Call ``jax.distributed.initialize`` if asked (``enabled=True``) or, with ``enabled=None``, if a cluster launch

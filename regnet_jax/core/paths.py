@@ -72,7 +72,7 @@ def is_url(path: PathLike) -> bool:
     return "://" in os.fspath(path)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _has_module(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
@@ -87,7 +87,9 @@ def resolve(path: PathLike) -> Path:
         return Path(os.path.abspath(os.path.expanduser(text)))
     use_tf = os.environ.get("EPATH_USE_TF", "").lower() not in ("false", "no", "f", "0")
     if text.startswith("gs://") and not use_tf and not _has_module("gcsfs"):
-        raise StorageError(f"{text}: gs:// paths need the gcsfs package: pip install gcsfs (or pip install -e '.[gcs]')")
+        raise StorageError(
+            f"{text}: gs:// paths need the gcsfs package: pip install gcsfs (or pip install -e '.[gcs]')"
+        )
     return Path(text)
 
 
@@ -144,7 +146,7 @@ def check_reachable(path: PathLike) -> None:
     if not text.startswith("gs://") or os.environ.get("EPATH_USE_TF", "").lower() not in ("false", "no", "f", "0"):
         return
     resolve(text)  # gcsfs installed
-    bucket, _, prefix = text[len("gs://"):].partition("/")
+    bucket, _, prefix = text[len("gs://") :].partition("/")
     key = (bucket, os.environ.get("STORAGE_EMULATOR_HOST", ""))
     if key in _REACHED or not bucket:
         return
@@ -156,7 +158,9 @@ def check_reachable(path: PathLike) -> None:
     if request is None:
         return
     try:
-        fsspec.asyn.sync(fs.loop, request, fs, "GET", "b/{}/o", bucket, prefix=prefix, maxResults=1, timeout=REACH_TIMEOUT_S)
+        fsspec.asyn.sync(
+            fs.loop, request, fs, "GET", "b/{}/o", bucket, prefix=prefix, maxResults=1, timeout=REACH_TIMEOUT_S
+        )
     except Exception as e:  # noqa: BLE001 - classified below; anything else is left to the next operation
         err = _unreachable(text, bucket, fs, e)
         if err is not None:
@@ -169,16 +173,22 @@ def _unreachable(path: str, bucket: str, fs: Any, exc: BaseException) -> Storage
     """The StorageError for a request to Cloud Storage that failed before any answer, or for want of credentials."""
     import asyncio
 
-    endpoint = getattr(fs, "_location", "") or os.environ.get("STORAGE_EMULATOR_HOST") or "https://storage.googleapis.com"
+    endpoint = (
+        getattr(fs, "_location", "") or os.environ.get("STORAGE_EMULATOR_HOST") or "https://storage.googleapis.com"
+    )
     emulator = os.environ.get("STORAGE_EMULATOR_HOST")
     network = f"the network connection{f' and STORAGE_EMULATOR_HOST={emulator}' if emulator else ''}"
-    credentials = "the credentials: `gcloud auth application-default login` (or GOOGLE_APPLICATION_CREDENTIALS=KEY.json)"
+    credentials = (
+        "the credentials: `gcloud auth application-default login` (or GOOGLE_APPLICATION_CREDENTIALS=KEY.json)"
+    )
     what = check = None
     for e in _chain(exc):
         name, text = type(e).__name__, " ".join(str(e).split())[:200]
         if name == "ClientConnectorDNSError" or "Name or service not known" in text or "nodename nor servname" in text:
             what, check = f"{endpoint} cannot be found (DNS: {text})", network
-        elif name in ("ClientConnectorError", "ServerDisconnectedError", "ClientOSError") or isinstance(e, ConnectionError):
+        elif name in ("ClientConnectorError", "ServerDisconnectedError", "ClientOSError") or isinstance(
+            e, ConnectionError
+        ):
             what, check = f"cannot connect to {endpoint} ({text})", f"{network} (a proxy or firewall?)"
         elif isinstance(e, (asyncio.TimeoutError, TimeoutError)) or name == "FSTimeoutError":
             what, check = f"no answer from {endpoint} within {REACH_TIMEOUT_S} s", network
@@ -186,10 +196,17 @@ def _unreachable(path: str, bucket: str, fs: Any, exc: BaseException) -> Storage
             what, check = f"no usable credentials ({name}: {text})", credentials
         elif getattr(e, "code", None) == 401:
             anonymous = getattr(getattr(fs, "credentials", None), "method", "") == "anon"
-            what = "no credentials were found (anonymous access was refused)" if anonymous else f"the credentials were refused ({text})"
+            what = (
+                "no credentials were found (anonymous access was refused)"
+                if anonymous
+                else f"the credentials were refused ({text})"
+            )
             check = credentials
         elif getattr(e, "code", None) == 403 or text.startswith("Forbidden"):
-            what, check = f"permission denied ({text})", f"the bucket name, and that {credentials[len('the credentials: '):]} gives an account that may use it"
+            what, check = (
+                f"permission denied ({text})",
+                f"the bucket name, and that {credentials[len('the credentials: ') :]} gives an account that may use it",
+            )
         if what:
             break
     if what is None:
@@ -335,7 +352,11 @@ def _no_space(path: PathLike, needed: int) -> StorageError:
 def not_a_directory(path: PathLike) -> StorageError:
     """The StorageError for a local ``path`` that is, or lies under, a file where a directory is needed."""
     file = _existing(path)
-    where = f"{path} is a file" if os.path.abspath(file) == os.fspath(resolve(path)) else f"{path} lies under {file}, which is a file"
+    where = (
+        f"{path} is a file"
+        if os.path.abspath(file) == os.fspath(resolve(path))
+        else f"{path} lies under {file}, which is a file"
+    )
     return StorageError(f"{where}, not a directory: give a directory (or move the file away), then rerun")
 
 
@@ -349,7 +370,11 @@ def storage_error(path: PathLike, exc: BaseException, needed: int = 0) -> Storag
     such bucket; None for any other error."""
     for e in _chain(exc):
         code, text = getattr(e, "errno", None), str(e)
-        if isinstance(e, (FileExistsError, NotADirectoryError)) and not is_url(path) and os.path.isfile(_existing(path)):
+        if (
+            isinstance(e, (FileExistsError, NotADirectoryError))
+            and not is_url(path)
+            and os.path.isfile(_existing(path))
+        ):
             return not_a_directory(path)
         if isinstance(e, IsADirectoryError) and not is_url(path):
             return StorageError(f"{path} is a directory, not a file: give a file name, then rerun")
@@ -358,9 +383,11 @@ def storage_error(path: PathLike, exc: BaseException, needed: int = 0) -> Storag
         if code in _UNWRITABLE or getattr(e, "code", None) in (401, 403) or any(t in text for t in _UNWRITABLE_TEXT):
             return _unwritable(path, text.splitlines()[0][:200] if text else type(e).__name__)
         if is_url(path) and isinstance(e, FileNotFoundError):
-            return StorageError(f"cannot write {path}: its bucket does not exist or is not accessible with these credentials")
+            return StorageError(
+                f"cannot write {path}: its bucket does not exist or is not accessible with these credentials"
+            )
     if is_url(path) and os.fspath(path).startswith("gs://"):  # Cloud Storage unreachable after gcsfs's retries
-        return _unreachable(os.fspath(path), os.fspath(path)[len("gs://"):].partition("/")[0], None, exc)
+        return _unreachable(os.fspath(path), os.fspath(path)[len("gs://") :].partition("/")[0], None, exc)
     return None
 
 

@@ -62,9 +62,7 @@ def decode(image: tf.Tensor) -> tf.Tensor:
     return decode_crop(image, tf.concat([[0, 0], image_shape(image)], 0))
 
 
-def inception_crop_window(
-    hw: tf.Tensor, seed: tf.Tensor, min_area: float, aspect_ratio: Sequence[float]
-) -> tf.Tensor:
+def inception_crop_window(hw: tf.Tensor, seed: tf.Tensor, min_area: float, aspect_ratio: Sequence[float]) -> tf.Tensor:
     """pycls ``random_sized_crop``: up to 10 tries of area U(min_area, 1) and aspect U(lo, hi), w/h swapped with p=0.5;
     the first try that fits wins, else a centred square of the shorter side. Returns (y, x, h, w) int32."""
     h, w = tf.cast(hw[0], tf.float32), tf.cast(hw[1], tf.float32)
@@ -124,7 +122,9 @@ def lighting(image: tf.Tensor, seed: tf.Tensor, std: float) -> tf.Tensor:
     return image + lighting_shift(seed, std)
 
 
-def train_pixels(image: tf.Tensor, seed: tf.Tensor, cfg, resolution: int, uint8: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
+def train_pixels(
+    image: tf.Tensor, seed: tf.Tensor, cfg, resolution: int, uint8: bool = False
+) -> tuple[tf.Tensor, tf.Tensor]:
     """Inception crop, resize and flip (``cfg`` = config.dataset): (the RxRx3 RGB pixels on 0..255, float32 or, with
     ``uint8``, rounded to uint8; the [3] lighting shift, zero without lighting). ``normalize`` of the pair is the
     network's input; the random draws are ``train_preprocess``'s."""

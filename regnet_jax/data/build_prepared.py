@@ -94,7 +94,12 @@ def describe_source(config) -> dict:
     if d.name == "quickstart":
         return {"name": "quickstart"}
     if d.name == "synthetic":
-        return {"name": "synthetic", "resolution": config.resolution, "num_classes": config.model.num_classes, "seed": config.seed}
+        return {
+            "name": "synthetic",
+            "resolution": config.resolution,
+            "num_classes": config.model.num_classes,
+            "seed": config.seed,
+        }
     data_dir = str(paths.resolve(d.data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")))
     return {"name": d.name, "data_dir": data_dir}
 
@@ -263,7 +268,9 @@ def _build_split(config, out: str, split: str, params: dict, progress: Callable[
 
     try:
         if start < n:
-            for i, image, label in _examples(source, start, params["short_side"], params["encoding"], params["jpeg_quality"]).as_numpy_iterator():
+            for i, image, label in _examples(
+                source, start, params["short_side"], params["encoding"], params["jpeg_quality"]
+            ).as_numpy_iterator():
                 while i >= (len(shards) + 1) * per_shard:  # the shard before this image is complete
                     for j in range(position, (len(shards) + 1) * per_shard):
                         skip(j)
@@ -314,11 +321,15 @@ def build(config, out: str, short_side: int, splits: list[str], encoding: str = 
     if encoding not in prepared.ENCODINGS:
         raise ConfigError(f"encoding {encoding!r} is unknown: use one of {prepared.ENCODINGS}")
     if short_side < 1 or images_per_shard < 1 or not 1 <= jpeg_quality <= 100:
-        raise ConfigError(f"short_side={short_side}, images_per_shard={images_per_shard}, jpeg_quality={jpeg_quality}: give positive sizes and a quality in [1, 100]")
+        raise ConfigError(
+            f"short_side={short_side}, images_per_shard={images_per_shard}, jpeg_quality={jpeg_quality}: give positive sizes and a quality in [1, 100]"
+        )
     if not splits:
         raise ConfigError("give at least one split to prepare")
     if config.dataset.get("prepared_dir"):
-        raise ConfigError(f"the config reads prepared data (config.dataset.prepared_dir={config.dataset.prepared_dir}): prepare from the dataset itself, with prepared_dir=''")
+        raise ConfigError(
+            f"the config reads prepared data (config.dataset.prepared_dir={config.dataset.prepared_dir}): prepare from the dataset itself, with prepared_dir=''"
+        )
     params = {
         "format": prepared.FORMAT,
         "version": prepared.VERSION,
@@ -335,7 +346,9 @@ def build(config, out: str, short_side: int, splits: list[str], encoding: str = 
     try:
         paths.makedirs(out)
     except OSError as e:
-        raise paths.StorageError(f"--out={out} cannot be created ({e.strerror or e}): give a writable location") from None
+        raise paths.StorageError(
+            f"--out={out} cannot be created ({e.strerror or e}): give a writable location"
+        ) from None
     if not paths.exists(paths.join(out, prepared.BUILD)):
         paths.write_json(paths.join(out, prepared.BUILD), params)
     _remove_temporaries(out)

@@ -39,7 +39,9 @@ from typing import Any
 
 from regnet_jax.core import logs
 
-logs.quiet_environment("TF_CPP_MIN_LOG_LEVEL")  # TensorFlow only feeds data here: keep its C++ INFO lines out of the log
+logs.quiet_environment(
+    "TF_CPP_MIN_LOG_LEVEL"
+)  # TensorFlow only feeds data here: keep its C++ INFO lines out of the log
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -60,6 +62,7 @@ LIGHTING = "lighting"  # with normalize_on='device': each image's PCA lighting s
 class BadImagesError(ConfigError):
     """Images cannot be read or decoded: more training images than allowed, or any evaluation image."""
 
+
 # Keep TensorFlow off accelerators: JAX owns them, tf.data only runs on the host.
 tf.config.set_visible_devices([], "GPU")
 
@@ -76,7 +79,10 @@ def _check_classes(config, source) -> None:
 
 def check_dataset(config) -> None:
     """Open both splits (cheap: metadata and file lists only); raise DatasetNotReadyError / ConfigError if unusable."""
-    for split, limit in ((config.dataset.train_split, config.dataset.num_train_examples), (config.dataset.eval_split, config.dataset.num_eval_examples)):
+    for split, limit in (
+        (config.dataset.train_split, config.dataset.num_train_examples),
+        (config.dataset.eval_split, config.dataset.num_eval_examples),
+    ):
         _check_classes(config, open_source(config, split, limit))
 
 
@@ -99,16 +105,22 @@ class TrainInput:
         self.process_index, self.process_count = process_index, process_count
         self.global_batch = config.batch_size
         self.local_batch = divide_batch(
-            config.batch_size, process_count, f"config.batch_size={config.batch_size} is not divisible by the {process_count} processes"
+            config.batch_size,
+            process_count,
+            f"config.batch_size={config.batch_size} is not divisible by the {process_count} processes",
         )
         self.source = open_source(config, config.dataset.train_split, config.dataset.num_train_examples)
         _check_classes(config, self.source)
         if isinstance(self.source, TfdsSource):
             import tensorflow_datasets as tfds
 
-            self._subsplit = tfds.split_for_jax_process(self.source.split, process_index=process_index, process_count=process_count)
+            self._subsplit = tfds.split_for_jax_process(
+                self.source.split, process_index=process_index, process_count=process_count
+            )
             shard_sizes = [
-                self.source.subsplit_size(tfds.split_for_jax_process(self.source.split, process_index=p, process_count=process_count))
+                self.source.subsplit_size(
+                    tfds.split_for_jax_process(self.source.split, process_index=p, process_count=process_count)
+                )
                 for p in range(process_count)
             ]
             self.steps_per_epoch = min(shard_sizes) // self.local_batch
@@ -147,9 +159,9 @@ class TrainInput:
         return _options(ds.batch(self.local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
 
     def _indexed_rows(self, epoch: int, start_step: int) -> tuple[np.ndarray, np.ndarray]:
-        steps, g, l, p = self.steps_per_epoch, self.global_batch, self.local_batch, self.process_index
+        steps, g, local, p = self.steps_per_epoch, self.global_batch, self.local_batch, self.process_index
         perm = np.random.default_rng([self.config.seed, epoch]).permutation(self.source.num_examples)[: steps * g]
-        positions = np.arange(steps * g).reshape(steps, self.process_count, l)[start_step:, p].reshape(-1)
+        positions = np.arange(steps * g).reshape(steps, self.process_count, local)[start_step:, p].reshape(-1)
         return perm[positions], positions
 
     def dataset(self, epoch: int, start_step: int = 0) -> tf.data.Dataset:
@@ -162,7 +174,9 @@ class TrainInput:
             rows, positions = self._indexed_rows(epoch, start_step)
             self._stream_rows = np.concatenate([rows, rows])
             positions = np.concatenate([positions, positions + self.steps_per_epoch * self.global_batch])
-            ds = tf.data.Dataset.zip(tf.data.Dataset.from_tensor_slices(positions), self.source.records(self._stream_rows))
+            ds = tf.data.Dataset.zip(
+                tf.data.Dataset.from_tensor_slices(positions), self.source.records(self._stream_rows)
+            )
             return self._augment(ds, epoch, needed)
         self._stream_rows = None
         seed = _epoch_seed(self.config.seed, epoch)
@@ -253,7 +267,9 @@ class EvalInput:
         self.config = config
         batch = config.eval_batch_size or config.batch_size
         self.local_batch = divide_batch(
-            batch, process_count, f"eval batch {batch} is not divisible by the {process_count} processes: set config.eval_batch_size"
+            batch,
+            process_count,
+            f"eval batch {batch} is not divisible by the {process_count} processes: set config.eval_batch_size",
         )
         self.source = open_source(config, split or config.dataset.eval_split, config.dataset.num_eval_examples)
         _check_classes(config, self.source)
@@ -279,14 +295,20 @@ class EvalInput:
     def dataset(self) -> tf.data.Dataset:
         cfg, res = self.config.dataset, self.config.resolution
         fn = plain_preprocess if self.source.presized else eval_preprocess
-        ds = self._records().map(lambda ex: {"image": fn(ex["image"], cfg, res), "label": ex["label"]}, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = self._records().map(
+            lambda ex: {"image": fn(ex["image"], cfg, res), "label": ex["label"]}, num_parallel_calls=tf.data.AUTOTUNE
+        )
         return _options(ds.batch(self.local_batch).prefetch(tf.data.AUTOTUNE))
 
     def undecodable_images(self) -> list[str]:
         """This process's evaluation images that cannot be read or decoded (each is decoded once, nothing else is done)."""
         if not self.source.encoded:
             return []
-        ds = self._records().enumerate().map(lambda i, ex: (i, tf.shape(decode(ex["image"]))), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = (
+            self._records()
+            .enumerate()
+            .map(lambda i, ex: (i, tf.shape(decode(ex["image"]))), num_parallel_calls=tf.data.AUTOTUNE)
+        )
         decoded = {int(i) for i, _ in _options(ds.ignore_errors()).as_numpy_iterator()}
         return [self._describe(i) for i in range(self.local_examples) if i not in decoded]
 
@@ -320,7 +342,11 @@ class EvalInput:
 
 def bad_eval_images_error(bad: list[str], total: int) -> BadImagesError:
     """The error for ``total`` undecodable evaluation images, of which this process found ``bad``."""
-    named = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "") if bad else "named by the other processes"
+    named = (
+        ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        if bad
+        else "named by the other processes"
+    )
     return BadImagesError(
         f"{total} evaluation image(s) cannot be read or decoded: {named}. Evaluation counts every example exactly once: "
         "repair, re-encode or remove them and rerun"
@@ -329,7 +355,9 @@ def bad_eval_images_error(bad: list[str], total: int) -> BadImagesError:
 
 def _pad(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
     n = len(batch["label"])
-    out = {k: np.concatenate([v, np.zeros((size - n, *v.shape[1:]), v.dtype)]) if n < size else v for k, v in batch.items()}
+    out = {
+        k: np.concatenate([v, np.zeros((size - n, *v.shape[1:]), v.dtype)]) if n < size else v for k, v in batch.items()
+    }
     out["mask"] = (np.arange(size) < n).astype(np.float32)
     return out
 
@@ -338,7 +366,9 @@ class HostBatches(Iterator[dict[str, np.ndarray]]):
     """An epoch's numpy batches (``TrainInput.epoch``) and ``on_device``: None, or what ``device_prefetch`` applies to
     each batch once it is on the devices (normalize_on='device': ``_device_normalizer``)."""
 
-    def __init__(self, batches: Iterator[dict[str, np.ndarray]], on_device: Callable[[dict[str, Any]], dict[str, Any]] | None):
+    def __init__(
+        self, batches: Iterator[dict[str, np.ndarray]], on_device: Callable[[dict[str, Any]], dict[str, Any]] | None
+    ):
         self._batches, self.on_device = batches, on_device
 
     def __iter__(self) -> HostBatches:
@@ -373,10 +403,14 @@ def _jitted_normalizer(mean: tuple[float, ...], std: tuple[float, ...], channel_
 def _device_normalizer(cfg) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """uint8 batches with their lighting shifts -> ``augment.normalize``'s output, elementwise on the devices (so the
     batch keeps its sharding): x * 1 / (255 std) + (shift - mean) / std, then BGR and the output dtype as configured."""
-    return _jitted_normalizer(tuple(map(float, cfg.mean)), tuple(map(float, cfg.std)), cfg.channel_order, cfg.output_dtype)
+    return _jitted_normalizer(
+        tuple(map(float, cfg.mean)), tuple(map(float, cfg.std)), cfg.channel_order, cfg.output_dtype
+    )
 
 
-def device_prefetch(iterator: Iterator[dict[str, np.ndarray]], mesh: jax.sharding.Mesh, size: int = 2) -> Iterator[dict[str, Any]]:
+def device_prefetch(
+    iterator: Iterator[dict[str, np.ndarray]], mesh: jax.sharding.Mesh, size: int = 2
+) -> Iterator[dict[str, Any]]:
     """Turn process-local numpy batches into global arrays sharded over ``mesh``'s batch axis, ``size`` batches ahead;
     batches of ``HostBatches`` that leave their normalisation to the devices (normalize_on='device') get it here."""
     on_device = getattr(iterator, "on_device", None)

@@ -103,18 +103,26 @@ def read_index(root: str) -> dict:
     hint = "build it with python -m regnet_jax.prepare --config=CONFIG --out=DIR"
     if not paths.exists(index_path):
         if paths.exists(paths.join(root, BUILD)):
-            raise DatasetNotReadyError(f"config.dataset.prepared_dir={root}: its build is unfinished (no {INDEX}): rerun the same python -m regnet_jax.prepare command to finish it")
+            raise DatasetNotReadyError(
+                f"config.dataset.prepared_dir={root}: its build is unfinished (no {INDEX}): rerun the same python -m regnet_jax.prepare command to finish it"
+            )
         if not paths.isdir(root):
-            raise DatasetNotReadyError(f"config.dataset.prepared_dir={root} does not exist: {hint}, or set prepared_dir='' to read the dataset itself")
+            raise DatasetNotReadyError(
+                f"config.dataset.prepared_dir={root} does not exist: {hint}, or set prepared_dir='' to read the dataset itself"
+            )
         raise DatasetNotReadyError(f"config.dataset.prepared_dir={root} is not a prepared dataset (no {INDEX}): {hint}")
     try:
         index = paths.read_json(index_path)
     except ValueError as e:
-        raise DatasetNotReadyError(f"{index_path} is not valid JSON ({e}): rebuild the directory with python -m regnet_jax.prepare") from None
+        raise DatasetNotReadyError(
+            f"{index_path} is not valid JSON ({e}): rebuild the directory with python -m regnet_jax.prepare"
+        ) from None
     if not isinstance(index, dict) or index.get("format") != FORMAT:
         raise DatasetNotReadyError(f"{index_path} is not the index of a regnet_jax prepared dataset: {hint}")
     if index.get("version") != VERSION:
-        raise DatasetNotReadyError(f"{root} is a prepared dataset of format version {index.get('version')}; this regnet_jax reads version {VERSION}: rebuild it")
+        raise DatasetNotReadyError(
+            f"{root} is a prepared dataset of format version {index.get('version')}; this regnet_jax reads version {VERSION}: rebuild it"
+        )
     return index
 
 
@@ -138,17 +146,30 @@ def local_shards(root: str, shards: list[dict]) -> str:
                 )
         return str(paths.resolve(root))
     cache = _cache_dir(root)
-    missing = [s for s in shards if not (os.path.isfile(os.path.join(cache, s["file"])) and os.path.getsize(os.path.join(cache, s["file"])) == s["bytes"])]
+    missing = [
+        s
+        for s in shards
+        if not (
+            os.path.isfile(os.path.join(cache, s["file"]))
+            and os.path.getsize(os.path.join(cache, s["file"])) == s["bytes"]
+        )
+    ]
     if missing:
         needed = sum(s["bytes"] for s in missing)
         paths.check_writable(cache, needed)
         os.makedirs(cache, exist_ok=True)
-        logging.info("copying %d shards (%s) of %s to the local cache %s", len(missing), paths.human_bytes(needed), root, cache)
+        logging.info(
+            "copying %d shards (%s) of %s to the local cache %s", len(missing), paths.human_bytes(needed), root, cache
+        )
         for s in missing:
             dst = os.path.join(cache, s["file"])
             tmp = f"{dst}.tmp-{uuid.uuid4().hex[:8]}"
             try:
-                with paths.writing(dst), paths.resolve(paths.join(root, s["file"])).open("rb") as src, open(tmp, "wb") as out:
+                with (
+                    paths.writing(dst),
+                    paths.resolve(paths.join(root, s["file"])).open("rb") as src,
+                    open(tmp, "wb") as out,
+                ):
                     shutil.copyfileobj(src, out, 16 << 20)
                 os.replace(tmp, dst)
             finally:
@@ -185,7 +206,9 @@ def _make_records(root: str, shards: list[dict], encoded: bool):
         if state["dir"] is None:
             state["dir"] = local_shards(root, shards)
         ds = tf.data.Dataset.from_tensor_slices(np.asarray(indices, np.int64)).batch(READ_CHUNK)
-        ds = ds.map(lambda chunk: tf.ensure_shape(tf.numpy_function(read_chunk, [chunk], tf.string, stateful=False), [None]))
+        ds = ds.map(
+            lambda chunk: tf.ensure_shape(tf.numpy_function(read_chunk, [chunk], tf.string, stateful=False), [None])
+        )
         return ds.unbatch().map(_parse(encoded), num_parallel_calls=tf.data.AUTOTUNE)
 
     return make

@@ -198,7 +198,9 @@ def _byte_reader(root: str) -> Callable[[tf.Tensor], tf.Tensor]:
 
 def folder_source(root: str, split: str, limit: int) -> IndexedSource:
     if not root:
-        raise DatasetNotReadyError("dataset 'folder' needs --config.dataset.data_dir=DATA_DIR (with DATA_DIR/train/<class>/<image>)")
+        raise DatasetNotReadyError(
+            "dataset 'folder' needs --config.dataset.data_dir=DATA_DIR (with DATA_DIR/train/<class>/<image>)"
+        )
     paths, labels, classes = list_folder(root, split)
     n = _limit(len(paths), limit)
     paths_arr = np.asarray(paths[:n])
@@ -238,10 +240,14 @@ def tfds_source(name: str, data_dir: str, split: str, limit: int) -> TfdsSource:
             "'folder', 'synthetic', 'quickstart'"
         ) from None
     if not builder.is_prepared():
-        raise DatasetNotReadyError(f"TFDS dataset {name!r} is not prepared: looked in {builder.data_dir}. {_tfds_help(name, data_dir)}")
+        raise DatasetNotReadyError(
+            f"TFDS dataset {name!r} is not prepared: looked in {builder.data_dir}. {_tfds_help(name, data_dir)}"
+        )
     features = builder.info.features
     if "image" not in features or "label" not in features:
-        raise DatasetNotReadyError(f"TFDS dataset {name!r} has features {sorted(features)}; an image classification dataset needs 'image' and 'label'")
+        raise DatasetNotReadyError(
+            f"TFDS dataset {name!r} has features {sorted(features)}; an image classification dataset needs 'image' and 'label'"
+        )
     splits = builder.info.splits
     try:
         total = int(splits[split].num_examples)  # also accepts slices such as 'train[:90%]'
@@ -252,7 +258,9 @@ def tfds_source(name: str, data_dir: str, split: str, limit: int) -> TfdsSource:
         ) from None
     n = _limit(total, limit)
     if n < total and "[" in split:
-        raise ConfigError(f"config.dataset.num_*_examples cannot shorten the sliced split {split!r}: slice it in the split name instead")
+        raise ConfigError(
+            f"config.dataset.num_*_examples cannot shorten the sliced split {split!r}: slice it in the split name instead"
+        )
     sub = split if n == total else f"{split}[:{n}]"
     return TfdsSource(builder, sub, n, int(features["label"].num_classes))
 

@@ -16,4 +16,15 @@ from regnet_jax.design_space.spaces import (
     sample_space,
 )
 
-__all__ = ["SPACES", "Constraint", "DesignSpace", "Dist", "Sample", "SampleResult", "TooFewModelsError", "get_space", "register", "sample_space"]
+__all__ = [
+    "SPACES",
+    "Constraint",
+    "DesignSpace",
+    "Dist",
+    "Sample",
+    "SampleResult",
+    "TooFewModelsError",
+    "get_space",
+    "register",
+    "sample_space",
+]

@@ -10,7 +10,8 @@ numbers the report shows (pure functions over results-table rows).
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -61,19 +62,35 @@ def interval(values: np.ndarray, alpha: float = 5.0) -> dict[str, float]:
 
 
 def bootstrap(
-    x: Sequence[float], errors: Sequence[float], frac: float = 0.25, repeats: int = 10_000, alpha: float = 5.0, seed: int = 0
+    x: Sequence[float],
+    errors: Sequence[float],
+    frac: float = 0.25,
+    repeats: int = 10_000,
+    alpha: float = 5.0,
+    seed: int = 0,
 ) -> dict[str, float]:
     """The bootstrap estimate of the best x: {lo, median, hi, mode, n, sample, repeats} (see the module docstring)."""
     x = np.asarray(x, float)
     if x.size == 0:
         raise ValueError("bootstrap needs at least one model")
     picks = best_picks(errors, bootstrap_samples(x.size, frac, repeats, seed))
-    return {**interval(x[picks], alpha), "n": int(x.size), "sample": max(1, int(x.size * frac)), "repeats": int(repeats)}
+    return {
+        **interval(x[picks], alpha),
+        "n": int(x.size),
+        "sample": max(1, int(x.size * frac)),
+        "repeats": int(repeats),
+    }
 
 
 def error_stats(errors: Sequence[float]) -> dict[str, float]:
     e = np.asarray(errors, float)
-    return {"n": int(e.size), "min": float(e.min()), "mean": float(e.mean()), "median": float(np.median(e)), "max": float(e.max())}
+    return {
+        "n": int(e.size),
+        "min": float(e.min()),
+        "mean": float(e.mean()),
+        "median": float(np.median(e)),
+        "max": float(e.max()),
+    }
 
 
 def edf_label(name: str, errors: Sequence[float]) -> str:
@@ -100,7 +117,9 @@ def metric_values(rows: Sequence[Mapping[str, Any]], metric: str) -> np.ndarray:
     return np.asarray([r[metric] for r in rows], float) * SCALE.get(metric, 1.0)
 
 
-def analyze_rows(rows: list[dict[str, Any]], *, frac: float = 0.25, repeats: int = 10_000, seed: int = 0) -> dict[str, Any]:
+def analyze_rows(
+    rows: list[dict[str, Any]], *, frac: float = 0.25, repeats: int = 10_000, seed: int = 0
+) -> dict[str, Any]:
     """The numbers of one sweep: error statistics, EDF, bootstrap per metric, e_fit correlation, best/worst models."""
     done = [r for r in rows if r["status"] == "done" and r.get("error") is not None]
     out: dict[str, Any] = {"models": len(rows), "done": len(done), "status": _counts(r["status"] for r in rows)}
@@ -121,7 +140,10 @@ def analyze_rows(rows: list[dict[str, Any]], *, frac: float = 0.25, repeats: int
         legend=edf_label(rows[0]["sweep"], errors),
         edf={"x": x.tolist(), "y": y.tolist()},
         bootstrap=boot,
-        e_fit={"spearman_vs_error": spearman([r["e_fit"] for r in done], errors), "mean": float(np.mean([r["e_fit"] for r in done]))},
+        e_fit={
+            "spearman_vs_error": spearman([r["e_fit"] for r in done], errors),
+            "mean": float(np.mean([r["e_fit"] for r in done])),
+        },
         best=[_brief(r) for r in order[:5]],
         worst=[_brief(r) for r in order[-5:][::-1]],
     )
@@ -157,6 +179,20 @@ def _ranks(v: Sequence[float]) -> np.ndarray:
 
 
 def _brief(r: Mapping[str, Any]) -> dict[str, Any]:
-    keys = ("id", "error", "flops", "params", "acts", "d", "w4", "g", "b", "stage_depths", "stage_widths", "stage_group_ws", "e_fit")
+    keys = (
+        "id",
+        "error",
+        "flops",
+        "params",
+        "acts",
+        "d",
+        "w4",
+        "g",
+        "b",
+        "stage_depths",
+        "stage_widths",
+        "stage_group_ws",
+        "e_fit",
+    )
     extra = ("depth", "w0", "wa", "wm", "group_w", "bot_mul") if r["type"] == "regnet" else ()
     return {k: (None if isinstance(r.get(k), float) and math.isnan(r[k]) else r.get(k)) for k in (*keys, *extra)}

@@ -15,7 +15,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from regnet_jax.config import validate_model
 from regnet_jax.core import paths
@@ -46,7 +47,11 @@ def model_fields(model: dict[str, Any], resolution: int) -> dict[str, Any]:
     """The table's model columns for one ``config.model``: its own fields, the derived d/w4/g/b and its complexity."""
     spec, model = model_spec(model), validate_model(model)
     row: dict[str, Any] = {k: model[k] for k in ("type", "se_ratio", *MODEL_COLUMNS)}
-    keys = ("depth", "w0", "wa", "wm", "group_w", "bot_mul") if model["type"] == "regnet" else ("depths", "widths", "bot_muls", "group_ws")
+    keys = (
+        ("depth", "w0", "wa", "wm", "group_w", "bot_mul")
+        if model["type"] == "regnet"
+        else ("depths", "widths", "bot_muls", "group_ws")
+    )
     row.update({k: model[k] for k in keys})
     row.update(
         d=sum(spec.depths),
@@ -81,7 +86,12 @@ def model_row(sweep_dir: SweepDir, mid: str, name: str) -> dict[str, Any]:
     launch_path = paths.join(run, "launch.json")
     attempts = read_json(launch_path)["attempts"] if launch_path.exists() else []
     summary = read_json(paths.join(run, "summary.json")) if is_done(sweep_dir, mid) else {}
-    row: dict[str, Any] = {"id": mid, "sweep": name, "status": _status(sweep_dir, mid, evals, attempts), "attempts": len(attempts)}
+    row: dict[str, Any] = {
+        "id": mid,
+        "sweep": name,
+        "status": _status(sweep_dir, mid, evals, attempts),
+        "attempts": len(attempts),
+    }
     row.update(model_fields(config["model"], config["resolution"]))
     last = evals[-1] if evals else {}
     source = ema if ema else evals
@@ -110,10 +120,14 @@ def collect(sweep_dir: str, log: Callable[[str], None] | None = print) -> list[d
         for r in rows:
             counts[r["status"]] = counts.get(r["status"], 0) + 1
         done = [r for r in rows if r["status"] == "done"]
-        line = f"collect: {len(rows)} models in {sweep_dir}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+        line = f"collect: {len(rows)} models in {sweep_dir}: " + ", ".join(
+            f"{v} {k}" for k, v in sorted(counts.items())
+        )
         if done:
             best = min(done, key=lambda r: r["error"])
-            line += f"; best {best['id']} error {best['error']:.2f}%, mean {sum(r['error'] for r in done) / len(done):.2f}%"
+            line += (
+                f"; best {best['id']} error {best['error']:.2f}%, mean {sum(r['error'] for r in done) / len(done):.2f}%"
+            )
         log(line + f" -> {sweep.results_csv}")
     return rows
 
@@ -124,7 +138,12 @@ def _write_table(sweep_dir: SweepDir, rows: list[dict[str, Any]]) -> None:
     w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
     w.writeheader()
     for r in rows:
-        w.writerow({k: json.dumps(v, separators=(",", ":")) if isinstance(v, list) else ("" if v is None else v) for k, v in r.items()})
+        w.writerow(
+            {
+                k: json.dumps(v, separators=(",", ":")) if isinstance(v, list) else ("" if v is None else v)
+                for k, v in r.items()
+            }
+        )
     paths.write_text(sweep_dir.results_csv, buf.getvalue())
 
 
@@ -137,4 +156,3 @@ def read_results(sweep_dir: str) -> list[dict[str, Any]]:
         return read_jsonl(sweep.results_jsonl)
     sweep.require()
     return []
-

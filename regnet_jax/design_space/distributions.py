@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Sequence
 from decimal import Decimal
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -152,14 +153,16 @@ class Dist:
         return f"{self.kind}:{self.low}:{self.high}:{self.q}"
 
     @classmethod
-    def parse(cls, text: str) -> "Dist":
+    def parse(cls, text: str) -> Dist:
         """``'log_uniform:1:16:1'`` (kind:low:high:q) or ``'choice:1,2,4'``; ints stay ints if all bounds are."""
         kind, _, rest = text.strip().partition(":")
         if kind == "choice":
             return cls("choice", values=tuple(_number(v) for v in rest.split(",") if v.strip()))
         parts = rest.split(":")
         if kind not in RAND_TYPES or len(parts) != 3:
-            raise ConfigError(f"cannot read distribution {text!r}: write kind:low:high:q (kind one of {tuple(RAND_TYPES)}) or choice:v1,v2,...")
+            raise ConfigError(
+                f"cannot read distribution {text!r}: write kind:low:high:q (kind one of {tuple(RAND_TYPES)}) or choice:v1,v2,..."
+            )
         nums = [_number(p) for p in parts]
         if any(isinstance(v, float) for v in nums):
             nums = [float(v) for v in nums]
@@ -174,7 +177,7 @@ def _number(text: str) -> Number:
     return int(v) if "." not in text and "e" not in text.lower() and v.is_integer() else v
 
 
-def as_dist(d: "Dist | str | Sequence[Any]") -> Dist:
+def as_dist(d: Dist | str | Sequence[Any]) -> Dist:
     """Accept a Dist, its string form, or a (kind, low, high, q) tuple."""
     if isinstance(d, Dist):
         return d

@@ -15,7 +15,7 @@ recovers parameters close to the ones that generated it (w0 exactly, wa and wm u
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -88,7 +88,14 @@ def fit_linear(
         # Refine between the coarse neighbours of the candidate, with every multiple of 8 for w0.
         w0_lo, w0_hi = w0_coarse[max(i - 1, 0)], w0_coarse[min(i + 1, w0_coarse.size - 1)]
         w0s = w0_all[(w0_all >= w0_lo) & (w0_all <= w0_hi)]
-        was = np.unique(np.concatenate([[0.0] if j <= 1 else [], np.linspace(wa_coarse[max(j - 1, 0)], wa_coarse[min(j + 1, wa_coarse.size - 1)], refine)]))
+        was = np.unique(
+            np.concatenate(
+                [
+                    [0.0] if j <= 1 else [],
+                    np.linspace(wa_coarse[max(j - 1, 0)], wa_coarse[min(j + 1, wa_coarse.size - 1)], refine),
+                ]
+            )
+        )
         wms = np.linspace(wm_coarse[max(k - 1, 0)], wm_coarse[min(k + 1, wm_coarse.size - 1)], refine)
         cand = _pick(_errors(obs_log, w0s, was, wms), (w0s, was, wms))
         if cand[0] < best[0] - 1e-12:

@@ -40,7 +40,8 @@ import sys
 import tempfile
 import time
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from regnet_jax.config import ConfigError, smoke
 from regnet_jax.core import compilation_cache as xla_cache
@@ -89,7 +90,9 @@ def select_models(sweep_dir: SweepDir, only: tuple[str, ...] = (), shard: str = 
         wanted = {model_id(int(x)) for x in only}
         missing = sorted(wanted - set(ids))
         if missing:
-            raise ConfigError(f"--only names models {missing} that {sweep_dir.root} does not have (it has {ids[0]}..{ids[-1]})")
+            raise ConfigError(
+                f"--only names models {missing} that {sweep_dir.root} does not have (it has {ids[0]}..{ids[-1]})"
+            )
         ids = [i for i in ids if i in wanted]
     if shard:
         try:
@@ -159,7 +162,10 @@ class ModelLock:
 
 def is_running(sweep_dir: SweepDir, mid: str) -> bool:
     """Whether a live launcher or trainer holds this model's run directory right now."""
-    return any(workdir_lock.WorkdirLock(sweep_dir.run_dir(mid), name).holder() for name in (LAUNCH_LOCK, workdir_lock.LOCK_FILE))
+    return any(
+        workdir_lock.WorkdirLock(sweep_dir.run_dir(mid), name).holder()
+        for name in (LAUNCH_LOCK, workdir_lock.LOCK_FILE)
+    )
 
 
 def _record_attempt(sweep_dir: SweepDir, mid: str, attempt: dict[str, Any]) -> None:
@@ -228,7 +234,11 @@ class Launcher:
         self._interrupts = 0  # Ctrl-Cs received while trainers run
 
     def _trainer_cmd(self, mid: str) -> list[str]:
-        base = shlex.split(self.opts.trainer) if self.opts.trainer else [sys.executable, "-m", "regnet_jax.train", "--nodistributed"]
+        base = (
+            shlex.split(self.opts.trainer)
+            if self.opts.trainer
+            else [sys.executable, "-m", "regnet_jax.train", "--nodistributed"]
+        )
         cache = [] if self.opts.trainer else [f"--compilation_cache={xla_cache.parse(self.opts.compilation_cache)}"]
         return [*base, f"--config={self._config_file(mid)}", f"--workdir={self.sweep_dir.run_dir(mid)}", *cache]
 
@@ -252,7 +262,11 @@ class Launcher:
     def _log_file(self, mid: str, header: str) -> str:
         """The local file an attempt's output goes to (starting with ``header``): runs/ID/train.log itself, or for a
         sweep on object storage a local file that ``_keep_log`` appends to it."""
-        path = os.path.join(self._local, f"{mid}.log") if self.remote else os.path.join(self.sweep_dir.run_dir(mid), "train.log")
+        path = (
+            os.path.join(self._local, f"{mid}.log")
+            if self.remote
+            else os.path.join(self.sweep_dir.run_dir(mid), "train.log")
+        )
         paths.append_text(path, header)
         return path
 
@@ -304,7 +318,13 @@ class Launcher:
         finally:
             if self._local:
                 shutil.rmtree(self._local, ignore_errors=True)
-        summary = {"done": len(self.done), "failed": self.failed, "skipped": skipped, "busy_elsewhere": self.busy_elsewhere, "total": len(self.ids)}
+        summary = {
+            "done": len(self.done),
+            "failed": self.failed,
+            "skipped": skipped,
+            "busy_elsewhere": self.busy_elsewhere,
+            "total": len(self.ids),
+        }
         self.log(f"launch: {len(self.done)}/{len(self.ids)} done, {len(self.failed)} failed"
                  + (f", {len(self.busy_elsewhere)} being trained by another launcher" if self.busy_elsewhere else "")
                  + f". Next: python -m regnet_jax.sweep collect --out={self.sweep_dir.root}")  # fmt: skip
@@ -328,7 +348,9 @@ class Launcher:
         job = self._claim(mid, slot)
         if job is None:
             return None
-        job.log = self._log_file(mid, f"\n=== attempt {job.attempt} on {socket.gethostname()} at {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n")
+        job.log = self._log_file(
+            mid, f"\n=== attempt {job.attempt} on {socket.gethostname()} at {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n"
+        )
         cmd = _with_parent_death_signal(self._trainer_cmd(mid))
         with open(job.log, "a") as log:  # its own process group: a terminal's Ctrl-C reaches the launcher only
             job.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -375,9 +397,15 @@ class Launcher:
                 elif rc in (EXIT_INTERRUPTED, EXIT_PREEMPTED):
                     stopped.append(job.mid)
                 else:
-                    other.append(f"{job.mid} ended with exit status {rc}: see {paths.join(self.sweep_dir.run_dir(job.mid), 'train.log')}")
+                    other.append(
+                        f"{job.mid} ended with exit status {rc}: see {paths.join(self.sweep_dir.run_dir(job.mid), 'train.log')}"
+                    )
             time.sleep(0.1)
-        what = f"{len(stopped)} trainer(s) stopped ({', '.join(sorted(stopped))}), each after saving what it had trained" if stopped else "no trainer was running"
+        what = (
+            f"{len(stopped)} trainer(s) stopped ({', '.join(sorted(stopped))}), each after saving what it had trained"
+            if stopped
+            else "no trainer was running"
+        )
         raise Interrupted(
             f"interrupted (Ctrl-C): {what}{''.join('; ' + o for o in other)}; {len(self.done)}/{len(self.ids)} models done. Rerun "
             f"the same command to resume (python -m regnet_jax.sweep launch --out={self.sweep_dir.root} ...)"
@@ -402,7 +430,10 @@ class Launcher:
                         self._finish(job, rc, todo, len(slots), len(running))
                 if running and time.time() - last_beat > self.opts.heartbeat_s:
                     last_beat = time.time()
-                    self.log("running: " + "; ".join(_progress_of(self.sweep_dir, j.mid, self.num_epochs) for j in running.values()))
+                    self.log(
+                        "running: "
+                        + "; ".join(_progress_of(self.sweep_dir, j.mid, self.num_epochs) for j in running.values())
+                    )
                 time.sleep(self.opts.poll_s)
             if self._interrupts:
                 self._stop_trainers()
@@ -415,7 +446,11 @@ class Launcher:
                 job.lock.release()
                 self._keep_log(job)
             if previous is not None:
-                interrupts.set_handler(interrupts.on_interrupt_again if self._interrupts and previous is interrupts.on_first_interrupt else previous)
+                interrupts.set_handler(
+                    interrupts.on_interrupt_again
+                    if self._interrupts and previous is interrupts.on_first_interrupt
+                    else previous
+                )
 
     def _run_in_process(self, todo: collections.deque) -> None:
         while todo:
@@ -440,7 +475,9 @@ class Launcher:
 
         from regnet_jax.training.trainer import train_and_evaluate
 
-        job.log = self._log_file(job.mid, f"\n=== attempt {job.attempt} (in process) at {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n")
+        job.log = self._log_file(
+            job.mid, f"\n=== attempt {job.attempt} (in process) at {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n"
+        )
         handler = logging.FileHandler(job.log)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         absl_logger, absl_handler = logging.getLogger("absl"), absl_logging.get_absl_handler()
@@ -449,7 +486,9 @@ class Launcher:
         absl_handler.setLevel(logging.WARNING)  # the console shows the sweep's progress, not every model's steps
         absl_logging.set_verbosity(absl_logging.INFO)
         try:
-            config = smoke.shrink_loaded(ml_collections.ConfigDict(self.sweep_dir.config(job.mid)))  # as the trainer's --config flag
+            config = smoke.shrink_loaded(
+                ml_collections.ConfigDict(self.sweep_dir.config(job.mid))
+            )  # as the trainer's --config flag
             train_and_evaluate(config, self.sweep_dir.run_dir(job.mid))
             return 0
         except UserError as e:
@@ -498,7 +537,9 @@ def write_slurm_script(sweep_dir: str, *, partition: str = "", gpus: int = 1, cp
     """Write DIR/slurm_array.sh (one array task per model) and return its path; submitting it is left to the user."""
     sweep = SweepDir(sweep_dir).require()
     if paths.is_url(sweep.path):
-        raise SweepError(f"--slurm needs the sweep directory on a file system the cluster's nodes share, not {sweep.root}")
+        raise SweepError(
+            f"--slurm needs the sweep directory on a file system the cluster's nodes share, not {sweep.root}"
+        )
     n = len(sweep.model_ids())
     root = str(sweep.path)
     path = os.path.join(root, "slurm_array.sh")

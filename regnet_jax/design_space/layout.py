@@ -77,12 +77,16 @@ class SweepDir:
     def exists(self) -> bool:
         return paths.exists(self.spec_path)
 
-    def require(self) -> "SweepDir":
+    def require(self) -> SweepDir:
         """Self, or a SweepError saying how to create the sweep."""
         if not self.exists():
             if paths.isfile(self.root):
-                raise SweepError(f"{self.root} is a file, not a sweep directory: give the directory `python -m regnet_jax.sweep setup --out=DIR` created")
-            raise SweepError(f"{self.root} is not a sweep directory (no sweep.json): create it with `python -m regnet_jax.sweep setup --out={self.root} ...`")
+                raise SweepError(
+                    f"{self.root} is a file, not a sweep directory: give the directory `python -m regnet_jax.sweep setup --out=DIR` created"
+                )
+            raise SweepError(
+                f"{self.root} is not a sweep directory (no sweep.json): create it with `python -m regnet_jax.sweep setup --out={self.root} ...`"
+            )
         return self
 
     def spec(self) -> dict[str, Any]:

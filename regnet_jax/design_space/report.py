@@ -19,7 +19,8 @@ import json
 import math
 import re
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -58,14 +59,24 @@ def plot_edf(sweeps: Sequence[tuple[str, list[float]]], path: paths.Path) -> pat
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for name, errors in sweeps:
         x, y = an.edf(errors)
-        ax.step(np.concatenate([[x[0]], x]), np.concatenate([[0.0], y]), where="post", lw=2, label=an.edf_label(name, errors))
-    ax.set(xlabel="error (%)", ylabel="cumulative prob.", title="error EDF  (legend: name: n | min | mean)", ylim=(0, 1.02))
+        ax.step(
+            np.concatenate([[x[0]], x]),
+            np.concatenate([[0.0], y]),
+            where="post",
+            lw=2,
+            label=an.edf_label(name, errors),
+        )
+    ax.set(
+        xlabel="error (%)", ylabel="cumulative prob.", title="error EDF  (legend: name: n | min | mean)", ylim=(0, 1.02)
+    )
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     return _save(fig, path)
 
 
-def plot_params(name: str, rows: list[dict[str, Any]], boot: dict[str, dict[str, float]], path: paths.Path) -> paths.Path:
+def plot_params(
+    name: str, rows: list[dict[str, Any]], boot: dict[str, dict[str, float]], path: paths.Path
+) -> paths.Path:
     """Error against each metric, with the bootstrap 95% interval (band), median (dashed) and mode (dotted)."""
     plt = _plt()
     metrics = list(boot)
@@ -79,10 +90,14 @@ def plot_params(name: str, rows: list[dict[str, Any]], boot: dict[str, dict[str,
         ax.axvline(b["median"], color="tab:green", ls="--", lw=1.5)
         ax.axvline(b["mode"], color="tab:red", ls=":", lw=1.5)
         ax.scatter(an.metric_values(rows, m), errors, s=14, alpha=0.8)
-        ax.set(xlabel=an.METRIC_LABELS.get(m, m), ylabel="error (%)", title=f"{m}: {b['median']:.3g} [{b['lo']:.3g}, {b['hi']:.3g}]")
+        ax.set(
+            xlabel=an.METRIC_LABELS.get(m, m),
+            ylabel="error (%)",
+            title=f"{m}: {b['median']:.3g} [{b['lo']:.3g}, {b['hi']:.3g}]",
+        )
         ax.title.set_fontsize(9)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(metrics):]:
+    for ax in list(axes.flat)[len(metrics) :]:
         ax.axis("off")
     fig.suptitle(f"{name}: error vs parameters; band = bootstrap 95% of the best, -- median, : mode", fontsize=10)
     return _save(fig, path)
@@ -96,7 +111,11 @@ def plot_efit(sweeps: Sequence[tuple[str, list[dict[str, Any]]]], path: paths.Pa
         rho = an.spearman([r["e_fit"] for r in rows], [r["error"] for r in rows])
         label = f"{name} (Spearman {rho:.2f})" if rho is not None else name
         ax.scatter([r["e_fit"] for r in rows], [r["error"] for r in rows], s=16, alpha=0.8, label=label)
-    ax.set(xlabel="e_fit (mean |log ratio| of linear-rule to actual block widths)", ylabel="error (%)", title="linear fit vs error")
+    ax.set(
+        xlabel="e_fit (mean |log ratio| of linear-rule to actual block widths)",
+        ylabel="error (%)",
+        title="linear fit vs error",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
@@ -128,13 +147,20 @@ def plot_widths(name: str, rows: list[dict[str, Any]], path: paths.Path, k: int 
         ax.plot(block_widths_of(r), "o-", ms=3, label="best " + _short(r))
     for r in order[-k:][::-1] if len(order) > k else []:
         ax.plot(block_widths_of(r), "s--", ms=3, label="worst " + _short(r))
-    ax.set(xlabel="block index", ylabel="width", yscale="log", title=f"{name}: per-block widths of the best and worst models")
+    ax.set(
+        xlabel="block index",
+        ylabel="width",
+        yscale="log",
+        title=f"{name}: per-block widths of the best and worst models",
+    )
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=6.5)
     return _save(fig, path)
 
 
-def plot_curves(name: str, sweep_dir: str, rows: list[dict[str, Any]], path: paths.Path, k: int = 3) -> paths.Path | None:
+def plot_curves(
+    name: str, sweep_dir: str, rows: list[dict[str, Any]], path: paths.Path, k: int = 3
+) -> paths.Path | None:
     """Evaluation top-1 error against epochs of the best and worst models."""
     order = sorted(rows, key=lambda r: r["error"])
     picks = [("best", r) for r in order[:k]] + ([("worst", r) for r in order[-k:][::-1]] if len(order) > k else [])
@@ -144,7 +170,13 @@ def plot_curves(name: str, sweep_dir: str, rows: list[dict[str, Any]], path: pat
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for tag, r, recs in curves:
-        ax.plot([x["epoch"] for x in recs], [x["top1_err"] for x in recs], "o-" if tag == "best" else "s--", ms=3, label=f"{tag} {r['id']} ({r['error']:.1f}%)")
+        ax.plot(
+            [x["epoch"] for x in recs],
+            [x["top1_err"] for x in recs],
+            "o-" if tag == "best" else "s--",
+            ms=3,
+            label=f"{tag} {r['id']} ({r['error']:.1f}%)",
+        )
     ax.set(xlabel="epoch", ylabel="top-1 error (%)", title=f"{name}: evaluation error of the best and worst models")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -196,10 +228,16 @@ def analyze(
     names = [s[0] for s in sweeps]
     if len(set(names)) != len(names):  # two sweeps with one name: tell them apart by directory
         sweeps = [(f"{n} ({paths.resolve(d).name})", d, r, a) for n, d, r, a in sweeps]
-    done = [(n, d, [r for r in rows if r["status"] == "done" and r.get("error") is not None], a) for n, d, rows, a in sweeps]
+    done = [
+        (n, d, [r for r in rows if r["status"] == "done" and r.get("error") is not None], a) for n, d, rows, a in sweeps
+    ]
     done = [s for s in done if s[2]]
     if not done:
-        raise SweepError("no finished models yet in " + ", ".join(sweep_dirs) + ": run `python -m regnet_jax.sweep launch --out=DIR` first")
+        raise SweepError(
+            "no finished models yet in "
+            + ", ".join(sweep_dirs)
+            + ": run `python -m regnet_jax.sweep launch --out=DIR` first"
+        )
     for _, _, rows, a in done:  # the rows of analysis.json carry e_fit; reuse them for the plots
         if rows and "e_fit" not in rows[0]:
             an.add_efit(rows)
@@ -224,14 +262,22 @@ def analyze(
     }
     write_json(p("analysis.json"), result)
     paths.write_text(p("analysis.html"), _html(result, figs, per_sweep, done))
-    log("analyze: " + "; ".join(f"{n}: n={a['error']['n']} min {a['error']['min']:.2f}% mean {a['error']['mean']:.2f}%" for n, _, _, a in done))
+    log(
+        "analyze: "
+        + "; ".join(
+            f"{n}: n={a['error']['n']} min {a['error']['min']:.2f}% mean {a['error']['mean']:.2f}%"
+            for n, _, _, a in done
+        )
+    )
     log(f"analyze: ranking by mean error: {' < '.join(result['ranking_by_mean_error'])}")
     log(f"analyze: report {p('analysis.html')} (numbers in {p('analysis.json')})")
     return result
 
 
 def _html(result: dict[str, Any], figs: dict[str, str], per_sweep: dict[str, dict[str, str | None]], done: list) -> str:
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Design-space analysis</title><style>{CSS}</style></head><body>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>Design-space analysis</title><style>{CSS}</style></head><body>"
+    ]
     parts.append("<h1>Design-space analysis</h1>")
     parts.append(f"<p class='note'>{html.escape(result['created'])}. Error = {html.escape(result['error_metric'])}. "
                  f"Bootstrap: {result['bootstrap']['frac']:.0%} of the models drawn with replacement, the best one's value "
@@ -243,7 +289,9 @@ def _html(result: dict[str, Any], figs: dict[str, str], per_sweep: dict[str, dic
         stats = [e[k] for k in ("min", "mean", "median", "max")] if e else ["-"] * 4
         rows.append([n, f"{a['done']}/{a['models']}", *stats, best, a["dir"]])
     parts.append(_table(["sweep", "done", "min err", "mean err", "median err", "max err", "best", "directory"], rows))
-    parts.append(f"<p>Ranking by mean error (best first): <b>{html.escape(' < '.join(result['ranking_by_mean_error']))}</b></p>")
+    parts.append(
+        f"<p>Ranking by mean error (best first): <b>{html.escape(' < '.join(result['ranking_by_mean_error']))}</b></p>"
+    )
     parts.append("<h2>Error EDF</h2>" + _img(figs["edf"], "EDF"))
     parts.append("<h2>Linear fit e_fit vs error</h2>" + _img(figs["efit"], "e_fit"))
     parts.append("<h2>Complexity of the trained models</h2>" + _img(figs["complexity"], "complexity"))
@@ -260,7 +308,9 @@ def _html(result: dict[str, Any], figs: dict[str, str], per_sweep: dict[str, dic
             [[tag, r["id"], r["error"], r["flops"] / 1e6, r["params"] / 1e6, r["stage_depths"], r["stage_widths"], r["g"], r["b"], r["e_fit"]]
              for tag, lst in (("best", a["best"]), ("worst", a["worst"])) for r in lst],
         ))  # fmt: skip
-    parts.append(f"<h2>Numbers</h2><pre style='font-size:11px;max-height:30em;overflow:auto'>{html.escape(json.dumps(_no_edf(result), indent=1))}</pre>")
+    parts.append(
+        f"<h2>Numbers</h2><pre style='font-size:11px;max-height:30em;overflow:auto'>{html.escape(json.dumps(_no_edf(result), indent=1))}</pre>"
+    )
     parts.append("</body></html>")
     return "\n".join(parts)
 

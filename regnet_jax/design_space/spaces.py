@@ -25,8 +25,9 @@ import dataclasses
 import json
 import math
 import time
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -75,7 +76,9 @@ class DesignSpace:
     shared: tuple[str, ...] = ()  # anynet: drawn once, used by every stage
     increasing: tuple[str, ...] = ()  # anynet: non-decreasing from stage to stage
     num_stages: int = 4
-    model: Mapping[str, Any] = dataclasses.field(default_factory=lambda: dict(DEFAULT_MODEL))  # fixed config.model fields (stem, block, se_ratio, activation, ...)
+    model: Mapping[str, Any] = dataclasses.field(
+        default_factory=lambda: dict(DEFAULT_MODEL)
+    )  # fixed config.model fields (stem, block, se_ratio, activation, ...)
     constraints: tuple[Constraint, ...] = ()
 
     def __post_init__(self):
@@ -84,17 +87,21 @@ class DesignSpace:
             raise ConfigError(f"design space {self.name!r}: kind must be 'anynet' or 'regnet', got {self.kind!r}")
         dists = {k: as_dist(v) for k, v in self.dists.items()}
         if set(dists) != set(params):
-            raise ConfigError(f"design space {self.name!r}: a {self.kind} space needs distributions for exactly {params}, got {sorted(dists)}")
+            raise ConfigError(
+                f"design space {self.name!r}: a {self.kind} space needs distributions for exactly {params}, got {sorted(dists)}"
+            )
         for k, d in dists.items():
             d.validate(f"{self.name}.{k}")
         for field in (*self.shared, *self.increasing):
             if self.kind != "anynet" or field not in params:
-                raise ConfigError(f"design space {self.name!r}: shared/increasing apply to anynet parameters {ANYNET_PARAMS}, not {field!r}")
+                raise ConfigError(
+                    f"design space {self.name!r}: shared/increasing apply to anynet parameters {ANYNET_PARAMS}, not {field!r}"
+                )
         object.__setattr__(self, "dists", MappingProxyType(dists))
         object.__setattr__(self, "model", MappingProxyType({**DEFAULT_MODEL, **self.model}))
 
     def fork(self, name: str, *, dists: Mapping[str, Any] | None = None, model: Mapping[str, Any] | None = None,
-             constraints: Sequence[Constraint] = (), **changes: Any) -> "DesignSpace":  # fmt: skip
+             constraints: Sequence[Constraint] = (), **changes: Any) -> DesignSpace:  # fmt: skip
         """A new space: this one with some distributions, fixed model fields or fields replaced; ``constraints`` are
         added. Its description says what changed, unless ``description`` is given."""
         if "description" not in changes:
@@ -135,22 +142,44 @@ class DesignSpace:
         widths, group_ws = adjust_block_compatibility(values["width"], values["bot_mul"], values["group_w"])
         strides = list(fixed.pop("strides", [2] * self.num_stages))
         return validate_model(
-            {**fixed, "type": "anynet", "depths": list(values["depth"]), "widths": widths, "strides": strides,
-             "bot_muls": list(values["bot_mul"]), "group_ws": group_ws}  # fmt: skip
+            {
+                **fixed,
+                "type": "anynet",
+                "depths": list(values["depth"]),
+                "widths": widths,
+                "strides": strides,
+                "bot_muls": list(values["bot_mul"]),
+                "group_ws": group_ws,
+            }  # fmt: skip
         )
 
     def violations(self, model: Mapping[str, Any]) -> list[str]:
         """Every way ``model`` is outside this space (its ranges, sharing, ordering, stage count, fixed fields); [] if inside."""
-        out = [f"{k}={model.get(k)!r} but the space fixes {v!r}" for k, v in self.model.items() if k != "strides" and model.get(k) != v]
+        out = [
+            f"{k}={model.get(k)!r} but the space fixes {v!r}"
+            for k, v in self.model.items()
+            if k != "strides" and model.get(k) != v
+        ]
         if model.get("type") != self.kind:
             return out + [f"type={model.get('type')!r} but the space is {self.kind!r}"]
         if self.kind == "regnet":
-            out += [f"{k}={model[k]!r} is outside {self.dists[k]}" for k in REGNET_PARAMS if not self.dists[k].contains(model[k])]
+            out += [
+                f"{k}={model[k]!r} is outside {self.dists[k]}"
+                for k in REGNET_PARAMS
+                if not self.dists[k].contains(model[k])
+            ]
             rule = generate_regnet(model["depth"], model["w0"], model["wa"], model["wm"])
             if not rule.num_stages == rule.total_stages == self.num_stages:
-                out.append(f"the rule gives {rule.num_stages} stages ({rule.total_stages} total), not {self.num_stages}")
+                out.append(
+                    f"the rule gives {rule.num_stages} stages ({rule.total_stages} total), not {self.num_stages}"
+                )
             return out
-        lists = {"depth": model["depths"], "width": model["widths"], "bot_mul": model["bot_muls"], "group_w": model["group_ws"]}
+        lists = {
+            "depth": model["depths"],
+            "width": model["widths"],
+            "bot_mul": model["bot_muls"],
+            "group_w": model["group_ws"],
+        }
         if any(len(v) != self.num_stages for v in lists.values()):
             return out + [f"{self.num_stages} stages expected, got {len(model['depths'])}"]
         w_b = [int(round(w * b)) for w, b in zip(model["widths"], model["bot_muls"])]
@@ -167,7 +196,10 @@ class DesignSpace:
             vals = lists[k]
             same = all(g == min(g_max, wb) for g, wb in zip(vals, w_b)) if k == "group_w" else len(set(vals)) == 1
             if not same:
-                out.append(f"{k}={vals} is not one shared value" + (" (capped at each stage's bottleneck width)" if k == "group_w" else ""))
+                out.append(
+                    f"{k}={vals} is not one shared value"
+                    + (" (capped at each stage's bottleneck width)" if k == "group_w" else "")
+                )
         return out
 
     def describe(self) -> dict[str, Any]:
@@ -261,12 +293,16 @@ def sample_space(
         except (ConfigError, ValueError) as e:
             rejected["not buildable"] += 1
             if rejected["not buildable"] == 1000 and not built:  # nothing builds: a bad fixed field, not bad luck
-                raise ConfigError(f"design space {space.name!r}: none of the first 1,000 candidates builds a model; the first reason: {e}") from None
+                raise ConfigError(
+                    f"design space {space.name!r}: none of the first 1,000 candidates builds a model; the first reason: {e}"
+                ) from None
             continue
         built += 1
         problems = space.violations(model)
         if problems:
-            rejected["outside the space after width/group adjustment" if space.kind == "anynet" else "outside the space"] += 1
+            rejected[
+                "outside the space after width/group adjustment" if space.kind == "anynet" else "outside the space"
+            ] += 1
             continue
         counts = count(model, resolution)
         bad = regime_violation(counts, regime)
@@ -285,7 +321,9 @@ def sample_space(
         samples.append(Sample(model, _plain(values), counts))
         if log and time.perf_counter() - last_log > 5:
             last_log = time.perf_counter()
-            log(f"sampling {space.name}: {len(samples)}/{n} accepted of {draws:,} draws ({draws / (last_log - t0):,.0f} draws/s)")
+            log(
+                f"sampling {space.name}: {len(samples)}/{n} accepted of {draws:,} draws ({draws / (last_log - t0):,.0f} draws/s)"
+            )
     result = SampleResult(samples, draws, dict(rejected), time.perf_counter() - t0)
     if len(samples) < n:
         reasons = ", ".join(f"{k}: {v:,}" for k, v in rejected.most_common()) or "none"
@@ -328,25 +366,57 @@ def register(space: DesignSpace) -> DesignSpace:
 def get_space(name: str) -> DesignSpace:
     """A registered design space by name."""
     if name not in SPACES:
-        raise ConfigError(f"unknown design space {name!r}: use one of {sorted(SPACES)}, or fork one with --dist/--model")
+        raise ConfigError(
+            f"unknown design space {name!r}: use one of {sorted(SPACES)}, or fork one with --dist/--model"
+        )
     return SPACES[name]
 
 
-ANYNETX_A = register(DesignSpace("anynetx_a", "anynet", _ANYNET, "4 stages x (d_i <= 16, w_i <= 1024 with 8 | w_i, b_i in {1,2,4}, g_i in {1..32})"))
-ANYNETX_B = register(ANYNETX_A.fork("anynetx_b", shared=("bot_mul",), description="AnyNetX_A with one shared bottleneck ratio b"))
-ANYNETX_C = register(ANYNETX_B.fork("anynetx_c", shared=("bot_mul", "group_w"), description="AnyNetX_B with one shared group width g"))
+ANYNETX_A = register(
+    DesignSpace(
+        "anynetx_a",
+        "anynet",
+        _ANYNET,
+        "4 stages x (d_i <= 16, w_i <= 1024 with 8 | w_i, b_i in {1,2,4}, g_i in {1..32})",
+    )
+)
+ANYNETX_B = register(
+    ANYNETX_A.fork("anynetx_b", shared=("bot_mul",), description="AnyNetX_A with one shared bottleneck ratio b")
+)
+ANYNETX_C = register(
+    ANYNETX_B.fork("anynetx_c", shared=("bot_mul", "group_w"), description="AnyNetX_B with one shared group width g")
+)
 ANYNETX_D = register(ANYNETX_C.fork("anynetx_d", increasing=("width",), description="AnyNetX_C with w_{i+1} >= w_i"))
-ANYNETX_E = register(ANYNETX_D.fork("anynetx_e", increasing=("width", "depth"), description="AnyNetX_D with d_{i+1} >= d_i"))
-REGNETX = register(DesignSpace("regnetx", "regnet", _REGNET, "quantised linear widths: d < 64, w0 and wa < 256, 1.5 <= wm <= 3, b and g as AnyNetX; 4 stages"))
+ANYNETX_E = register(
+    ANYNETX_D.fork("anynetx_e", increasing=("width", "depth"), description="AnyNetX_D with d_{i+1} >= d_i")
+)
+REGNETX = register(
+    DesignSpace(
+        "regnetx",
+        "regnet",
+        _REGNET,
+        "quantised linear widths: d < 64, w0 and wa < 256, 1.5 <= wm <= 3, b and g as AnyNetX; 4 stages",
+    )
+)
 REGNETX_CONSTRAINED = register(
     REGNETX.fork(
         "regnetx_constrained",
-        dists={"bot_mul": Dist("choice", values=(1.0,)), "depth": Dist("uniform", 1, 40, 1), "wm": Dist("log_uniform", 2.0, 3.0, 0.001)},
+        dists={
+            "bot_mul": Dist("choice", values=(1.0,)),
+            "depth": Dist("uniform", 1, 40, 1),
+            "wm": Dist("log_uniform", 2.0, 3.0, 0.001),
+        },
         constraints=relative_cx_limits(),
         description="RegNetX with b = 1, d <= 40, wm >= 2 and params < 3 + 5.5F (M), acts < 6.5 sqrt(F) (M) (paper §4)",
     )
 )
 REGNETX_D12_28 = register(
-    REGNETX_CONSTRAINED.fork("regnetx_constrained_d12_28", dists={"depth": Dist("uniform", 12, 28, 1)}, description="RegNetX constrained with 12 <= d <= 28 (paper §5)")
+    REGNETX_CONSTRAINED.fork(
+        "regnetx_constrained_d12_28",
+        dists={"depth": Dist("uniform", 12, 28, 1)},
+        description="RegNetX constrained with 12 <= d <= 28 (paper §5)",
+    )
 )
-REGNETY = register(REGNETX.fork("regnety", model={"se_ratio": 0.25}, description="RegNetX + squeeze-and-excitation (ratio 1/4)"))
+REGNETY = register(
+    REGNETX.fork("regnety", model={"se_ratio": 0.25}, description="RegNetX + squeeze-and-excitation (ratio 1/4)")
+)

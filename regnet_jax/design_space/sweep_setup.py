@@ -24,7 +24,8 @@ import ast
 import copy
 import json
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -82,12 +83,16 @@ def normalize_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"sweep spec fields {unknown} are unknown; the fields are {sorted(SPEC_DEFAULTS)}")
     out = {**copy.deepcopy(SPEC_DEFAULTS), **spec}
     if not out["space"]:
-        raise ConfigError("the sweep needs a design space: --space=NAME (e.g. anynetx_a, regnetx) or a sweep config with `space`")
+        raise ConfigError(
+            "the sweep needs a design space: --space=NAME (e.g. anynetx_a, regnetx) or a sweep config with `space`"
+        )
     if not isinstance(out["n"], int) or out["n"] < 1:
         raise ConfigError(f"n={out['n']!r}: give the number of models with --n=N (N >= 1)")
     for m in CX_METRICS:
         v = out[m]
-        if not (isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, (int, float)) and x >= 0 for x in v)):
+        if not (
+            isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, (int, float)) and x >= 0 for x in v)
+        ):
             raise ConfigError(f"{m}={v!r}: give a range LO,HI (0 = unbounded), e.g. --{m}=360e6,400e6")
         if v[0] and v[1] and v[0] > v[1]:
             raise ConfigError(f"{m}={v!r}: the low end is above the high end")
@@ -168,10 +173,14 @@ def _check_existing(sweep_dir: SweepDir, spec: dict[str, Any]) -> int:
     diff = sorted(k for k in set(old) | set(spec) if k != "n" and old.get(k) != spec.get(k))
     if diff:
         detail = ", ".join(f"{k}: {old.get(k)!r} -> {spec.get(k)!r}" for k in diff)
-        raise SweepError(f"{sweep_dir.root} already holds a different sweep ({detail}); choose a new --out (nothing was changed)")
+        raise SweepError(
+            f"{sweep_dir.root} already holds a different sweep ({detail}); choose a new --out (nothing was changed)"
+        )
     have = len(sweep_dir.model_ids())
     if spec["n"] < have:
-        raise SweepError(f"{sweep_dir.root} already holds {have} models, more than n={spec['n']}; use --n={have} or more (models are never removed)")
+        raise SweepError(
+            f"{sweep_dir.root} already holds {have} models, more than n={spec['n']}; use --n={have} or more (models are never removed)"
+        )
     return have
 
 
@@ -196,11 +205,22 @@ def setup_sweep(spec: Mapping[str, Any], out: str, log: Callable[[str], None] = 
     configs = [model_config(template, s.model) for s in result.samples]
     for i in range(have):
         if sweep_dir.config(model_id(i)) != configs[i]:
-            raise SweepError(f"{out}: model {model_id(i)} on disk differs from what this spec samples now (was the code or a config file changed?); use a new --out")
+            raise SweepError(
+                f"{out}: model {model_id(i)} on disk differs from what this spec samples now (was the code or a config file changed?); use a new --out"
+            )
     for i in range(have, spec["n"]):
         mid = model_id(i)
         write_json(sweep_dir.config_json(mid), configs[i])
-        paths.write_text(sweep_dir.config_py(mid), CONFIG_PY.format(mid=mid, name=spec["name"], space=space.name, py=sweep_dir.config_py(mid), workdir=sweep_dir.run_dir(mid)))
+        paths.write_text(
+            sweep_dir.config_py(mid),
+            CONFIG_PY.format(
+                mid=mid,
+                name=spec["name"],
+                space=space.name,
+                py=sweep_dir.config_py(mid),
+                workdir=sweep_dir.run_dir(mid),
+            ),
+        )
     write_json(sweep_dir.summary_path, _summary(result))
     info = {
         "spec": spec,

@@ -1,6 +1,6 @@
 """Model summary: per-stage widths, depths, group widths, bottleneck and SE widths, the per-block width curve.
 
-    python -m regnet_jax.models --config=configs/regnety_4gf.py [--plot=widths.png]
+python -m regnet_jax.models --config=configs/regnety_4gf.py [--plot=widths.png]
 """
 
 from __future__ import annotations
@@ -32,12 +32,14 @@ def summary(spec: ModelSpec, resolution: int = 224) -> str:
         stage = [b for b in blocks if b["stage"] == i + 1]
         w_se = sorted({b["w_se"] for b in stage})
         lines.append(
-            f"{'s%d' % (i + 1):>5} {spec.depths[i]:>5} {spec.widths[i]:>6} {spec.strides[i]:>6} {spec.group_ws[i]:>7} "
+            f"{f's{i + 1}':>5} {spec.depths[i]:>5} {spec.widths[i]:>6} {spec.strides[i]:>6} {spec.group_ws[i]:>7} "
             f"{stage[0]['groups']:>6} {spec.bot_muls[i]:>7g} {stage[0]['w_b']:>6} {'/'.join(map(str, w_se)):>10}"
         )
     lines.append("per-block widths: " + " ".join(str(b["w_out"]) for b in blocks))
     counts = count(spec, resolution)
-    lines.append(f"params {counts['params']:,}  flops {counts['flops']:,} (mult-adds at {resolution} px)  acts {counts['acts']:,}")
+    lines.append(
+        f"params {counts['params']:,}  flops {counts['flops']:,} (mult-adds at {resolution} px)  acts {counts['acts']:,}"
+    )
     return "\n".join(lines)
 
 

@@ -104,7 +104,9 @@ class SE(RegNetModule):
     def __call__(self, x: jax.Array) -> jax.Array:
         w = x.shape[-1]
         s = jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(self.dtype)
-        dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=conv_kernel_init)
+        dense = functools.partial(
+            nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=conv_kernel_init
+        )
         s = self.act(dense(self.w_se, bias_init=torch_bias_init(w), name="f_ex_0")(s))
         s = jax.nn.sigmoid(dense(w, bias_init=torch_bias_init(self.w_se), name="f_ex_2")(s))
         return x * s[:, None, None, :]

@@ -57,7 +57,9 @@ def get_conv_impl() -> str:
 def check_impl(impl: str) -> str:
     """``impl`` if it names a lowering, else a ValueError naming the choices."""
     if impl not in CONV_IMPLS:
-        raise ValueError(f"conv impl {impl!r} is invalid: must be one of {CONV_IMPLS} (REGNET_JAX_CONV_IMPL / set_conv_impl)")
+        raise ValueError(
+            f"conv impl {impl!r} is invalid: must be one of {CONV_IMPLS} (REGNET_JAX_CONV_IMPL / set_conv_impl)"
+        )
     return impl
 
 
@@ -118,7 +120,9 @@ def _matmul_1x1(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     return (xs.reshape(n * h * w, c) @ kernel.reshape(c, -1)).reshape(n, h, w, -1)
 
 
-def blocked_conv2d(x: jax.Array, kernel: jax.Array, stride: int, groups: int, padding: Padding | None = None) -> jax.Array:
+def blocked_conv2d(
+    x: jax.Array, kernel: jax.Array, stride: int, groups: int, padding: Padding | None = None
+) -> jax.Array:
     """The same convolution as ``xla_conv2d`` computed the way XLA:CPU is fast at.
 
     1x1 convolutions are matrix products (their weight gradient as a convolution is several times slower); grouped
@@ -177,7 +181,9 @@ def input_grad(dy: jax.Array, kernel: jax.Array, stride: int, groups: int, x: ja
     if k == 1 and groups == 1:
         dx = (dy.reshape(-1, dy.shape[-1]) @ kernel.reshape(kernel.shape[2], -1).T).reshape(*dy.shape[:3], -1)
         hi = (h - 1) % stride, (w - 1) % stride
-        return lax.pad(dx, jnp.zeros((), dx.dtype), ((0, 0, 0), (0, hi[0], stride - 1), (0, hi[1], stride - 1), (0, 0, 0)))
+        return lax.pad(
+            dx, jnp.zeros((), dx.dtype), ((0, 0, 0), (0, hi[0], stride - 1), (0, hi[1], stride - 1), (0, 0, 0))
+        )
     m_h, m_w = -(-(h + pad) // stride), -(-(w + pad) // stride)
     ho, wo = dy.shape[1:3]
     rows = []

@@ -3,7 +3,8 @@ whose running variance is updated with the unbiased batch variance (as torch.nn.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax

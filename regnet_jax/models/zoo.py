@@ -13,7 +13,6 @@ import ml_collections
 
 from regnet_jax.config.schema import base_config
 
-
 RECIPE_GPUS = 8  # the zoo's 100-epoch runs: 8 GPUs, BatchNorm per GPU
 
 
@@ -76,7 +75,9 @@ ZOO: dict[str, ZooEntry] = {
 }
 # The ResNe(X)t yamls set no warmup (pycls configs/dds_baselines/resnet and resnext yamls: no OPTIM.WARMUP_EPOCHS, default 0; MODEL_ZOO.md's text says 5).
 ZOO["resnet50"] = ZooEntry("ResNet-50", _resnet(0.25, (64, 128, 256, 512)), 256, "23.2±0.09", (23.19, 6.63), 0)
-ZOO["resnext50_32x4d"] = ZooEntry("ResNeXt-50 32x4d", _resnet(0.5, (4, 8, 16, 32)), 256, "21.9±0.10", (21.884, 6.062), 0)
+ZOO["resnext50_32x4d"] = ZooEntry(
+    "ResNeXt-50 32x4d", _resnet(0.5, (4, 8, 16, 32)), 256, "21.9±0.10", (21.884, 6.062), 0
+)
 
 
 def get_config(name: str, schedule: str = "") -> ml_collections.ConfigDict:

@@ -96,7 +96,9 @@ class Checkpointer:
             if on_disk:
                 self._bytes_per_save = int(_SLACK * on_disk)
                 return self._bytes_per_save
-            return int(_SLACK * (sum(int(getattr(x, "nbytes", 0)) for x in jax.tree_util.tree_leaves(state)) + _METADATA_BYTES))
+            return int(
+                _SLACK * (sum(int(getattr(x, "nbytes", 0)) for x in jax.tree_util.tree_leaves(state)) + _METADATA_BYTES)
+            )
         return self._bytes_per_save
 
     def _kept(self) -> str:
@@ -164,7 +166,11 @@ class Checkpointer:
         if steps:
             raise CheckpointError(
                 f"none of the checkpoints {steps} in {self.directory} could be read"
-                + (" (each was moved aside as <step>.corrupt-*); run again to start from scratch" if move_corrupt else "")
+                + (
+                    " (each was moved aside as <step>.corrupt-*); run again to start from scratch"
+                    if move_corrupt
+                    else ""
+                )
             )
         return None
 

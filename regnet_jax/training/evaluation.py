@@ -49,7 +49,9 @@ def run_evaluation(
     }
 
 
-def apply_input_conventions(config: ml_collections.ConfigDict, conventions: dict[str, Any]) -> ml_collections.ConfigDict:
+def apply_input_conventions(
+    config: ml_collections.ConfigDict, conventions: dict[str, Any]
+) -> ml_collections.ConfigDict:
     """A copy of ``config`` whose dataset channel order / mean / std are those the weights expect."""
     config = copy.deepcopy(config)
     with config.unlocked():
@@ -65,11 +67,15 @@ def evaluation_config(config: ml_collections.ConfigDict | None, checkpoint: str)
     if config is not None:
         return config
     if is_weights_dir(checkpoint):
-        raise ConfigError(f"{checkpoint} is a weights directory (weights, no dataset): give the dataset, resolution and batch with --config, e.g. --config=configs/regnety_400mf.py")
+        raise ConfigError(
+            f"{checkpoint} is a weights directory (weights, no dataset): give the dataset, resolution and batch with --config, e.g. --config=configs/regnety_400mf.py"
+        )
     return smoke.shrink_loaded(read_workdir_config(checkpoint))
 
 
-def evaluate(config: ml_collections.ConfigDict | None, checkpoint: str, *, ema: bool = False, split: str = "") -> dict[str, float]:
+def evaluate(
+    config: ml_collections.ConfigDict | None, checkpoint: str, *, ema: bool = False, split: str = ""
+) -> dict[str, float]:
     """Evaluate the weights in ``checkpoint`` on ``config``'s dataset (None: a workdir's own config; ``split``
     defaults to the config's eval split)."""
     from regnet_jax.models import create_model
@@ -90,7 +96,9 @@ def evaluate(config: ml_collections.ConfigDict | None, checkpoint: str, *, ema: 
         config.model = ml_collections.ConfigDict(dict(pretrained.model))
     eval_input = data.EvalInput(config, jax.process_index(), jax.process_count())
     batch = eval_input.local_batch * jax.process_count()
-    divide_batch(batch, mesh.size, f"batch {batch} is not divisible by the {mesh.size} devices: use a multiple of {mesh.size}")
+    divide_batch(
+        batch, mesh.size, f"batch {batch} is not divisible by the {mesh.size} devices: use a multiple of {mesh.size}"
+    )
     eval_step = make_eval_step(model, mesh, num_classes=num_classes)
     t = time.perf_counter()
     out = run_evaluation(eval_step, replicate(pretrained.variables, mesh), eval_input, mesh)

@@ -55,7 +55,9 @@ class EventLog:
     def scalars(self, step: int, values: dict[str, float]) -> None:
         from tensorboard.compat.proto import summary_pb2
 
-        summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in values.items()])
+        summary = summary_pb2.Summary(
+            value=[summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in values.items()]
+        )
         self._add(self._pb.Event(wall_time=time.time(), step=step, summary=summary))
 
     def hparams(self, values: dict[str, Any]) -> None:

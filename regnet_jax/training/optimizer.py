@@ -63,7 +63,9 @@ def _label_tree(params: Any, label: Any) -> Any:
     return traverse_util.unflatten_dict({k: label(k) for k in flat})
 
 
-def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int, params: Any) -> optax.GradientTransformation:
+def make_optimizer(
+    config: ml_collections.ConfigDict, steps_per_epoch: int, params: Any
+) -> optax.GradientTransformation:
     """SGD with momentum / Nesterov, L2 weight decay and the lr schedule of ``config``; see the module docstring."""
     o = config.optim
     decay_mask = _label_tree(params, lambda k: not (o.wd_exclude_bn_bias and is_bn_or_bias(k)))

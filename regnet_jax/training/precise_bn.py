@@ -25,7 +25,9 @@ def num_batches(num_images: int, global_batch: int, steps_per_epoch: int) -> int
     return max(1, min(num_images // global_batch, steps_per_epoch))
 
 
-def recompute_batch_stats(stats_step: Callable, variables: dict[str, Any], batches: Iterable[dict[str, Any]], count: int) -> Any:
+def recompute_batch_stats(
+    stats_step: Callable, variables: dict[str, Any], batches: Iterable[dict[str, Any]], count: int
+) -> Any:
     """The mean of ``stats_step(variables, batch)`` (``steps.make_bn_stats_step``) over the first ``count`` batches."""
     total, seen = None, 0
     for batch in itertools.islice(batches, count):
@@ -37,7 +39,9 @@ def recompute_batch_stats(stats_step: Callable, variables: dict[str, Any], batch
     return jax.tree_util.tree_map(lambda t: t / seen, total)
 
 
-def apply_precise_bn(state: TrainState, stats_step: Callable, batches: Callable[[], Iterator[dict[str, Any]]], count: int) -> TrainState:
+def apply_precise_bn(
+    state: TrainState, stats_step: Callable, batches: Callable[[], Iterator[dict[str, Any]]], count: int
+) -> TrainState:
     """``state`` with its BN running statistics (and its EMA's, if any) recomputed on ``count`` batches of
     ``batches()`` (called once per set of weights: the same images for both)."""
     state = state.replace(batch_stats=recompute_batch_stats(stats_step, state.variables(), batches(), count))

@@ -44,7 +44,9 @@ def class_names(num_classes: int, labels_file: str = "") -> list[str]:
         except OSError as e:
             raise PredictError(f"cannot read --labels file {labels_file} ({e.strerror or e})") from e
         if len(names) != num_classes:
-            raise PredictError(f"--labels file {labels_file} has {len(names)} names but the model has {num_classes} classes")
+            raise PredictError(
+                f"--labels file {labels_file} has {len(names)} names but the model has {num_classes} classes"
+            )
         return names
     if num_classes == 1000:
         return [name for _, name in imagenet_classes()]
@@ -67,7 +69,9 @@ def preprocess(path: str, conventions: dict[str, Any], resolution: int, crop_fra
     try:
         return eval_preprocess(tf.constant(paths.read_bytes(path)), cfg, resolution).numpy()
     except tf.errors.OpError as e:
-        raise PredictError(f"cannot decode {path} as an image (JPEG, PNG, GIF or BMP): {e.message.splitlines()[0]}") from e
+        raise PredictError(
+            f"cannot decode {path} as an image (JPEG, PNG, GIF or BMP): {e.message.splitlines()[0]}"
+        ) from e
 
 
 def top_k(probs: np.ndarray, names: list[str], k: int) -> list[dict[str, Any]]:
@@ -81,7 +85,9 @@ def format_results(results: list[dict[str, Any]]) -> str:
     lines = []
     for r in results:
         lines.append(r["image"])
-        lines += [f"  {rank}. {100 * c['prob']:6.2f}%  {c['name']} ({c['label']})" for rank, c in enumerate(r["top"], 1)]
+        lines += [
+            f"  {rank}. {100 * c['prob']:6.2f}%  {c['name']} ({c['label']})" for rank, c in enumerate(r["top"], 1)
+        ]
     return "\n".join(lines)
 
 
@@ -106,7 +112,9 @@ def predict(
     if not images:
         raise PredictError("give one or more image files after the flags")
     if k < 1 or 0 < resolution < 8 or resolution < 0 or not 0 <= crop_fraction <= 1 or batch_size < 1:
-        raise PredictError("need --top_k >= 1, --resolution >= 8 (0: the model's), 0 < --crop_fraction <= 1 (0: the model's) and --batch_size >= 1")
+        raise PredictError(
+            "need --top_k >= 1, --resolution >= 8 (0: the model's), 0 < --crop_fraction <= 1 (0: the model's) and --batch_size >= 1"
+        )
     missing = [p for p in images if not paths.isfile(p)]
     if missing:  # before the (slow) loading of the weights
         raise PredictError(f"{len(missing)} of the images do not exist: {', '.join(missing[:3])}")

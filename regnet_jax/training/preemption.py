@@ -52,13 +52,19 @@ class StopSignals:
     def _on_sigint(self, signum, frame) -> None:
         self.interrupts += 1
         if self.interrupts > 1:
-            interrupts.stop_at_once(f"Ctrl-C again: stopped at once without saving; rerun the same command to resume from the last checkpoint in {self.workdir}")
+            interrupts.stop_at_once(
+                f"Ctrl-C again: stopped at once without saving; rerun the same command to resume from the last checkpoint in {self.workdir}"
+            )
         if self.deferring:
             self.signum = self.signum or signal.SIGINT
-            logging.warning("Ctrl-C: saving a checkpoint at the next step, then stopping (Ctrl-C again stops at once, without saving)")
+            logging.warning(
+                "Ctrl-C: saving a checkpoint at the next step, then stopping (Ctrl-C again stops at once, without saving)"
+            )
             return
         if self.multi_process:  # unwinding could wait in a step shared with the other processes
-            interrupts.stop_at_once(f"Ctrl-C outside the training steps: nothing new to save; rerun the same command on every host to resume from {self.workdir}")
+            interrupts.stop_at_once(
+                f"Ctrl-C outside the training steps: nothing new to save; rerun the same command on every host to resume from {self.workdir}"
+            )
         raise KeyboardInterrupt
 
     def _on_sigterm(self, signum, frame) -> None:
@@ -89,8 +95,12 @@ class StopSignals:
     def stop_error(self, step: int, checkpoints: str) -> Preempted | Interrupted:
         """What the loop raises after saving the checkpoint of ``step`` in ``checkpoints``."""
         if self.signum == signal.SIGINT:
-            return Interrupted(f"interrupted at step {step} (Ctrl-C): checkpoint saved in {checkpoints}; rerun the same command to resume")
-        return Preempted(f"preempted at step {step}; checkpoint saved in {checkpoints}: rerun the same command to resume")
+            return Interrupted(
+                f"interrupted at step {step} (Ctrl-C): checkpoint saved in {checkpoints}; rerun the same command to resume"
+            )
+        return Preempted(
+            f"preempted at step {step}; checkpoint saved in {checkpoints}: rerun the same command to resume"
+        )
 
     def restore(self) -> None:
         """Give SIGINT back to its previous handler (after a Ctrl-C, to the runner's: a further one ends the process)."""

@@ -9,7 +9,8 @@ XLA:CPU every HLO op or fusion is an event named after it (benchmarks/profile_st
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 from absl import logging

@@ -68,7 +68,11 @@ class JsonlLog:
     def __init__(self, path: paths.PathLike, resume_step: int, *, write: bool = True):
         self.path, self.write = paths.resolve(path), write
         raw, torn = _parse_jsonl(self.path)
-        by_step = {r["step"]: r for r in raw if isinstance(r, dict) and isinstance(r.get("step"), int) and r["step"] <= resume_step}
+        by_step = {
+            r["step"]: r
+            for r in raw
+            if isinstance(r, dict) and isinstance(r.get("step"), int) and r["step"] <= resume_step
+        }
         self.records = [by_step[s] for s in sorted(by_step)]
         self._pending = False
         if write and (torn or len(self.records) != len(raw)):
@@ -96,7 +100,10 @@ class RunWriter:
 
     def __init__(self, workdir: paths.PathLike, resume_step: int, *, write: bool = True, flush_every_s: float = 60.0):
         self.workdir = paths.resolve(workdir)
-        self.logs = {name: JsonlLog(self.workdir / name, resume_step, write=write) for name in (TRAIN_FILE, EVAL_FILE, EVAL_EMA_FILE)}
+        self.logs = {
+            name: JsonlLog(self.workdir / name, resume_step, write=write)
+            for name in (TRAIN_FILE, EVAL_FILE, EVAL_EMA_FILE)
+        }
         self.events = EventLog(self.workdir, resume_step) if write else None
         self.flush_every_s = flush_every_s
         self._flushed = time.monotonic()
@@ -130,7 +137,9 @@ class RunWriter:
         self._flushed = time.monotonic()
 
 
-def record_config(workdir: paths.PathLike, config: Any, step: int, *, allow_change: bool = False, write: bool = True) -> None:
+def record_config(
+    workdir: paths.PathLike, config: Any, step: int, *, allow_change: bool = False, write: bool = True
+) -> None:
     """Write ``config`` (a ConfigDict) as WORKDIR/config.json. On a resume (``step`` > 0) first compare it with the
     saved one (``config.diff.check_resume``: a change of meaning raises ConfigError unless ``allow_change``); if it
     changed, the old one is appended to config_history.jsonl, so the config a run started with is never lost.

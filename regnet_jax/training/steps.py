@@ -92,7 +92,12 @@ def state_from_variables(variables: dict[str, Any], tx: optax.GradientTransforma
 
 
 def create_train_state(
-    model, tx: optax.GradientTransformation, rng: jax.Array, image_shape: tuple[int, int, int], mesh: Mesh, ema: bool = False
+    model,
+    tx: optax.GradientTransformation,
+    rng: jax.Array,
+    image_shape: tuple[int, int, int],
+    mesh: Mesh,
+    ema: bool = False,
 ) -> TrainState:
     """A freshly initialised state, computed directly into replicated arrays on ``mesh``."""
 
@@ -208,7 +213,9 @@ def make_train_step(
             correct = jnp.sum(jnp.argmax(logits, -1) == labels)
             return grads, batch_stats, loss, correct
 
-        grads, batch_stats, loss, correct = _sum_over_micro_steps(micro_step, layout.micro_steps, batch["image"], batch["label"], unroll=unroll)
+        grads, batch_stats, loss, correct = _sum_over_micro_steps(
+            micro_step, layout.micro_steps, batch["image"], batch["label"], unroll=unroll
+        )
         grads = jax.lax.psum(grads, DATA_AXES)
         batch_stats = _mean_over_groups(batch_stats, layout) if bn_train else state.batch_stats
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -219,15 +226,26 @@ def make_train_step(
             ema = jax.tree_util.tree_map(lambda e, x: ema_decay * e + (1.0 - ema_decay) * x, ema, new)
         loss = jax.lax.psum(loss, DATA_AXES)
         correct = jax.lax.psum(correct, DATA_AXES)
-        new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state, ema=ema)
+        new_state = state.replace(
+            step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state, ema=ema
+        )
         # Finite loss *and* finite updated parameters: the loss only reveals a diverged update one step later, and a
         # checkpoint of this step must never hold NaN/inf weights.
-        finite = jnp.isfinite(loss) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(params)]))
-        metrics = {"loss": loss, "correct": correct, "count": jnp.asarray(layout.global_batch, jnp.int32), "finite": finite}
+        finite = jnp.isfinite(loss) & jnp.all(
+            jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(params)])
+        )
+        metrics = {
+            "loss": loss,
+            "correct": correct,
+            "count": jnp.asarray(layout.global_batch, jnp.int32),
+            "finite": finite,
+        }
         return new_state, metrics
 
     return jax.jit(
-        _grouped_shard_map(per_device, mesh, bn_group_size, grad_accum_steps), donate_argnums=0, out_shardings=NamedSharding(mesh, P())
+        _grouped_shard_map(per_device, mesh, bn_group_size, grad_accum_steps),
+        donate_argnums=0,
+        out_shardings=NamedSharding(mesh, P()),
     )
 
 
@@ -247,11 +265,14 @@ def make_bn_stats_step(
         return _mean_over_groups(stats, layout)
 
     return jax.jit(
-        _grouped_shard_map(per_device, mesh, bn_group_size, grad_accum_steps, out_specs=P()), out_shardings=NamedSharding(mesh, P())
+        _grouped_shard_map(per_device, mesh, bn_group_size, grad_accum_steps, out_specs=P()),
+        out_shardings=NamedSharding(mesh, P()),
     )
 
 
-def _grouped_shard_map(per_device: Callable, mesh: Mesh, bn_group_size: int, grad_accum_steps: int, out_specs=(P(), P())) -> Callable:
+def _grouped_shard_map(
+    per_device: Callable, mesh: Mesh, bn_group_size: int, grad_accum_steps: int, out_specs=(P(), P())
+) -> Callable:
     """``shard_map`` of ``per_device(layout, replicated, batch)`` over the group view of ``mesh``; the layout (and so
     the mesh shape) follows from the global batch, known when the step is traced. Callers jit it with outputs on
     ``mesh`` itself: arrays on the group view would not match the next call's cached executable and recompile it."""
@@ -267,7 +288,9 @@ def _grouped_shard_map(per_device: Callable, mesh: Mesh, bn_group_size: int, gra
     return step
 
 
-def make_eval_step(model, mesh: Mesh, *, num_classes: int) -> Callable[[dict[str, Any], dict[str, jax.Array]], dict[str, jax.Array]]:
+def make_eval_step(
+    model, mesh: Mesh, *, num_classes: int
+) -> Callable[[dict[str, Any], dict[str, jax.Array]], dict[str, jax.Array]]:
     """Jitted, sharded evaluation of one padded batch: sums of loss, top-1/top-5 hits and real examples (``mask``)."""
     axis = mesh.axis_names[0]
     k = min(5, num_classes)

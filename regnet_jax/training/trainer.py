@@ -22,7 +22,16 @@ from absl import logging
 from regnet_jax import data
 from regnet_jax.config import ConfigError, describe_lr, validate_config
 from regnet_jax.core import distributed, logs, paths
-from regnet_jax.core.distributed import AXIS, batch_layout, broadcast_from_process_0, divide_batch, make_mesh, process_sum, replicate, to_host
+from regnet_jax.core.distributed import (
+    AXIS,
+    batch_layout,
+    broadcast_from_process_0,
+    divide_batch,
+    make_mesh,
+    process_sum,
+    replicate,
+    to_host,
+)
 from regnet_jax.core.memory import release_free_heap
 from regnet_jax.models import create_model
 from regnet_jax.models.complexity import count
@@ -48,7 +57,11 @@ def _finetune_config(config: ml_collections.ConfigDict) -> tuple[ml_collections.
         return config, None
     pretrained = load_pretrained(config.init_from)
     d, want = config.dataset, pretrained.input
-    if (d.channel_order, tuple(d.mean), tuple(d.std)) != (want["channel_order"], tuple(want["mean"]), tuple(want["std"])):
+    if (d.channel_order, tuple(d.mean), tuple(d.std)) != (
+        want["channel_order"],
+        tuple(want["mean"]),
+        tuple(want["std"]),
+    ):
         logging.info("init_from %s: using its input conventions %s instead of the config's", pretrained.source, want)
     return apply_input_conventions(config, want), pretrained
 
@@ -65,7 +78,11 @@ class _Trainer:
         self.mesh = make_mesh()
         self.layout = batch_layout(config.batch_size, self.mesh.size, config.grad_accum_steps, config.bn_group_size)
         eval_batch, devices = config.eval_batch_size or config.batch_size, self.mesh.size
-        divide_batch(eval_batch, devices, f"eval batch={eval_batch} is not divisible by the {devices} devices: use a multiple of {devices}")
+        divide_batch(
+            eval_batch,
+            devices,
+            f"eval batch={eval_batch} is not divisible by the {devices} devices: use a multiple of {devices}",
+        )
         pidx, pcount = jax.process_index(), jax.process_count()
         self.train_input = data.TrainInput(config, pidx, pcount)  # it counts the training images it skips
         self.eval_input = data.EvalInput(config, pidx, pcount)
@@ -79,7 +96,9 @@ class _Trainer:
         shapes = jax.eval_shape(lambda: steps.init_variables(self.model, jax.random.key(0), image_shape))
         self.tx = make_optimizer(config, self.steps_per_epoch, shapes["params"])
         self.ema = config.optim.ema_decay > 0
-        self.state = steps.create_train_state(self.model, self.tx, jax.random.key(config.seed), image_shape, self.mesh, self.ema)
+        self.state = steps.create_train_state(
+            self.model, self.tx, jax.random.key(config.seed), image_shape, self.mesh, self.ema
+        )
         self.signature = state_signature(self.state)
         groups = dict(bn_group_size=self.layout.group_size, grad_accum_steps=self.layout.micro_steps)
         self.train_step = steps.make_train_step(
@@ -108,12 +127,18 @@ class _Trainer:
                     "the checkpoint was written with %s steps per epoch, this config has %d (batch size or dataset "
                     "changed): the data order will not continue exactly", meta.get("steps_per_epoch"), self.steps_per_epoch,
                 )  # fmt: skip
-            logging.info("resumed from %s at step %d (epoch %d)", self.checkpointer.directory, step, step // self.steps_per_epoch)
+            logging.info(
+                "resumed from %s at step %d (epoch %d)", self.checkpointer.directory, step, step // self.steps_per_epoch
+            )
             return step
         if pretrained is not None:
             fresh = jax.tree_util.tree_map(to_host, self.state.variables())
             variables, reinit = merge_pretrained(fresh, pretrained, self.config.model)
-            logging.info("initialised from %s%s", pretrained.source, " (head re-initialised: different number of classes)" if reinit else "")
+            logging.info(
+                "initialised from %s%s",
+                pretrained.source,
+                " (head re-initialised: different number of classes)" if reinit else "",
+            )
             self.state = replicate(steps.state_from_variables(variables, self.tx, self.ema), self.mesh)
         return 0
 
@@ -140,7 +165,11 @@ class _Trainer:
     def _end_epoch_skips(self, step: int) -> None:
         epoch = (step - 1) // self.steps_per_epoch
         if n := self.train_input.end_epoch(epoch):
-            logging.warning("epoch %d: skipped %d training images that cannot be read or decoded (each file is logged above)", epoch, n)
+            logging.warning(
+                "epoch %d: skipped %d training images that cannot be read or decoded (each file is logged above)",
+                epoch,
+                n,
+            )
 
     def evaluate(self, step: int) -> dict[str, float]:
         """Evaluate (and the EMA weights, if any), append the JSON lines, write the scalars."""
@@ -152,7 +181,13 @@ class _Trainer:
                 continue
             t = time.perf_counter()
             out = run_evaluation(self.eval_step, self.state.variables(ema), self.eval_input, self.mesh)
-            record = {"step": step, "epoch": epoch, "top1_err": out["top1_err"], "top5_err": out["top5_err"], "loss": out["loss"]}
+            record = {
+                "step": step,
+                "epoch": epoch,
+                "top1_err": out["top1_err"],
+                "top5_err": out["top5_err"],
+                "loss": out["loss"],
+            }
             prefix = "eval_ema" if ema else "eval"
             logging.info(
                 "%s epoch %d step %d: top-1 err %.2f%%, top-5 err %.2f%%, loss %.4f (%d images, %.1fs)",
@@ -182,7 +217,9 @@ class _Trainer:
         # Before anything is written: a refused resume leaves the workdir as it was.
         records.record_config(self.workdir, config, step, allow_change=self.allow_config_change, write=self.is_chief)
         counts = count(config.model, config.resolution)
-        trained = self.state.params["head"] if config.freeze_trunk else self.state.params  # a linear probe trains the head
+        trained = (
+            self.state.params["head"] if config.freeze_trunk else self.state.params
+        )  # a linear probe trains the head
         counts["trainable_params"] = sum(int(x.size) for x in jax.tree_util.tree_leaves(trained))
         # JSON lines and TensorBoard events (written by process 0), cut back to the step this run resumes from.
         self.writer = records.RunWriter(self.workdir, step, write=self.is_chief)
@@ -229,7 +266,11 @@ class _Trainer:
                     self._check_finite(pending, step)
                     self._log_train(step, pending, progress.report(step))
                     pending = []
-                if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 and step % self.steps_per_epoch:
+                if (
+                    config.checkpoint_every_steps
+                    and step % config.checkpoint_every_steps == 0
+                    and step % self.steps_per_epoch
+                ):
                     self._check_finite(pending, step)
                     self.save(step)
                 if stop.preempted(step):
@@ -245,7 +286,9 @@ class _Trainer:
             if last or (config.eval_every_epochs and epoch % config.eval_every_epochs == 0):
                 record = self.evaluate(step)
             self.save(step, {"top1_err": record["top1_err"]} if record else None)
-            if stop.signum is not None and not stop.multi_process:  # asked during the epoch's end: that checkpoint is saved
+            if (
+                stop.signum is not None and not stop.multi_process
+            ):  # asked during the epoch's end: that checkpoint is saved
                 self.checkpointer.wait()
                 raise stop.stop_error(step, str(self.checkpointer.directory))
             progress.restart(step)
@@ -258,14 +301,20 @@ class _Trainer:
         if self.bn_stats_step is None:
             return
         t = time.perf_counter()
-        num_batches = precise_bn.num_batches(self.config.precise_bn_images, self.config.batch_size, self.steps_per_epoch)
+        num_batches = precise_bn.num_batches(
+            self.config.precise_bn_images, self.config.batch_size, self.steps_per_epoch
+        )
 
         def batches():
             return data.device_prefetch(self.train_input.epoch(epoch), self.mesh, self.config.dataset.prefetch)
 
         with self.train_input.rereading():
             self.state = precise_bn.apply_precise_bn(self.state, self.bn_stats_step, batches, num_batches)
-        logging.info("precise BN: running statistics recomputed on %d images (%.1fs)", num_batches * self.config.batch_size, time.perf_counter() - t)
+        logging.info(
+            "precise BN: running statistics recomputed on %d images (%.1fs)",
+            num_batches * self.config.batch_size,
+            time.perf_counter() - t,
+        )
 
     def _log_train(self, step: int, pending: list[dict[str, jax.Array]], speed: dict[str, float]) -> None:
         fetched = [{k: float(to_host(v)) for k, v in m.items()} for m in pending]
@@ -281,7 +330,9 @@ class _Trainer:
             step, self.total_steps, epoch, self.config.num_epochs, loss, top1_err, lr, speed["images_per_s"],
             speed["steps_per_s"], format_eta(speed["eta_s"]),
         )  # fmt: skip
-        self.writer.scalars(step, {f"train/{k}": v for k, v in record.items() if k != "step"} | {"train/eta_s": speed["eta_s"]})
+        self.writer.scalars(
+            step, {f"train/{k}": v for k, v in record.items() if k != "step"} | {"train/eta_s": speed["eta_s"]}
+        )
         self.writer.append(records.TRAIN_FILE, record)
         distributed.report_progress()
 
@@ -309,7 +360,9 @@ class _Trainer:
         return summary
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool = False) -> dict[str, Any]:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool = False
+) -> dict[str, Any]:
     """Train ``config`` in ``workdir`` (resuming from its checkpoints), evaluating as configured; returns summary.json's
     content. Resuming with a config that changes what is trained needs ``allow_config_change`` (regnet_jax.config.diff).
     Raises ConfigError and the other UserErrors (bad config or config change, data not prepared, unusable checkpoint or
@@ -351,7 +404,10 @@ def _one_run_per_workdir(workdir: paths.PathLike):
             error = e
     if broadcast_from_process_0(int(error is not None)) and error is None:  # another process: process 0's lock failed
         holder = WorkdirLock(workdir).read()
-        error = ConfigError(f"process 0 could not take {workdir}" + (f": it is in use by {describe(holder)}" if holder else "; see its error"))
+        error = ConfigError(
+            f"process 0 could not take {workdir}"
+            + (f": it is in use by {describe(holder)}" if holder else "; see its error")
+        )
     if error is not None:
         raise error
     try:

@@ -186,7 +186,7 @@ class WorkdirLock:
             except OSError as e:  # e.g. the disk went read-only: the next run finds a dead holder and takes over
                 log.warning("could not remove the lock %s (%s); the next run will take it over", self.path, e)
 
-    def __enter__(self) -> "WorkdirLock":
+    def __enter__(self) -> WorkdirLock:
         self.acquire()
         return self
 

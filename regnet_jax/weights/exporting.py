@@ -78,7 +78,9 @@ def export_variables(
     if layout not in EXPORT_LAYOUTS:
         raise ExportError(f"layout {layout!r} is unknown: use one of {EXPORT_LAYOUTS}")
     if ext == ".msgpack" and layout != "flax":
-        raise ExportError("msgpack exports hold the Flax variable tree: use --layout=flax, or a .safetensors output for PyTorch layouts")
+        raise ExportError(
+            "msgpack exports hold the Flax variable tree: use --layout=flax, or a .safetensors output for PyTorch layouts"
+        )
     if layout != "flax":
         check_layout_fits(model, layout)
     sidecar = _sidecar(output)

@@ -29,7 +29,11 @@ class WeightsError(UserError):
 
 
 def input_spec(
-    channel_order: str = "rgb", mean=IMAGENET_MEAN, std=IMAGENET_STD, resolution: int = 224, crop_fraction: float = 224 / 256
+    channel_order: str = "rgb",
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    resolution: int = 224,
+    crop_fraction: float = 224 / 256,
 ) -> dict[str, Any]:
     """Input conventions: channel order of the network's input, the RGB mean/std on [0, 1] pixels, and the image
     size the model was trained and evaluated at (evaluation: resize to resolution / crop_fraction, centre-crop)."""
@@ -77,7 +81,9 @@ def read_meta(directory: paths.PathLike) -> dict[str, Any]:
     """
     directory = paths.resolve(directory)
     if not is_weights_dir(directory):
-        raise WeightsError(f"{directory} is not a regnet_jax weights directory (expected meta.json and variables/ in it)")
+        raise WeightsError(
+            f"{directory} is not a regnet_jax weights directory (expected meta.json and variables/ in it)"
+        )
     try:
         meta = paths.read_json(directory / "meta.json")
     except (OSError, ValueError) as e:
@@ -100,5 +106,7 @@ def load_weights(directory: paths.PathLike) -> tuple[dict[str, Any], dict[str, A
         with ocp.StandardCheckpointer() as ckptr:
             tree = ckptr.restore(directory / "variables")
     except Exception as e:  # orbax raises many types for truncated or corrupt files
-        raise WeightsError(f"could not read {directory}/variables ({type(e).__name__}: {e}); the checkpoint is incomplete or corrupt") from e
+        raise WeightsError(
+            f"could not read {directory}/variables ({type(e).__name__}: {e}); the checkpoint is incomplete or corrupt"
+        ) from e
     return jax.tree_util.tree_map(np.asarray, tree), meta

@@ -39,7 +39,9 @@ def _dtypes() -> dict[str, np.dtype]:
     return {k: np.dtype(v) for k, v in names.items()}
 
 
-def write_safetensors(path: paths.PathLike, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> None:
+def write_safetensors(
+    path: paths.PathLike, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None
+) -> None:
     """Write ``tensors`` (name -> array) and string ``metadata`` to a .safetensors file (atomically)."""
     codes = {v: k for k, v in _dtypes().items()}
     header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
@@ -64,7 +66,9 @@ def read_safetensors(path: paths.PathLike) -> tuple[dict[str, np.ndarray], dict[
         raise SafetensorsError(f"{path} is too short to be a safetensors file ({len(blob)} bytes)")
     (n,) = struct.unpack("<Q", blob[:8])
     if n > min(_MAX_HEADER, len(blob) - 8):
-        raise SafetensorsError(f"{path} is not a safetensors file or is truncated (header length {n}, file size {len(blob)})")
+        raise SafetensorsError(
+            f"{path} is not a safetensors file or is truncated (header length {n}, file size {len(blob)})"
+        )
     try:
         header = json.loads(blob[8 : 8 + n])
     except ValueError as e:
@@ -79,7 +83,9 @@ def read_safetensors(path: paths.PathLike) -> tuple[dict[str, np.ndarray], dict[
         except (KeyError, TypeError, ValueError) as e:
             raise SafetensorsError(f"{path}: tensor {name!r} has a bad header entry {info!r}") from e
         if not 0 <= start <= end <= len(data) or end - start != int(np.prod(shape)) * dtype.itemsize:
-            raise SafetensorsError(f"{path}: tensor {name!r} ({info['dtype']} {list(shape)}) has byte range [{start}, {end}) that does not fit (truncated file?)")
+            raise SafetensorsError(
+                f"{path}: tensor {name!r} ({info['dtype']} {list(shape)}) has byte range [{start}, {end}) that does not fit (truncated file?)"
+            )
         tensors[name] = np.frombuffer(data[start:end], dtype.newbyteorder("<")).astype(dtype).reshape(shape)
     return tensors, dict(metadata)
 
@@ -102,14 +108,16 @@ def _unwrap(obj: Any, path: str) -> Mapping[str, Any]:
         if isinstance(obj.get(key), Mapping):
             return obj[key]
     if not obj or not all(isinstance(k, str) and hasattr(v, "shape") for k, v in obj.items()):
-        raise FormatError(f"{path} has no state dict: expected a 'model_state' (pycls), 'state_dict' or 'model' entry, or a dict of tensors; found keys {list(obj)[:8]}")
+        raise FormatError(
+            f"{path} has no state dict: expected a 'model_state' (pycls), 'state_dict' or 'model' entry, or a dict of tensors; found keys {list(obj)[:8]}"
+        )
     return obj
 
 
 def _strip_module_prefix(state_dict: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """State dicts saved from DistributedDataParallel prefix every key with 'module.'."""
     if state_dict and all(k.startswith("module.") for k in state_dict):
-        return {k[len("module."):]: v for k, v in state_dict.items()}
+        return {k[len("module.") :]: v for k, v in state_dict.items()}
     return state_dict
 
 

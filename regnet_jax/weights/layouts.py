@@ -194,7 +194,9 @@ def from_layout(state_dict: Mapping[str, Any], config: Any, layout: str) -> dict
         hint = _layout_hint(arrays, layout)
         if layout != "pycls" and wrong and not missing and not extra:
             hint += f" (or {layout}'s width rounding: resolve_model(state_dict, config, {layout!r}) builds that variant; the CLI does so itself)"
-        raise ConversionError(f"the {layout} state dict does not fit the model of this config: {'; '.join(problems)}{hint}")
+        raise ConversionError(
+            f"the {layout} state dict does not fit the model of this config: {'; '.join(problems)}{hint}"
+        )
     return out
 
 
@@ -251,7 +253,9 @@ def _se_ratio(w_ins: list[int], w_ses: list[int]) -> float:
     for r in (0.25, w_ses[0] / w_ins[0]):
         if all(round(r * wi) == ws for wi, ws in zip(w_ins, w_ses)):
             return r
-    raise ConversionError(f"SE widths {w_ses} are not round(r * w_in) of the block input widths {w_ins} for any one ratio r")
+    raise ConversionError(
+        f"SE widths {w_ses} are not round(r * w_in) of the block input widths {w_ins} for any one ratio r"
+    )
 
 
 def infer_model(state_dict: Mapping[str, Any], layout: str) -> dict[str, Any]:
@@ -275,7 +279,9 @@ def infer_model(state_dict: Mapping[str, Any], layout: str) -> dict[str, Any]:
             b = _shape(state_dict, (f"s{i}", f"b{j}", "f", "b", "kernel"), layout)
             c = _shape(state_dict, (f"s{i}", f"b{j}", "f", "c", "kernel"), layout)
             if b is None or c is None:
-                raise ConversionError(f"block s{i}.b{j} has a first conv but no {'3x3' if b is None else 'last'} conv: not a bottleneck RegNet")
+                raise ConversionError(
+                    f"block s{i}.b{j} has a first conv but no {'3x3' if b is None else 'last'} conv: not a bottleneck RegNet"
+                )
             w_out, w_b, g = c[0], b[0], b[1]
             if j == 1:
                 depths.append(0)
@@ -283,7 +289,9 @@ def infer_model(state_dict: Mapping[str, Any], layout: str) -> dict[str, Any]:
                 bot_muls.append(w_b / w_out)
                 group_ws.append(g)
             elif (w_out, w_b / w_out, g) != (widths[-1], bot_muls[-1], group_ws[-1]):
-                raise ConversionError(f"block s{i}.b{j} has width/bottleneck/group width {(w_out, w_b, g)}, unlike the stage's first block")
+                raise ConversionError(
+                    f"block s{i}.b{j} has width/bottleneck/group width {(w_out, w_b, g)}, unlike the stage's first block"
+                )
             se = _shape(state_dict, (f"s{i}", f"b{j}", "f", "se", "f_ex_0", "kernel"), layout)
             if se is not None:
                 w_ins.append(w_in)
@@ -292,7 +300,9 @@ def infer_model(state_dict: Mapping[str, Any], layout: str) -> dict[str, Any]:
             w_in, j = w_out, j + 1
         i += 1
     if not depths:
-        raise ConversionError(f"no blocks found (no key {torch_name(('s1', 'b1', 'f', 'a', 'kernel'), layout)!r}){_layout_hint(state_dict, layout)}")
+        raise ConversionError(
+            f"no blocks found (no key {torch_name(('s1', 'b1', 'f', 'a', 'kernel'), layout)!r}){_layout_hint(state_dict, layout)}"
+        )
     if w_ses and len(w_ses) != sum(depths):
         raise ConversionError(f"only {len(w_ses)} of {sum(depths)} blocks have squeeze-excitation weights")
     head = _shape(state_dict, ("head", "fc", "kernel"), layout)
@@ -322,7 +332,9 @@ def resolve_model(state_dict: Mapping[str, Any], config: Any | None, layout: str
     _check_layout(layout)
     if config is None:
         if layout == "pycls":
-            raise ConversionError("pycls weights need --config: pycls has ResNets and AnyNets whose strides and stems the weights do not show")
+            raise ConversionError(
+                "pycls weights need --config: pycls has ResNets and AnyNets whose strides and stems the weights do not show"
+            )
         return infer_model(state_dict, layout), "architecture read from the weights' shapes"
     fields = _model_fields(config)
     if layout == "pycls":
@@ -372,4 +384,11 @@ def convert_file(
     save_weights(output, variables, model, conventions, source)
     n_params = sum(int(np.prod(np.shape(x))) for x in jax.tree_util.tree_leaves(variables["params"]))
     n_tensors = len(jax.tree_util.tree_leaves(variables))
-    return {"output": str(output), "model": model, "input": conventions, "note": note, "params": n_params, "tensors": n_tensors}
+    return {
+        "output": str(output),
+        "model": model,
+        "input": conventions,
+        "note": note,
+        "params": n_params,
+        "tensors": n_tensors,
+    }

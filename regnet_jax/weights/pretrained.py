@@ -21,7 +21,7 @@ from regnet_jax.config import complete_config
 from regnet_jax.core import paths
 from regnet_jax.core.distributed import make_mesh, to_host
 from regnet_jax.models import model_spec
-from regnet_jax.training.checkpoint import CheckpointError, Checkpointer, abstract_train_state, checkpoint_dir
+from regnet_jax.training.checkpoint import Checkpointer, CheckpointError, abstract_train_state, checkpoint_dir
 from regnet_jax.training.records import CONFIG_FILE
 from regnet_jax.weights.files import input_spec, is_weights_dir, load_weights
 
@@ -43,7 +43,9 @@ def read_workdir_config(workdir: paths.PathLike) -> ml_collections.ConfigDict:
     try:
         return complete_config(ml_collections.ConfigDict(paths.read_json(path)))
     except FileNotFoundError:
-        raise CheckpointError(f"{workdir} is not a training workdir (no config.json) nor a weights directory (no meta.json)") from None
+        raise CheckpointError(
+            f"{workdir} is not a training workdir (no config.json) nor a weights directory (no meta.json)"
+        ) from None
     except NotADirectoryError:  # a file: e.g. a weights file given where its directory is expected
         raise CheckpointError(
             f"{workdir} is a file, not a training workdir nor a weights directory (python -m regnet_jax.convert makes a "
@@ -92,7 +94,11 @@ def merge_pretrained(fresh: dict[str, Any], pretrained: Pretrained, model: Any) 
     want, want_classes = _spec_without_classes(model)
     have, have_classes = _spec_without_classes(pretrained.model)
     if want != have:
-        diffs = [f"{f.name}: {getattr(have, f.name)} (pretrained) vs {getattr(want, f.name)} (config)" for f in dataclasses.fields(want) if getattr(want, f.name) != getattr(have, f.name)]
+        diffs = [
+            f"{f.name}: {getattr(have, f.name)} (pretrained) vs {getattr(want, f.name)} (config)"
+            for f in dataclasses.fields(want)
+            if getattr(want, f.name) != getattr(have, f.name)
+        ]
         raise CheckpointError(f"{pretrained.source} is a different architecture than config.model: " + "; ".join(diffs))
     reinit_head = want_classes != have_classes
     merged = {}
@@ -111,7 +117,9 @@ def merge_pretrained(fresh: dict[str, Any], pretrained: Pretrained, model: Any) 
                 continue
             p = np.asarray(flat_pre[k])
             if p.shape != tuple(v.shape):
-                raise CheckpointError(f"{pretrained.source}: {coll} {'/'.join(k)} has shape {p.shape}, the model needs {tuple(v.shape)}")
+                raise CheckpointError(
+                    f"{pretrained.source}: {coll} {'/'.join(k)} has shape {p.shape}, the model needs {tuple(v.shape)}"
+                )
             out[k] = p.astype(v.dtype)
         merged[coll] = traverse_util.unflatten_dict(out)
     return merged, reinit_head

@@ -75,7 +75,12 @@ def set_pycls_cfg(model: dict) -> None:
     section.STEM_TYPE, section.STEM_W, section.BLOCK_TYPE = model["stem_type"], model["stem_w"], model["block_type"]
     section.SE_ON, section.SE_R = model["se_ratio"] > 0, model["se_ratio"] or section.SE_R
     if model["type"] == "regnet":
-        cfg.REGNET.DEPTH, cfg.REGNET.W0, cfg.REGNET.WA, cfg.REGNET.WM = model["depth"], model["w0"], model["wa"], model["wm"]
+        cfg.REGNET.DEPTH, cfg.REGNET.W0, cfg.REGNET.WA, cfg.REGNET.WM = (
+            model["depth"],
+            model["w0"],
+            model["wa"],
+            model["wm"],
+        )
         cfg.REGNET.GROUP_W, cfg.REGNET.BOT_MUL = model["group_w"], model["bot_mul"]
     else:
         cfg.ANYNET.DEPTHS, cfg.ANYNET.WIDTHS, cfg.ANYNET.STRIDES = model["depths"], model["widths"], model["strides"]
@@ -149,7 +154,9 @@ def margins(m: torch.nn.Module, xs: list[np.ndarray]) -> dict[str, float]:
     return {k: float(f"{v:.3g}") for k, v in out.items() if np.isfinite(v)}
 
 
-def widest_margins(module: torch.nn.Module, sd: dict[str, np.ndarray], draw, seeds: range = INPUT_SEEDS) -> tuple[int, dict[str, float]]:
+def widest_margins(
+    module: torch.nn.Module, sd: dict[str, np.ndarray], draw, seeds: range = INPUT_SEEDS
+) -> tuple[int, dict[str, float]]:
     """The seed in ``seeds`` whose batches (``draw(seed)``, a list) are furthest from every kink, and its margins."""
     m = load_state(module, sd, torch.float64)
     scored = [(seed, margins(m, draw(seed))) for seed in seeds]
@@ -167,7 +174,9 @@ def train_step(m: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> tuple[torch.
     return logits.detach(), loss.detach()
 
 
-def outputs(module: torch.nn.Module, sd: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, dtype: torch.dtype) -> dict[str, np.ndarray]:
+def outputs(
+    module: torch.nn.Module, sd: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, dtype: torch.dtype
+) -> dict[str, np.ndarray]:
     """Eval logits, then train logits, loss, every parameter's gradient and the updated running statistics."""
     m = load_state(module, sd, dtype)
     m.eval()
@@ -204,7 +213,10 @@ def case_meta(name: str, model: dict, info: dict, module: torch.nn.Module, batch
 
 
 def write(name: str, meta: dict, arrays: dict[str, np.ndarray]) -> None:
-    np.savez_compressed(HERE / f"{name}.npz", **{k: np.asarray(v, np.float32 if v.dtype.kind == "f" else v.dtype) for k, v in arrays.items()})
+    np.savez_compressed(
+        HERE / f"{name}.npz",
+        **{k: np.asarray(v, np.float32 if v.dtype.kind == "f" else v.dtype) for k, v in arrays.items()},
+    )
     (HERE / f"{name}.json").write_text(json.dumps(meta, indent=1) + "\n")
 
 
@@ -212,7 +224,9 @@ def make_case(name: str, model: dict) -> tuple[torch.nn.Module, dict, dict[str, 
     module, info = build(model, TRAIN["resolution"])
     meta = case_meta(name, model, info, module, TRAIN["batch"], TRAIN["resolution"])
     params = golden.parameters(meta)
-    x_cal, _ = golden.seeded_inputs(SEEDS["calibration"], CALIBRATION["batch"], TRAIN["resolution"], model["num_classes"])
+    x_cal, _ = golden.seeded_inputs(
+        SEEDS["calibration"], CALIBRATION["batch"], TRAIN["resolution"], model["num_classes"]
+    )
     stats = calibrate(module, params, x_cal)
     sd = {**params, **stats}
     draw = lambda seed: [golden.seeded_inputs(seed, meta["batch"], meta["resolution"], model["num_classes"])[0]]  # noqa: E731
@@ -242,7 +256,9 @@ def make_zoo() -> None:
     write(name, meta, {**{f"stats/{k}": v for k, v in stats.items()}, "logits_eval": out[torch.float64]})
 
 
-def ddp_outputs(module: torch.nn.Module, sd: dict[str, np.ndarray], chunks: list[tuple[np.ndarray, np.ndarray]], dtype: torch.dtype) -> dict[str, np.ndarray]:
+def ddp_outputs(
+    module: torch.nn.Module, sd: dict[str, np.ndarray], chunks: list[tuple[np.ndarray, np.ndarray]], dtype: torch.dtype
+) -> dict[str, np.ndarray]:
     """Each chunk in train mode on its own model copy (per-GPU BatchNorm), gradients averaged, one pycls SGD step."""
     out, grads, losses = {}, [], []
     for c, (x, y) in enumerate(chunks):
@@ -250,7 +266,9 @@ def ddp_outputs(module: torch.nn.Module, sd: dict[str, np.ndarray], chunks: list
         _, loss = train_step(m, x, y)
         losses.append(loss.item())
         grads.append({name: p.grad.clone() for name, p in m.named_parameters()})
-        out.update({f"after/c{c}/{name}": v.numpy() for name, v in m.state_dict().items() if golden.is_running_stat(name)})
+        out.update(
+            {f"after/c{c}/{name}": v.numpy() for name, v in m.state_dict().items() if golden.is_running_stat(name)}
+        )
     m = load_state(module, sd, dtype)
     for name, p in m.named_parameters():
         p.grad = sum(g[name] for g in grads) / len(grads)
@@ -289,7 +307,9 @@ def main(only: list[str]) -> None:
     for name, model in CASES.items():
         if wanted(name) or (name == DDP["case"] and wanted("ddp_step")):
             module, meta, sd = make_case(name, model)
-            print(name, meta["pycls_args"]["ws"], meta["pycls_args"]["ds"], meta["margins"], meta["pycls_float32_error"])
+            print(
+                name, meta["pycls_args"]["ws"], meta["pycls_args"]["ds"], meta["margins"], meta["pycls_float32_error"]
+            )
             if name == DDP["case"] and wanted("ddp_step"):
                 make_ddp_step(module, meta, sd)
     if wanted(ZOO["name"]):
