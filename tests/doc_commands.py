@@ -46,7 +46,7 @@ SKIP_RULES: list[tuple[str, str]] = [
     (r"--devices=tpu:", "needs TPU chips"),
     (r"^tfds build\b", "downloads a dataset (needs the network, or ImageNet's tar files)"),
     (r"^tensorboard\b", "a server that runs until it is stopped"),
-    (r"^python3? benchmarks/(side_by_side|input_pipeline|gpu_check|profile_step|conv_layers)\.py", "a full-size speed measurement of PyTorch and JAX "
+    (r"^python3? benchmarks/(side_by_side|input_pipeline|prepared_data|gpu_check|profile_step|conv_layers)\.py", "a full-size speed measurement of PyTorch and JAX "
      "(minutes on 2 CPU cores): REGNET_JAX_SMOKE does not shrink these scripts yet"),
     (r"^python3? benchmarks/time_to_first_step\.py", "six full-size training starts of RegNetY-400MF per repeat (minutes on 2 CPU cores); "
      "tests/test_compilation_cache.py runs the cache's rerun at the tiny size"),
@@ -348,6 +348,10 @@ def _usage(shell: str) -> tuple[set[str], list[tuple[str, str, dict]]]:
         produces.add(w)
     if (o := _flag(args, "output")) and tool in ("regnet_jax.convert", "regnet_jax.export"):
         produces.add(o)
+    if (o := _flag(args, "out")) and tool == "regnet_jax.prepare":
+        produces.add(o)
+    if prepared := _flag(args, "config.dataset.prepared_dir") or _flag(args, "prepared_dir"):
+        ensures.append(("prepared", prepared, params))
     if tool == "regnet_jax.sweep":
         out = _flag(args, "out")
         if sub == "setup" and out:

@@ -154,6 +154,12 @@ def ensure_folder(path: str) -> None:
                 _write_image(os.path.join(path, split, c, f"{i:03d}.jpg"), seed=hash((split, c, i)) % 2**32)
 
 
+def ensure_prepared(path: str, config: str = "") -> None:
+    """A prepared directory no earlier command made: the command's own dataset (smoke-shrunk), prepared."""
+    if not os.path.exists(path):
+        _cli("regnet_jax.prepare", f"--config={config or 'configs/quickstart.py'}", f"--out={path}")
+
+
 def _cli(*args: str) -> None:
     subprocess.run([os.environ["REGNET_JAX_DOCS_PYTHON"], "-m", *args], check=True)
 
@@ -198,6 +204,7 @@ ENSURE = {
     "state_dict": lambda path, p: ensure_state_dict(path, p["layout"], p.get("config", "")),
     "image": lambda path, p: ensure_image(path),
     "folder": lambda path, p: ensure_folder(path),
+    "prepared": lambda path, p: ensure_prepared(path, p.get("config", "")),
     "sweep": lambda path, p: ensure_sweep(path),
     "trained_sweep": lambda path, p: ensure_sweep(path, trained=True),
 }
