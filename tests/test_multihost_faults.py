@@ -53,8 +53,14 @@ def test_killing_one_of_two_processes_mid_epoch_ends_the_other(tmp_path):
         for p in procs:
             stop(p)
     text = log0.read_text()
-    assert code == 1, text[-3000:]
     assert took < EXIT_WITHIN_S, took
+    if code == -signal.SIGABRT:
+        # The other documented ending (docs/hardware.md, "When a process dies"): on a loaded machine JAX's coordination
+        # service can declare the dead process unhealthy before this one's next collective fails, and ends it itself.
+        assert "Terminating process because the JAX distributed service detected fatal errors" in text, text[-3000:]
+        assert "step 32/1600" not in text  # stopped mid-epoch 0
+        return
+    assert code == 1, text[-3000:]
     errors = [line for line in text.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and errors[0].startswith("error: process 0 of 2: a step shared by all processes failed"), (
         text[-3000:]
