@@ -56,49 +56,15 @@ logs.quiet_environment("TF_CPP_MIN_LOG_LEVEL")
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
 # Hours for 100 epochs on 8 V100 (pycls MODEL_ZOO.md, "train (hr)" column): per-GPU training images/s = 1.28M * 100 / (8 h).
-V100_TRAIN_HOURS = dict(
-    zip(
-        [
-            f"regnetx_{s}"
-            for s in (
-                "200mf",
-                "400mf",
-                "600mf",
-                "800mf",
-                "1.6gf",
-                "3.2gf",
-                "4gf",
-                "6.4gf",
-                "8gf",
-                "12gf",
-                "16gf",
-                "32gf",
-            )
-        ],
-        (3.0, 4.2, 4.5, 5.9, 8.9, 15.1, 17.9, 24.3, 23.7, 34.6, 41.3, 81.8),
-    )
-) | dict(
-    zip(
-        [
-            f"regnety_{s}"
-            for s in (
-                "200mf",
-                "400mf",
-                "600mf",
-                "800mf",
-                "1.6gf",
-                "3.2gf",
-                "4gf",
-                "6.4gf",
-                "8gf",
-                "12gf",
-                "16gf",
-                "32gf",
-            )
-        ],
-        (3.3, 5.3, 5.3, 6.1, 10.3, 17.0, 17.5, 27.2, 29.3, 36.9, 50.8, 79.4),
-    )
-)
+ZOO_SIZES = ("200mf", "400mf", "600mf", "800mf", "1.6gf", "3.2gf", "4gf", "6.4gf", "8gf", "12gf", "16gf", "32gf")
+V100_TRAIN_HOURS = {
+    **dict(
+        zip((f"regnetx_{s}" for s in ZOO_SIZES), (3.0, 4.2, 4.5, 5.9, 8.9, 15.1, 17.9, 24.3, 23.7, 34.6, 41.3, 81.8))
+    ),
+    **dict(
+        zip((f"regnety_{s}" for s in ZOO_SIZES), (3.3, 5.3, 5.3, 6.1, 10.3, 17.0, 17.5, 27.2, 29.3, 36.9, 50.8, 79.4))
+    ),
+}
 
 
 def v100_images_per_s(model: str) -> float:
