@@ -48,6 +48,8 @@ SKIP_RULES: list[tuple[str, str]] = [
     (r"^tensorboard\b", "a server that runs until it is stopped"),
     (r"^python3? benchmarks/(side_by_side|input_pipeline|gpu_check|profile_step|conv_layers)\.py", "a full-size speed measurement of PyTorch and JAX "
      "(minutes on 2 CPU cores): REGNET_JAX_SMOKE does not shrink these scripts yet"),
+    (r"^python3? benchmarks/memory_breakdown\.py", "a full-size memory measurement of PyTorch and JAX, stage by stage (minutes on 2 CPU "
+     "cores); tests/test_memory.py checks what it relies on"),
     (r"^python3? benchmarks/recipe_cost\.py", "a speed and memory measurement of several recipe layouts (minutes on 2 CPU cores; "
      "the layouts' math is tested by tests/test_recipe.py)"),
     (r"^python3? benchmarks/docs_figures\.py", "measures the figures the docs quote: full-size runs, minutes on an idle machine"),

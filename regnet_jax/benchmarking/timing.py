@@ -219,7 +219,7 @@ def prepare(
     first = [True]
 
     def settle(out):
-        # The first step frees memory too (loading the compiled code, its first scratch buffers: 0.2-0.5 GB): it goes
+        # The first step frees memory too (loading the compiled code, its first scratch buffers: up to 0.3 GB): it goes
         # back once that step is done, so that it is not counted in the steady state either (as in the trainer).
         if first[0]:
             first[0] = False
