@@ -50,6 +50,8 @@ SKIP_RULES: list[tuple[str, str]] = [
      "(minutes on 2 CPU cores): REGNET_JAX_SMOKE does not shrink these scripts yet"),
     (r"^python3? benchmarks/time_to_first_step\.py", "six full-size training starts of RegNetY-400MF per repeat (minutes on 2 CPU cores); "
      "tests/test_compilation_cache.py runs the cache's rerun at the tiny size"),
+    (r"^python3? benchmarks/memory_breakdown\.py", "a full-size memory measurement of PyTorch and JAX, stage by stage (minutes on 2 CPU "
+     "cores); tests/test_memory.py checks what it relies on"),
     (r"^python3? benchmarks/recipe_cost\.py", "a speed and memory measurement of several recipe layouts (minutes on 2 CPU cores; "
      "the layouts' math is tested by tests/test_recipe.py)"),
     (r"^python3? benchmarks/docs_figures\.py", "measures the figures the docs quote: full-size runs, minutes on an idle machine"),

@@ -2,10 +2,11 @@
 
     release_free_heap() -> bool    # glibc's malloc_trim(0); False where there is no glibc (macOS, musl)
 
-XLA's compiler (LLVM included) allocates and frees about a gigabyte while it compiles a RegNet train step on CPU
-(docs/performance.md, "Memory: where it goes"). glibc keeps freed memory in its arenas, resident, for reuse, so
-without this the process holds it for as long as it lives: 0.8-1.0 GB of a RegNetY-400MF benchmark's resident set.
-Call it after compiling (and not inside a timed loop: the pages it returns are faulted in again when reused).
+XLA's compiler (LLVM included) allocates and frees about a gigabyte while it compiles a RegNet train step on CPU,
+and the step's first run frees up to 0.3 GB more (docs/performance.md, "Memory: where it goes"). glibc keeps freed
+memory in its arenas, resident, for reuse, so without this the process holds it for as long as it lives: 0.8 GB of
+a RegNetY-400MF benchmark's 3.3 GB. The benchmark (``benchmarking.timing.prepare``) and the trainer call it after
+compiling and after the first step; not inside a timed loop (the pages it returns are faulted in again when reused).
 """
 
 from __future__ import annotations

@@ -258,7 +258,8 @@ class _Trainer:
             batches = data.device_prefetch(self.train_input.epoch(epoch, offset), self.mesh, config.dataset.prefetch)
             for batch in batches:
                 self.state, m = self.profiler.run(step, self.train_step, self.state, batch)
-                if step == first_step:  # the step is compiled: the compiler's freed memory back to the system
+                if step == first_step:  # compiled and run once: the memory the compiler and that run freed goes back
+                    jax.block_until_ready(m)
                     release_free_heap()
                 pending.append(m)
                 step += 1
