@@ -9,10 +9,14 @@
 #    lacks (GPU_CHECK_WHEELS, default ml_collections) are installed, offline, from WHEEL_DIR into a private folder
 #    (pip --no-index --no-deps --target) put on PYTHONPATH; nothing else is installed or upgraded. TensorFlow, TFDS
 #    and clu are not needed: the benchmark path never imports them (gpu_check.py checks that).
-# 2. Prints the GPU, then benchmarks/gpu_check.py: RegNetY-400MF and RegNetY-4GF, train and infer, bfloat16 and
+# 2. Prints the GPU, then benchmarks/gpu_check.py: first the lowering sweep, the bfloat16 train step of RegNetY-400MF
+#    then RegNetY-4GF with each convolution lowering (xla, blocked, vjp), images/s and the fastest, and the lowering
+#    that conv_impl='auto' is to use on this GPU, written into regnet_jax/models/conv_choice.json (commit it; a dry
+#    run writes a copy in the temporary directory); then RegNetY-400MF and RegNetY-4GF, train and infer, bfloat16 and
 #    float32, regnet_jax vs PyTorch (AMP, channels_last) images/s and their ratio, and the fraction of the card's
 #    matmul peak (measured here) that each achieves. Measurements stop being started after GPU_CHECK_BUDGET_S
-#    seconds (default 330) so that the whole check stays under 8 minutes.
+#    seconds (default 330; the sweep has the first 200, a lowering still compiling 60 s later is stopped) so that
+#    the whole check stays under 8 minutes.
 #
 # Offline dry run on a CPU-only machine (a venv with CPU jaxlib): GPU_CHECK_DRY_RUN=1 benchmarks/gpu_check.sh .whl
 #   --device=cpu --models=regnety_200mf --batches=8 --resolution=64 --dtypes=float32

@@ -158,7 +158,8 @@ def _build(engine: str, name: str, mode: str, opts: dict[str, Any]) -> tuple[Cal
             step_impl=opts["step"],
         )
         run = lambda: jax.block_until_ready(prep.run())  # noqa: E731
-        info = f"compiled in {prep.compile_s:.1f} s ({prep.step_impl}, conv {conv.get_conv_impl()})"
+        impl = conv.get_conv_impl()
+        info = f"compiled in {prep.compile_s:.1f} s ({prep.step_impl}, conv {impl}{f' = {conv.resolved_impl()}' if impl == 'auto' else ''})"
         return run, info, prep.compile_s
     import torch  # and no regnet_jax: the parent resolved the architecture (opts['spec'])
 
@@ -193,7 +194,13 @@ def _process_cpu_s(pid: int) -> float:
 
 
 def interleave(
-    name: str, mode: str, engines: list[str], opts: dict[str, Any], progress: Callable[[str], None]
+    name: str,
+    mode: str,
+    engines: list[str],
+    opts: dict[str, Any],
+    progress: Callable[[str], None],
+    start_by: float | None = None,
+    ready_by: float | None = None,
 ) -> dict[str, Any]:
     """Each engine in its own process, taking turns for ``opts['rounds']`` rounds of ``opts['steps_per_round']`` steps.
 
@@ -202,22 +209,42 @@ def interleave(
     ``times`` (seconds per step, per engine, per round), ``memory`` (per engine: peak resident MB of the timed
     steps), ``others_cores``: the cores that other processes kept busy during the rounds, on average, and
     ``compile_s`` (per JAX engine).
+
+    With a deadline (``time.perf_counter()`` values) an engine is not started after ``start_by`` and is stopped if it
+    is not ready (compiled and warmed up) by ``ready_by``; an engine that fails to build is then left out too, not an
+    error. Those engines are in ``not_measured`` (engine -> why) and nowhere else.
     """
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
-    workers, compile_s = {}, {}
+    workers, compile_s, not_measured = {}, {}, {}
+    tolerant = start_by is not None or ready_by is not None
     try:
         for engine in engines:  # started one at a time so that compilation does not overlap another engine's warm-up
+            if start_by is not None and time.perf_counter() > start_by:
+                not_measured[engine] = "not started: over the time budget"
+                continue
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=_worker, args=(child, engine, name, mode, opts), daemon=True)
             proc.start()
+            if ready_by is not None and not parent.poll(max(0.0, ready_by - time.perf_counter())):
+                proc.terminate()
+                proc.join(timeout=30)
+                not_measured[engine] = "stopped: not compiled and warmed up within the time budget"
+                progress(f"{name} {mode}: {engine} {not_measured[engine]}")
+                continue
             workers[engine] = (proc, parent)
             status, info, compile_s[engine] = parent.recv()
             if status == "error":
-                raise RuntimeError(info)
+                if not tolerant:
+                    raise RuntimeError(info)
+                del workers[engine], compile_s[engine]
+                proc.join(timeout=30)
+                not_measured[engine] = f"failed: {info}"
+                progress(f"{name} {mode}: {engine} {not_measured[engine]}")
+                continue
             progress(f"{name} {mode}: {engine} ready ({info})")
-        times: dict[str, list[list[float]]] = {e: [] for e in engines}
+        times: dict[str, list[list[float]]] = {e: [] for e in workers}
         ours = lambda: sum(_process_cpu_s(p.pid) for p, _ in workers.values()) + time.process_time()  # noqa: E731
         busy0, ours0, wall0 = _busy_cpu_s(), ours(), time.perf_counter()
         for i in range(opts["rounds"]):
@@ -233,7 +260,7 @@ def interleave(
         for engine, (_, conn) in workers.items():
             conn.send(0)
             memory[engine] = conn.recv()
-        return {"times": times, "memory": memory, "others_cores": others_cores, "compile_s": compile_s}
+        return {"times": times, "memory": memory, "others_cores": others_cores, "compile_s": compile_s, "not_measured": not_measured}
     finally:
         for proc, conn in workers.values():
             try:

@@ -12,19 +12,30 @@ groups; they differ only in the XLA operations they emit, and so in speed (docs/
   multiply-adds with the zeros that XLA's dilated form inserts), the weight gradient as XLA's.
 
 The gradients name their ops ``conv_dgrad`` / ``conv_wgrad`` (``jax.named_scope``) so that profiles attribute them.
+
+``auto`` (the default) follows the table ``conv_choice.json`` beside this module (``auto_impl``): the entry for the
+platform (``jax.default_backend()``) and the device kind, else the platform's ``default``, else ``PLATFORM_DEFAULTS``
+(CPU: ``vjp``), else ``xla``. ``benchmarks/gpu_check.py`` measures the three lowerings on a GPU and writes the entry of
+its device kind (docs/performance.md, "GPU check").
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
+import warnings
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 CONV_IMPLS = ("auto", "xla", "blocked", "vjp")
-CPU_DEFAULT = "vjp"  # what 'auto' uses when compiling for CPU (GPU/TPU: 'xla')
+LOWERINGS = CONV_IMPLS[1:]
+CPU_DEFAULT = "vjp"  # what 'auto' uses when compiling for CPU if the table says nothing (measured: docs/performance.md)
+PLATFORM_DEFAULTS = {"cpu": CPU_DEFAULT}  # 'auto' where conv_choice.json names nothing for the platform; else 'xla'
+CHOICE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conv_choice.json")
+_PLATFORMS = {"cpu": ("cpu",), "gpu": ("cuda", "rocm"), "tpu": ("tpu",)}  # jax.default_backend() -> platform_dependent's names
 _DEFAULT_IMPL = os.environ.get("REGNET_JAX_CONV_IMPL", "auto")
 _DIMS = ("NHWC", "HWIO", "NHWC")
 # Channels per dense sub-convolution of the blocked lowering: groups are packed into chunks this wide (block-diagonal
@@ -42,8 +53,8 @@ Padding = tuple[tuple[int, int], tuple[int, int]]
 
 
 def set_conv_impl(impl: str) -> None:
-    """Process-wide convolution lowering: 'auto' (``CPU_DEFAULT`` on CPU, 'xla' elsewhere), 'xla', 'blocked' or
-    'vjp'. Takes effect for functions traced afterwards (jit caches keep what they traced). Also settable with the
+    """Process-wide convolution lowering: 'auto' (``auto_impl``: the table's choice for the device), 'xla', 'blocked'
+    or 'vjp'. Takes effect for functions traced afterwards (jit caches keep what they traced). Also settable with the
     environment variable REGNET_JAX_CONV_IMPL."""
     global _DEFAULT_IMPL
     _DEFAULT_IMPL = check_impl(impl)
@@ -61,6 +72,53 @@ def check_impl(impl: str) -> str:
             f"conv impl {impl!r} is invalid: must be one of {CONV_IMPLS} (REGNET_JAX_CONV_IMPL / set_conv_impl)"
         )
     return impl
+
+
+@functools.lru_cache(maxsize=None)
+def choice_table(path: str) -> dict:
+    """The JSON table at ``path`` (``CHOICE_FILE``); {} if it is missing, and {} with a warning if it is unreadable."""
+    try:
+        with open(path) as f:
+            table = json.load(f)
+        if not isinstance(table, dict):
+            raise ValueError("not a JSON object")
+        return table
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        warnings.warn(f"{path} is unreadable ({e}): conv_impl 'auto' uses the built-in defaults", stacklevel=2)
+        return {}
+
+
+def auto_impl(platform: str, device_kind: str | None = None, table: dict | None = None) -> str:
+    """The lowering 'auto' means on ``platform`` ('cpu', 'gpu', 'tpu': ``jax.default_backend()``) for devices of
+    ``device_kind`` (``jax.Device.device_kind``): ``table[platform][device_kind]['default']`` (or a plain string there),
+    else ``table[platform]['default']``, else ``PLATFORM_DEFAULTS``, else 'xla'. An entry that names no lowering is
+    skipped. ``table`` defaults to ``conv_choice.json``."""
+    table = choice_table(CHOICE_FILE) if table is None else table
+    entry = table.get(platform)
+    entry = entry if isinstance(entry, dict) else {}
+    kind = entry.get(device_kind) if device_kind else None
+    candidates = [kind.get("default") if isinstance(kind, dict) else kind, entry.get("default"), PLATFORM_DEFAULTS.get(platform), "xla"]
+    return next(c for c in candidates if isinstance(c, str) and c in LOWERINGS)
+
+
+@functools.lru_cache(maxsize=None)
+def _device_kind(backend: str) -> str:
+    return jax.devices(backend)[0].device_kind
+
+
+def auto_impls() -> dict[str, str]:
+    """What 'auto' lowers to on each platform in this process: the default backend's own device kind decides its
+    entry, the other platforms (a cross-platform lowering) use their platform defaults."""
+    backend = jax.default_backend()
+    return {p: auto_impl(p, _device_kind(backend) if p == backend else None) for p in _PLATFORMS}
+
+
+def resolved_impl(impl: str | None = None) -> str:
+    """``impl`` (default: the process-wide setting) with 'auto' replaced by what it means on the default backend."""
+    impl = check_impl(impl or _DEFAULT_IMPL)
+    return auto_impls()[jax.default_backend()] if impl == "auto" and jax.default_backend() in _PLATFORMS else impl
 
 
 def same_padding(k: int) -> Padding:
@@ -254,23 +312,20 @@ def _vjp_bwd(stride, groups, res, dy):
 
 _vjp_conv2d.defvjp(_vjp_fwd, _vjp_bwd)
 
-_CPU_LOWERINGS = {"blocked": blocked_conv2d, "vjp": vjp_conv2d}
+_LOWERINGS = {"xla": xla_conv2d, "blocked": blocked_conv2d, "vjp": vjp_conv2d}
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int, groups: int, impl: str | None = None) -> jax.Array:
     """NHWC x HWIO convolution with symmetric padding (k-1)//2.
 
-    ``impl`` (default: ``get_conv_impl()``): 'xla' is XLA's native op, 'blocked' and 'vjp' the CPU lowerings of
-    this module; 'auto' picks ``CPU_DEFAULT`` when compiling for CPU and 'xla' for GPU/TPU.
+    ``impl`` (default: ``get_conv_impl()``): 'xla' is XLA's native op, 'blocked' and 'vjp' the lowerings of this
+    module; 'auto' picks per platform what ``auto_impls`` says (``conv_choice.json``), decided at lowering
+    (``lax.platform_dependent``), so that a function lowered for another platform gets that platform's choice.
     """
     impl = check_impl(impl or _DEFAULT_IMPL)
-    if impl == "xla":
-        return xla_conv2d(x, kernel, stride, groups)
     if impl != "auto":
-        return _CPU_LOWERINGS[impl](x, kernel, stride, groups)
-    return lax.platform_dependent(
-        x,
-        kernel,
-        cpu=functools.partial(_CPU_LOWERINGS[CPU_DEFAULT], stride=stride, groups=groups),
-        default=functools.partial(xla_conv2d, stride=stride, groups=groups),
-    )
+        return _LOWERINGS[impl](x, kernel, stride, groups)
+    impls = auto_impls()
+    branch = {i: functools.partial(_LOWERINGS[i], stride=stride, groups=groups) for i in set(impls.values()) | {"xla"}}
+    per_platform = {name: branch[impls[p]] for p, names in _PLATFORMS.items() for name in names}
+    return lax.platform_dependent(x, kernel, default=branch["xla"], **per_platform)
