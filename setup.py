@@ -40,7 +40,9 @@ setup(
     version="0.2.0",
     description="RegNet and AnyNet (Designing Network Design Spaces) in JAX/Flax: models, training, design-space sweeps",
     packages=find_packages(include=["regnet_jax", "regnet_jax.*"]),
-    package_data={"regnet_jax": ["assets/*.tsv", "assets/*.md", "models/conv_choice.json"]},  # conv_choice: what conv_impl="auto" picks
+    package_data={
+        "regnet_jax": ["assets/*.tsv", "assets/*.md", "models/conv_choice.json"]
+    },  # conv_choice: what conv_impl="auto" picks
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,

@@ -70,7 +70,14 @@ def matmul_peak_tflops(dtype: str, n: int = 8192, reps: int = 20) -> float:
 def _peaks(dtypes: list[str], n: int, conn) -> None:
     import jax
 
-    conn.send(({d: matmul_peak_tflops(d, n) for d in dtypes}, jax.default_backend(), jax.devices()[0].device_kind, jax.__version__))
+    conn.send(
+        (
+            {d: matmul_peak_tflops(d, n) for d in dtypes},
+            jax.default_backend(),
+            jax.devices()[0].device_kind,
+            jax.__version__,
+        )
+    )
 
 
 def measure_peaks(dtypes: list[str], n: int) -> tuple[dict[str, float], str, str, str]:
@@ -95,7 +102,10 @@ def choose(images_per_s: dict[str, dict[str, float]]) -> tuple[str, dict[str, fl
     models = [m for m, per in images_per_s.items() if all(i in per for i in lowerings) and per]
     if not models:  # no model measured them all: score the lowerings each model measured
         models, lowerings = list(images_per_s), sorted(set.intersection(*(set(p) for p in images_per_s.values())))
-    scores = {i: math.exp(statistics.fmean(math.log(images_per_s[m][i] / max(images_per_s[m].values())) for m in models)) for i in lowerings}
+    scores = {
+        i: math.exp(statistics.fmean(math.log(images_per_s[m][i] / max(images_per_s[m].values())) for m in models))
+        for i in lowerings
+    }
     best = max(scores, key=scores.get)
     if "xla" in scores and scores["xla"] >= scores[best] * (1 - CHOICE_MARGIN):
         best = "xla"
@@ -104,9 +114,21 @@ def choose(images_per_s: dict[str, dict[str, float]]) -> tuple[str, dict[str, fl
 
 def _commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() + ("+changes" if dirty.stdout.strip() else "") if out.returncode == 0 else "unknown (no git checkout)"
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return (
+            out.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+            if out.returncode == 0
+            else "unknown (no git checkout)"
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown (no git)"
 
@@ -123,7 +145,9 @@ def write_choice(path: str, platform: str, device_kind: str, choice: str, entry:
     per_platform = table.setdefault(platform, {})
     per_platform[device_kind] = {"default": choice, **entry}
     per_platform["default"] = choice
-    per_platform["source"] = f"measured on {device_kind} by benchmarks/gpu_check.py on {entry['date']} (the entry of that device kind)"
+    per_platform["source"] = (
+        f"measured on {device_kind} by benchmarks/gpu_check.py on {entry['date']} (the entry of that device kind)"
+    )
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
         json.dump(table, f, indent=2)
@@ -137,7 +161,14 @@ def lowering_sweep(models: list[str], batches: list[int], args: argparse.Namespa
     import side_by_side
 
     lowerings = [i.strip() for i in args.lowerings.split(",") if i.strip()]
-    out: dict[str, Any] = {"images_per_s": {}, "fastest": {}, "not_measured": {}, "batches": {}, "compile_s": {}, "skipped": []}
+    out: dict[str, Any] = {
+        "images_per_s": {},
+        "fastest": {},
+        "not_measured": {},
+        "batches": {},
+        "compile_s": {},
+        "skipped": [],
+    }
     for name, batch in zip(models, batches):
         if time.perf_counter() > deadline:
             out["skipped"].append(f"lowering sweep {name}")
@@ -146,8 +177,12 @@ def lowering_sweep(models: list[str], batches: list[int], args: argparse.Namespa
                     threads=os.cpu_count(), warmup=args.warmup, rounds=args.rounds, steps_per_round=args.steps_per_round,
                     conv_impls=lowerings)  # fmt: skip
         engines = [f"jax_{i}" for i in lowerings]
-        res = side_by_side.interleave(name, "train", engines, opts, progress, start_by=deadline, ready_by=deadline + grace_s)
-        speeds = {e[4:]: batch / statistics.median([t for r in per_round for t in r]) for e, per_round in res["times"].items()}
+        res = side_by_side.interleave(
+            name, "train", engines, opts, progress, start_by=deadline, ready_by=deadline + grace_s
+        )
+        speeds = {
+            e[4:]: batch / statistics.median([t for r in per_round for t in r]) for e, per_round in res["times"].items()
+        }
         out["images_per_s"][name] = speeds
         out["batches"][name] = batch
         out["compile_s"][name] = {e[4:]: round(v, 1) for e, v in res["compile_s"].items()}
@@ -188,9 +223,15 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--matmul_n", type=int, default=8192)
     p.add_argument("--budget_s", type=float, default=330, help="stop starting new measurements after this many seconds")
-    p.add_argument("--sweep_budget_s", type=float, default=200, help="the lowering sweep's part of --budget_s (the same rules)")
-    p.add_argument("--grace_s", type=float, default=60, help="stop a lowering still compiling this long after its budget")
-    p.add_argument("--lowerings", default="xla,blocked,vjp", help="the convolution lowerings to sweep ('' skips the sweep)")
+    p.add_argument(
+        "--sweep_budget_s", type=float, default=200, help="the lowering sweep's part of --budget_s (the same rules)"
+    )
+    p.add_argument(
+        "--grace_s", type=float, default=60, help="stop a lowering still compiling this long after its budget"
+    )
+    p.add_argument(
+        "--lowerings", default="xla,blocked,vjp", help="the convolution lowerings to sweep ('' skips the sweep)"
+    )
     p.add_argument("--lowering_dtype", default="bfloat16", help="the compute dtype of the lowering sweep's train step")
     p.add_argument("--write_choice", default="", help="the table 'auto' reads, to record the sweep's choice in (default: "
                    "regnet_jax/models/conv_choice.json on a GPU; a copy in the temporary directory on the CPU); 'none': don't")  # fmt: skip
@@ -209,8 +250,15 @@ def main() -> None:
         sys.exit(f"error: --batches has {len(batches)} entries but --models has {len(models)}")
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    peaks, platform, device_kind, jax_version = measure_peaks(sorted(set(dtypes) | {args.lowering_dtype}), args.matmul_n if args.device == "cuda" else 1024)
-    print("matmul peak (measured): " + ", ".join(f"{d} {v:.1f} TFLOP/s" for d, v in peaks.items()) + f" on {platform} ({device_kind})", flush=True)
+    peaks, platform, device_kind, jax_version = measure_peaks(
+        sorted(set(dtypes) | {args.lowering_dtype}), args.matmul_n if args.device == "cuda" else 1024
+    )
+    print(
+        "matmul peak (measured): "
+        + ", ".join(f"{d} {v:.1f} TFLOP/s" for d, v in peaks.items())
+        + f" on {platform} ({device_kind})",
+        flush=True,
+    )
     lowerings = [i.strip() for i in args.lowerings.split(",") if i.strip()]
     sweep = None
     if lowerings:  # first: what decides conv_impl='auto' on this device
@@ -222,7 +270,11 @@ def main() -> None:
             choice, scores = choose(measured)
             print(f"auto on {platform} ({device_kind}): {choice}  (score = geometric mean of relative speed: "
                   + ", ".join(f"{i} {v:.3f}" for i, v in scores.items()) + f"; rule: {RULE})", flush=True)  # fmt: skip
-            path = args.write_choice or (CHOICE_FILE if args.device == "cuda" else os.path.join(tempfile.gettempdir(), "conv_choice_dry_run.json"))
+            path = args.write_choice or (
+                CHOICE_FILE
+                if args.device == "cuda"
+                else os.path.join(tempfile.gettempdir(), "conv_choice_dry_run.json")
+            )
             if path != "none":
                 entry = dict(
                     images_per_s={m: {i: round(v, 1) for i, v in per.items()} for m, per in measured.items()}, fastest=sweep["fastest"],
@@ -275,7 +327,9 @@ def main() -> None:
         print_sweep(sweep, lowerings, args.lowering_dtype)  # again at the end, beside the table above
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"matmul_peak_tflops": peaks, "lowering_sweep": sweep, "rows": rows, "skipped": skipped}, f, indent=1)
+            json.dump(
+                {"matmul_peak_tflops": peaks, "lowering_sweep": sweep, "rows": rows, "skipped": skipped}, f, indent=1
+            )
 
 
 if __name__ == "__main__":

@@ -260,7 +260,13 @@ def interleave(
         for engine, (_, conn) in workers.items():
             conn.send(0)
             memory[engine] = conn.recv()
-        return {"times": times, "memory": memory, "others_cores": others_cores, "compile_s": compile_s, "not_measured": not_measured}
+        return {
+            "times": times,
+            "memory": memory,
+            "others_cores": others_cores,
+            "compile_s": compile_s,
+            "not_measured": not_measured,
+        }
     finally:
         for proc, conn in workers.values():
             try:

@@ -29,7 +29,12 @@ def test_the_shipped_table():
 
 def test_auto_impl_lookup_order():
     table = {
-        "gpu": {"default": "blocked", H100: {"default": "vjp", "images_per_s": {}}, "NVIDIA A100-SXM4-40GB": "xla", "Odd": {"default": "cudnn"}},
+        "gpu": {
+            "default": "blocked",
+            H100: {"default": "vjp", "images_per_s": {}},
+            "NVIDIA A100-SXM4-40GB": "xla",
+            "Odd": {"default": "cudnn"},
+        },
         "tpu": {"default": "nonsense"},
     }
     assert conv.auto_impl("gpu", H100, table) == "vjp"  # the device kind's entry
@@ -84,8 +89,13 @@ def test_auto_compiles_what_the_table_says(tmp_path, monkeypatch):
 
 def test_gpu_check_rule():
     # Within the margin of xla's mean: xla; clearly faster on the mean: that lowering.
-    assert gpu_check.choose({"a": {"xla": 100, "vjp": 102, "blocked": 60}, "b": {"xla": 50, "vjp": 51, "blocked": 30}})[0] == "xla"
-    best, scores = gpu_check.choose({"a": {"xla": 100, "vjp": 130, "blocked": 60}, "b": {"xla": 50, "vjp": 55, "blocked": 30}})
+    assert (
+        gpu_check.choose({"a": {"xla": 100, "vjp": 102, "blocked": 60}, "b": {"xla": 50, "vjp": 51, "blocked": 30}})[0]
+        == "xla"
+    )
+    best, scores = gpu_check.choose(
+        {"a": {"xla": 100, "vjp": 130, "blocked": 60}, "b": {"xla": 50, "vjp": 55, "blocked": 30}}
+    )
     assert best == "vjp" and scores["vjp"] == pytest.approx(((1.0) * (1.0)) ** 0.5)
     # One model faster with each: the geometric mean of relative speeds decides.
     assert gpu_check.choose({"a": {"xla": 100, "vjp": 200}, "b": {"xla": 100, "vjp": 90}})[0] == "vjp"

@@ -35,7 +35,11 @@ LOWERINGS = CONV_IMPLS[1:]
 CPU_DEFAULT = "vjp"  # what 'auto' uses when compiling for CPU if the table says nothing (measured: docs/performance.md)
 PLATFORM_DEFAULTS = {"cpu": CPU_DEFAULT}  # 'auto' where conv_choice.json names nothing for the platform; else 'xla'
 CHOICE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conv_choice.json")
-_PLATFORMS = {"cpu": ("cpu",), "gpu": ("cuda", "rocm"), "tpu": ("tpu",)}  # jax.default_backend() -> platform_dependent's names
+_PLATFORMS = {
+    "cpu": ("cpu",),
+    "gpu": ("cuda", "rocm"),
+    "tpu": ("tpu",),
+}  # jax.default_backend() -> platform_dependent's names
 _DEFAULT_IMPL = os.environ.get("REGNET_JAX_CONV_IMPL", "auto")
 _DIMS = ("NHWC", "HWIO", "NHWC")
 # Channels per dense sub-convolution of the blocked lowering: groups are packed into chunks this wide (block-diagonal
@@ -74,7 +78,7 @@ def check_impl(impl: str) -> str:
     return impl
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def choice_table(path: str) -> dict:
     """The JSON table at ``path`` (``CHOICE_FILE``); {} if it is missing, and {} with a warning if it is unreadable."""
     try:
@@ -99,11 +103,16 @@ def auto_impl(platform: str, device_kind: str | None = None, table: dict | None 
     entry = table.get(platform)
     entry = entry if isinstance(entry, dict) else {}
     kind = entry.get(device_kind) if device_kind else None
-    candidates = [kind.get("default") if isinstance(kind, dict) else kind, entry.get("default"), PLATFORM_DEFAULTS.get(platform), "xla"]
+    candidates = [
+        kind.get("default") if isinstance(kind, dict) else kind,
+        entry.get("default"),
+        PLATFORM_DEFAULTS.get(platform),
+        "xla",
+    ]
     return next(c for c in candidates if isinstance(c, str) and c in LOWERINGS)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _device_kind(backend: str) -> str:
     return jax.devices(backend)[0].device_kind
 
