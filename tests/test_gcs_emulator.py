@@ -373,7 +373,7 @@ def test_convert_evaluate_predict_export_on_a_bucket(gcs, bucket_run, local_run,
         trained.variables, TINY_MODEL, trained.input, f"{BUCKET}/export/tiny.safetensors"
     )
     tensors, meta = exporting.read_export(f"{BUCKET}/export/tiny.safetensors")
-    assert str(sidecar) == f"{BUCKET}/export/tiny.safetensors.json" and meta["model"]["widths"] == [8, 16]
+    assert str(sidecar) == f"{BUCKET}/export/tiny.safetensors.json" and meta["model"]["widths"] == [16]
     np.testing.assert_array_equal(
         tensors["params"]["head"]["fc"]["kernel"], trained.variables["params"]["head"]["fc"]["kernel"]
     )

@@ -83,7 +83,7 @@ def test_run_writes_its_records_and_rerun_is_a_noop(trained):
     assert isinstance(summary["params"], int) and summary["params"] > 0 and isinstance(summary["flops"], int)
     assert json.loads((workdir / "summary.json").read_text()) == summary
     config = json.loads((workdir / "config.json").read_text())
-    assert config["batch_size"] == 32 and config["model"]["widths"] == [8, 16]
+    assert config["batch_size"] == 32 and config["model"]["widths"] == [16]
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
     assert (workdir / "curves.png").stat().st_size > 0
     train_log = _read_jsonl(workdir / "train_metrics.jsonl")
@@ -328,7 +328,7 @@ def test_finetune_from_weights_applies_their_input_conventions(trained, tmp_path
     assert resolved["dataset"]["channel_order"] == "bgr" and resolved["dataset"]["mean"] == [0.5, 0.5, 0.5]
     assert summary["status"] == "done"
     bad = tiny_config(
-        num_epochs=1, init_from=str(tmp_path / "weights"), **{"model.widths": [8, 24], "model.group_ws": [8, 24]}
+        num_epochs=1, init_from=str(tmp_path / "weights"), **{"model.widths": [24], "model.group_ws": [24]}
     )
     with pytest.raises(checkpoint.CheckpointError, match="different architecture"):
         train_and_evaluate(bad, str(tmp_path / "bad"))
