@@ -1,7 +1,10 @@
-"""Test set-up: 8 emulated CPU devices (for the sharded code) and TensorFlow as quiet as the tools run it."""
+"""Test set-up: 8 emulated CPU devices (for the sharded code) and TensorFlow as quiet as the tools run it; the
+scenarios that run other processes start at once, beside the in-process tests (tests/background.py)."""
 
 import os
 import tempfile
+
+import pytest
 
 from regnet_jax.core import logs
 
@@ -14,4 +17,13 @@ os.environ.setdefault(
 
 import jax  # noqa: E402
 
+from tests import background  # noqa: E402  (after the environment above: the scenarios' processes get it)
+
 jax.config.update("jax_num_cpu_devices", 8)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _background_scenarios(request, tmp_path_factory):
+    background.worker.start(request.session.items, tmp_path_factory)
+    yield
+    background.worker.stop()

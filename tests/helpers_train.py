@@ -15,6 +15,7 @@ import jax
 import ml_collections
 
 from regnet_jax.config import base_config
+from tests import background
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -25,10 +26,12 @@ jax.config.update("jax_compilation_cache_dir", XLA_CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
-# Two stages, widths 8 and 16, dense 3x3 convs (group width = width: XLA:CPU's grouped-conv backward is slow).
+# A width-8 stem and one stage of one width-16 bottleneck block (stride 2, projection shortcut, SE): every kind of
+# layer the trainer handles, and a third less to compile than two stages. Dense 3x3 convs (group width = width:
+# XLA:CPU's grouped-conv backward is slow).
 TINY_MODEL = dict(
     type="anynet", stem_type="simple_stem_in", stem_w=8, block_type="res_bottleneck_block",
-    depths=[1, 1], widths=[8, 16], strides=[2, 2], bot_muls=[1.0, 1.0], group_ws=[8, 16], se_ratio=0.25, num_classes=10,
+    depths=[1], widths=[16], strides=[2], bot_muls=[1.0], group_ws=[16], se_ratio=0.25, num_classes=10,
 )  # fmt: skip
 
 
@@ -74,8 +77,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def cli_env(num_devices: int) -> dict[str, str]:
-    env = dict(os.environ)
+def cli_env(num_devices: int, fast_compile: bool = False) -> dict[str, str]:
+    """The environment the session started with (tests/background.py), set up for a CLI on ``num_devices`` devices
+    (``fast_compile``: see ``background.environ``)."""
+    env = background.environ(fast_compile)
     env.update(
         JAX_NUM_CPU_DEVICES=str(num_devices),
         JAX_PLATFORMS="cpu",
@@ -88,13 +93,15 @@ def cli_env(num_devices: int) -> dict[str, str]:
     return env
 
 
-def start_cli(module: str, args: list[str], num_devices: int, log_path: pathlib.Path) -> subprocess.Popen:
+def start_cli(
+    module: str, args: list[str], num_devices: int, log_path: pathlib.Path, fast_compile: bool = False
+) -> subprocess.Popen:
     """Start ``python -m module args`` in its own process group, output to ``log_path``."""
     log = open(log_path, "w")
     return subprocess.Popen(
         [sys.executable, "-m", module, *args],
         cwd=REPO,
-        env=cli_env(num_devices),
+        env=cli_env(num_devices, fast_compile),
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,

@@ -3,7 +3,6 @@ the emulated devices works with both train steps, bad input is refused with a cl
 plot) are written, the PyTorch twin is the same network, and the pipeline verdict is right."""
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import pytest
 from regnet_jax.benchmarking import timing, zoo_report
 from regnet_jax.config import ConfigError, base_config
 from regnet_jax.models import complexity, zoo
+from tests import background
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -142,31 +142,21 @@ def test_zoo_names():
         zoo_report.zoo_names("regnetz_500mf")
 
 
+@background.scenario
+def zoo_benchmark_cli(tmp):
+    """`python -m regnet_jax.benchmark --zoo` on two zoo models: (the finished process, the output directory). The
+    timings are only checked to be positive: XLA's cheapest compilation."""
+    args = ["--zoo", "--zoo_models=regnetx_200mf,regnety_200mf", "--mode=infer", "--batch=2", "--steps=1", "--warmup=0",
+            "--resolution=32", f"--out={tmp}", "--json"]  # fmt: skip
+    env = background.environ(fast_compile=True, JAX_PLATFORMS="cpu")
+    p = subprocess.run([sys.executable, "-m", "regnet_jax.benchmark", *args], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=200)  # fmt: skip
+    return p, tmp
+
+
 @pytest.mark.timeout(240)
-def test_cli_zoo_json_table_and_plot(tmp_path):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-
-    def run(*a):
-        return subprocess.run(
-            [sys.executable, "-m", "regnet_jax.benchmark", *a],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=200,
-        )
-
-    p = run(
-        "--zoo",
-        "--zoo_models=regnetx_200mf,regnety_200mf",
-        "--mode=infer",
-        "--batch=2",
-        "--steps=1",
-        "--warmup=0",
-        "--resolution=32",
-        f"--out={tmp_path}",
-        "--json",
-    )
+def test_cli_zoo_json_table_and_plot(zoo_benchmark_cli):
+    p, tmp_path = zoo_benchmark_cli.outcome()
     assert p.returncode == 0, p.stderr
     rows = json.loads(p.stdout)  # progress went to stderr
     assert [r["model"] for r in rows] == ["regnetx_200mf", "regnety_200mf"] and all(r["images_per_s"] > 0 for r in rows)

@@ -112,8 +112,8 @@ def test_merge_pretrained_reinitialises_only_a_different_head():
 def test_merge_pretrained_errors_name_the_problem():
     pre_vars = _variables(TINY_MODEL)
     pre = Pretrained(pre_vars, dict(TINY_MODEL), {}, "test weights")
-    wider = dict(TINY_MODEL, widths=[8, 24], group_ws=[8, 24])
-    with pytest.raises(CheckpointError, match=r"widths: \(8, 16\) \(pretrained\) vs \(8, 24\)"):
+    wider = dict(TINY_MODEL, widths=[24], group_ws=[24])
+    with pytest.raises(CheckpointError, match=r"widths: \(16,\) \(pretrained\) vs \(24,\)"):
         merge_pretrained(_variables(wider), pre, wider)
     broken = jax.tree_util.tree_map(lambda x: x, pre_vars)
     del broken["params"]["stem"]["bn"]

@@ -12,7 +12,7 @@ import pathlib
 import subprocess
 import sys
 
-from tests import doc_commands
+from tests import background, doc_commands
 from tests.doc_commands import DocCommand, markdown_commands, plan
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -71,7 +71,7 @@ def _run_harness(plans, tmp_path, *extra: str) -> dict:
     out = tmp_path / "results.json"
     proc = subprocess.run(
         [sys.executable, str(REPO / "tests" / "doc_runner.py"), f"--plan={tmp_path / 'plan.json'}", f"--scratch={tmp_path / 'scratch'}",
-         f"--out={out}", *extra], capture_output=True, text=True, timeout=HARNESS_TIMEOUT_S,
+         f"--out={out}", *extra], capture_output=True, text=True, timeout=HARNESS_TIMEOUT_S, env=background.environ(),
     )  # fmt: skip
     assert proc.returncode == 0 and out.exists(), proc.stderr[-3000:]
     return json.loads(out.read_text())
@@ -134,9 +134,15 @@ def _report(plans, results: dict) -> tuple[list[str], list[str]]:
     return rows, failures
 
 
-def test_documented_commands_run(tmp_path):
+@background.scenario
+def documented_commands(tmp):
+    """Every documented command, run by the harness: (the plans, the harness's summary)."""
     plans, _ = plan(doc_commands.extract_commands())
-    summary = _run_harness(plans, tmp_path)
+    return plans, _run_harness(plans, tmp)
+
+
+def test_documented_commands_run(documented_commands):
+    plans, summary = documented_commands.outcome()
     rows, failures = _report(plans, summary["results"])
     print("\n".join(rows))
     print(

@@ -15,7 +15,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 
 import numpy as np
 import pytest
@@ -23,6 +27,7 @@ import pytest
 from regnet_jax.core import paths
 from regnet_jax.training import records as run_records
 from regnet_jax.training import workdir_lock
+from tests import background
 from tests.helpers_train import REPO, TINY_MODEL, cli_env, stop, tiny_config, write_config_file
 
 MISSING = [m for m in ("gcp_storage_emulator", "gcsfs") if importlib.util.find_spec(m) is None]
@@ -77,43 +82,90 @@ def _forget_gcs_clients() -> None:
     backend.fsspec_backend._get_filesystem.cache_clear()
 
 
-@pytest.fixture(scope="module")
-def gcs(tmp_path_factory):
-    """The emulator with bucket 'bkt'; this process's environment (and the returned one) point both clients at it."""
-    log_path = tmp_path_factory.mktemp("gcs") / "emulator.log"
-    port = _free_loopback_port()
-    cmd = [
-        sys.executable,
-        "-c",
-        EMULATOR,
-        "start",
-        "--host=127.0.0.1",
-        f"--port={port}",
-        "--in-memory",
-        "--default-bucket=bkt",
-        "-q",
-    ]
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
+class _Emulator:
+    """The emulator with bucket 'bkt': one process, started by whichever needs it first (the gcs fixture or a background
+    scenario of this module), stopped after this module's tests."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.proc = None
+        self.env = None  # what points both clients at it
+        self.skip = None  # why the tests cannot run
+
+    def ensure(self, log_dir):
+        """Start the emulator if it is not running; returns its environment, or None (see ``skip``)."""
+        with self._lock:
+            if self.env is None and self.skip is None:
+                self._start(log_dir / "emulator.log")
+            return self.env
+
+    def _start(self, log_path):
+        port = _free_loopback_port()
+        cmd = [
+            sys.executable,
+            "-c",
+            EMULATOR,
+            "start",
+            "--host=127.0.0.1",
+            f"--port={port}",
+            "--in-memory",
+            "--default-bucket=bkt",
+            "-q",
+        ]
+        with open(log_path, "w") as log:
+            self.proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=background.environ()
+            )
         deadline = time.time() + 30
         while True:
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
                 break
             except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    pytest.skip(
-                        f"Cloud Storage emulator tests skipped: the emulator did not start: {log_path.read_text()[-500:]}"
-                    )
+                if self.proc.poll() is not None or time.time() > deadline:
+                    self.skip = f"Cloud Storage emulator tests skipped: the emulator did not start: {log_path.read_text()[-500:]}"
+                    self.stop()
+                    return
                 time.sleep(0.1)
         url = f"http://127.0.0.1:{port}"
-        env = {
+        self.env = {
             "EPATH_USE_TF": "false",
             "STORAGE_EMULATOR_HOST": url,
             "TENSORSTORE_GCS_HTTP_URL": url,
             "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
         }
+
+    def stop(self):
+        if self.proc is not None:
+            stop(self.proc)
+        self.env, self.skip = None, self.skip or "the emulator was stopped"
+
+    def read(self, path):
+        """Object ``path``'s (gs://bkt/...) content, or None if there is none, asked over HTTP: the background
+        scenarios cannot use this process's clients, which point at the emulator only while this module's tests run."""
+        name = urllib.parse.quote(path.removeprefix(f"{BUCKET}/"))
+        try:
+            with urllib.request.urlopen(f"{self.env['STORAGE_EMULATOR_HOST']}/bkt/{name}", timeout=30) as r:
+                return r.read()
+        except urllib.error.HTTPError as e:
+            if e.code == 404:
+                return None
+            raise
+
+    def exists(self, path):
+        return self.read(path) is not None
+
+
+_EMULATOR = _Emulator()
+
+
+@pytest.fixture(scope="module")
+def gcs(tmp_path_factory):
+    """The emulator; this process's environment (and the returned one) point both clients at it."""
+    try:
+        env = _EMULATOR.ensure(tmp_path_factory.mktemp("gcs"))
+        if env is None:
+            pytest.skip(_EMULATOR.skip)
         with pytest.MonkeyPatch.context() as mp:
             for k, v in env.items():
                 mp.setenv(k, v)
@@ -121,7 +173,7 @@ def gcs(tmp_path_factory):
             yield env
         _forget_gcs_clients()
     finally:
-        stop(proc)
+        _EMULATOR.stop()
 
 
 def _env(gcs, num_devices):
@@ -137,7 +189,7 @@ def _start(gcs, module, args, num_devices, log_path):
 def _wait_for(path, procs, logs, timeout=180):
     """Poll until ``path`` exists on the bucket while the processes run."""
     deadline = time.time() + timeout
-    while not paths.exists(path):
+    while not _EMULATOR.exists(path):
         for p, log in zip(procs, logs):
             assert p.poll() is None, f"exited early ({p.returncode}): " + log.read_text()[-3000:]
         assert time.time() < deadline, f"{path} did not appear in {timeout}s"
@@ -175,10 +227,11 @@ def _tensorboard_scalars(gcs_dir, tmp_path, tag):
     return [(e.step, e.value) for e in acc.Scalars(tag)]
 
 
-@pytest.fixture(scope="module")
-def bucket_run(gcs, tmp_path_factory):
+@background.scenario
+def bucket_run(tmp):
     """(a): the run on gs://bkt/qs killed by SIGKILL after its first evaluation, then rerun to the end."""
-    tmp = tmp_path_factory.mktemp("bucket_run")
+    if MISSING or (gcs := _EMULATOR.ensure(tmp)) is None:
+        return None  # the tests skip
     workdir = f"{BUCKET}/qs"
     args = [f"--config={write_config_file(tmp / 'config.py', _config())}", f"--workdir={workdir}"]
     logs = [tmp / "first.log", tmp / "second.log"]
@@ -190,10 +243,11 @@ def bucket_run(gcs, tmp_path_factory):
         proc.wait(timeout=30)
     finally:
         stop(proc)
+    lock = _EMULATOR.read(f"{workdir}/{workdir_lock.LOCK_FILE}")
     killed = {
         "pid": proc.pid,
-        "summary": paths.exists(f"{workdir}/summary.json"),
-        "lock": workdir_lock.WorkdirLock(workdir).read(),
+        "summary": _EMULATOR.exists(f"{workdir}/summary.json"),
+        "lock": None if lock is None else json.loads(lock),
     }
     proc = _start(gcs, "regnet_jax.train", args, 8, logs[1])
     try:
@@ -204,8 +258,9 @@ def bucket_run(gcs, tmp_path_factory):
 
 
 def test_quickstart_on_a_bucket_killed_after_its_first_evaluation_resumes_like_a_local_run(
-    bucket_run, local_run, tmp_path
+    gcs, bucket_run, local_run, tmp_path
 ):
+    bucket_run = bucket_run.outcome()
     workdir, killed = bucket_run["workdir"], bucket_run["killed"]
     assert not killed["summary"], "the run finished before it was killed"
     assert killed["lock"]["pid"] == killed["pid"]  # the killed run left its lock behind...
@@ -230,14 +285,18 @@ def test_quickstart_on_a_bucket_killed_after_its_first_evaluation_resumes_like_a
     assert not (REPO / "gs:").exists()  # nothing went to a local folder named after the URL
 
 
-def test_two_processes_on_a_bucket_preempted_by_sigterm_resume(gcs, local_run, tmp_path):
-    """jax.distributed on localhost, 2 processes x 4 devices; process 0 writes the records, both save and restore."""
+@background.scenario
+def bucket_two_processes_preempted(tmp):
+    """(b): 2 processes x 4 devices on gs://bkt/two, SIGTERM after the first evaluation, then rerun: each attempt's
+    exit statuses and logs, and what the first left on the bucket."""
+    if MISSING or (gcs := _EMULATOR.ensure(tmp)) is None:
+        return None  # the tests skip
     workdir = f"{BUCKET}/two"
-    cfg = write_config_file(tmp_path / "config.py", _config())
+    cfg = write_config_file(tmp / "config.py", _config())
     port = _free_loopback_port()
 
     def run(attempt, until=None):
-        logs = [tmp_path / f"{attempt}-process{i}.log" for i in range(2)]
+        logs = [tmp / f"{attempt}-process{i}.log" for i in range(2)]
         procs = [
             _start(
                 gcs,
@@ -266,11 +325,18 @@ def test_two_processes_on_a_bucket_preempted_by_sigterm_resume(gcs, local_run, t
                 stop(p)
         return codes, [log.read_text() for log in logs]
 
-    codes, logs = run("first", until=f"{workdir}/{run_records.EVAL_FILE}")
+    first = run("first", until=f"{workdir}/{run_records.EVAL_FILE}")
+    left = {name: _EMULATOR.exists(f"{workdir}/{name}") for name in ("summary.json", workdir_lock.LOCK_FILE)}
+    return workdir, first, left, run("second")
+
+
+def test_two_processes_on_a_bucket_preempted_by_sigterm_resume(gcs, bucket_two_processes_preempted, local_run):
+    """jax.distributed on localhost, 2 processes x 4 devices; process 0 writes the records, both save and restore."""
+    workdir, (codes, logs), left, second = bucket_two_processes_preempted.outcome()
     assert codes == [3, 3], logs[0][-2000:] + logs[1][-2000:]  # preempted, a checkpoint saved
-    assert not paths.exists(f"{workdir}/summary.json")
-    assert not paths.exists(f"{workdir}/{workdir_lock.LOCK_FILE}")  # a preempted run releases its lock
-    codes, logs = run("second")
+    assert not left["summary.json"]
+    assert not left[workdir_lock.LOCK_FILE]  # a preempted run releases its lock
+    codes, logs = second
     assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
     assert all(f"resumed from {workdir}/checkpoints at step" in log for log in logs)  # every process restored it
     summary = paths.read_json(f"{workdir}/summary.json")
@@ -279,6 +345,7 @@ def test_two_processes_on_a_bucket_preempted_by_sigterm_resume(gcs, local_run, t
 
 
 def test_convert_evaluate_predict_export_on_a_bucket(gcs, bucket_run, local_run, tmp_path):
+    bucket_run = bucket_run.outcome()
     from PIL import Image
 
     from regnet_jax.training import prediction
@@ -306,7 +373,7 @@ def test_convert_evaluate_predict_export_on_a_bucket(gcs, bucket_run, local_run,
         trained.variables, TINY_MODEL, trained.input, f"{BUCKET}/export/tiny.safetensors"
     )
     tensors, meta = exporting.read_export(f"{BUCKET}/export/tiny.safetensors")
-    assert str(sidecar) == f"{BUCKET}/export/tiny.safetensors.json" and meta["model"]["widths"] == [8, 16]
+    assert str(sidecar) == f"{BUCKET}/export/tiny.safetensors.json" and meta["model"]["widths"] == [16]
     np.testing.assert_array_equal(
         tensors["params"]["head"]["fc"]["kernel"], trained.variables["params"]["head"]["fc"]["kernel"]
     )

@@ -21,6 +21,7 @@ from regnet_jax.design_space.launch import LaunchOptions, device_slots, launch, 
 from regnet_jax.design_space.layout import SweepDir, SweepError
 from regnet_jax.design_space.sweep_setup import load_config_file, setup_sweep
 from regnet_jax.models.complexity import count
+from tests import background
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -123,8 +124,14 @@ def test_setup_is_idempotent_extends_and_refuses_other_specs(tmp_path):
 
 
 def _cli(*args, timeout=120):
+    """``python -m regnet_jax.sweep ARGS``; no test compares what its trainers compute: XLA's cheapest compilation."""
     return subprocess.run(
-        [sys.executable, "-m", "regnet_jax.sweep", *args], capture_output=True, text=True, timeout=timeout, cwd=REPO
+        [sys.executable, "-m", "regnet_jax.sweep", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env=background.environ(fast_compile=True),
     )
 
 
@@ -305,15 +312,19 @@ def _wait_for(path, proc, timeout):
         time.sleep(0.2)
 
 
-@pytest.mark.timeout(420)
-def test_end_to_end_with_the_real_trainer_killed_and_resumed(tmp_path):
-    out = str(tmp_path / "sweep")
-    r = _cli("setup", f"--out={out}", "--n=2", *TINY_FLAGS)
-    assert r.returncode == 0, r.stderr
+@background.scenario
+def sweep_killed_and_resumed(tmp):
+    """setup -> launch (killed once the first model is done) -> launch --in_process -> collect -> analyze, each by
+    the CLI: each command's outcome, and the finished model's files before and after the resume."""
+    out = str(tmp / "sweep")
+    setup = _cli("setup", f"--out={out}", "--n=2", *TINY_FLAGS)
+    if setup.returncode:
+        return {"setup": setup}
     # Launch (one trainer subprocess per model), kill the whole launch as soon as the first model is done.
-    log = open(tmp_path / "launch1.log", "w")
+    log = open(tmp / "launch1.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "regnet_jax.sweep", "launch", f"--out={out}", "--devices=cpu"],
-                            stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)  # fmt: skip
+                            stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
+                            env=background.environ(fast_compile=True))  # fmt: skip
     try:
         _wait_for(os.path.join(out, "runs", "000000", "summary.json"), proc, timeout=300)
     finally:
@@ -321,19 +332,40 @@ def test_end_to_end_with_the_real_trainer_killed_and_resumed(tmp_path):
         proc.wait(timeout=60)
     summary0 = open(os.path.join(out, "runs", "000000", "summary.json")).read()
     # Resume (in-process this time): the finished model is skipped, the other one trained.
-    r = _cli("launch", f"--out={out}", "--in_process", timeout=300)
+    steps = {
+        "setup": setup,
+        "out": out,
+        "summary0": summary0,
+        "resume": _cli("launch", f"--out={out}", "--in_process", timeout=300),
+    }
+    if steps["resume"].returncode:
+        return steps
+    steps["resumed"] = [open(os.path.join(out, "runs", "000000", f)).read() for f in ("summary.json", "train.log")]
+    steps["collect"] = _cli("collect", f"--out={out}")
+    steps["analyze"] = _cli("analyze", f"--out={out}", "--bootstrap=500")
+    return steps
+
+
+@pytest.mark.timeout(420)
+def test_end_to_end_with_the_real_trainer_killed_and_resumed(sweep_killed_and_resumed):
+    steps = sweep_killed_and_resumed.outcome()
+    r = steps["setup"]
+    assert r.returncode == 0, r.stderr
+    out, summary0 = steps["out"], steps["summary0"]
+    r = steps["resume"]
     assert r.returncode == 0, r.stdout + r.stderr
     assert "1 done already (skipped), 1 to train" in r.stdout
-    assert open(os.path.join(out, "runs", "000000", "summary.json")).read() == summary0
-    assert open(os.path.join(out, "runs", "000000", "train.log")).read().count("=== attempt") == 1
-    r = _cli("collect", f"--out={out}")
+    summary, train_log = steps["resumed"]  # as the resume left them
+    assert summary == summary0
+    assert train_log.count("=== attempt") == 1
+    r = steps["collect"]
     assert r.returncode == 0 and "2 done" in r.stdout
     rows = [json.loads(line) for line in open(os.path.join(out, "results.jsonl"))]
     assert [r["id"] for r in rows] == ["000000", "000001"] and all(
         r["status"] == "done" and 0 <= r["error"] <= 100 for r in rows
     )
     assert all(r["epochs"] == 1 and r["steps"] == 1 for r in rows)
-    r = _cli("analyze", f"--out={out}", "--bootstrap=500")
+    r = steps["analyze"]
     assert r.returncode == 0, r.stderr
     report = os.path.join(out, "analysis")
     html = open(os.path.join(report, "analysis.html")).read()

@@ -12,7 +12,6 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 from regnet_jax.config import ConfigError, load_config_file, validate_config
 from regnet_jax.train import train_and_evaluate
@@ -20,6 +19,7 @@ from regnet_jax.training import checkpoint, evaluation, prediction
 from regnet_jax.training.trainer import NonFiniteLossError
 from regnet_jax.weights import files as weight_files
 from regnet_jax.weights.pretrained import load_pretrained
+from tests import background
 from tests.helpers_train import REPO, TINY_MODEL, free_port, run_cli, start_cli, stop, tiny_config, write_config_file
 
 EVAL_KEYS = {"step", "epoch", "top1_err", "top5_err", "loss"}
@@ -83,7 +83,7 @@ def test_run_writes_its_records_and_rerun_is_a_noop(trained):
     assert isinstance(summary["params"], int) and summary["params"] > 0 and isinstance(summary["flops"], int)
     assert json.loads((workdir / "summary.json").read_text()) == summary
     config = json.loads((workdir / "config.json").read_text())
-    assert config["batch_size"] == 32 and config["model"]["widths"] == [8, 16]
+    assert config["batch_size"] == 32 and config["model"]["widths"] == [16]
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
     assert (workdir / "curves.png").stat().st_size > 0
     train_log = _read_jsonl(workdir / "train_metrics.jsonl")
@@ -148,30 +148,37 @@ def test_a_workdir_describes_itself_to_evaluate_and_predict(trained, tmp_path, m
     assert seen == [(16, 224 / 256)]  # the run's resolution and eval crop, not 224 px
 
 
-@pytest.mark.timeout(300)
-def test_killed_and_resumed_run_matches_uninterrupted(trained, tmp_path):
-    cfg_file = write_config_file(tmp_path / "config.py", _config())
-    workdir = tmp_path / "killed"
+@background.scenario
+def killed_and_resumed_run(tmp):
+    """The CLI killed (SIGKILL) once step 2 of 8 is saved, then rerun: (its exit status, a copy of the workdir as the
+    kill left it, the rerun's status and log, the workdir)."""
+    cfg_file = write_config_file(tmp / "config.py", _config())
+    workdir = tmp / "killed"
     args = [f"--config={cfg_file}", f"--workdir={workdir}"]
-    proc = start_cli("regnet_jax.train", args, 8, tmp_path / "first.log")
+    proc = start_cli("regnet_jax.train", args, 8, tmp / "first.log")
     try:
         deadline = time.time() + 180
         while not (workdir / "checkpoints" / "2").is_dir():  # step 2 of 8 finished and saved: kill mid-run
-            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            assert proc.poll() is None, (tmp / "first.log").read_text()[-3000:]
             assert time.time() < deadline, "the training subprocess made no checkpoint in time"
             time.sleep(0.02)
         os.killpg(proc.pid, 9)
         proc.wait(timeout=30)
     finally:
         stop(proc)
-    assert proc.returncode == -9
-    assert not (workdir / "summary.json").exists()
-    killed_at = checkpoint.Checkpointer(str(workdir), read_only=True).steps()[-1]
+    shutil.copytree(workdir, tmp / "as_killed")
+    rc = run_cli("regnet_jax.train", args, 8, tmp / "second.log", timeout=180)
+    return proc.returncode, tmp / "as_killed", rc, (tmp / "second.log").read_text(), workdir
+
+
+@pytest.mark.timeout(300)
+def test_killed_and_resumed_run_matches_uninterrupted(killed_and_resumed_run, trained):
+    killed_rc, as_killed, rc, log, workdir = killed_and_resumed_run.outcome()
+    assert killed_rc == -9
+    assert not (as_killed / "summary.json").exists()
+    killed_at = checkpoint.Checkpointer(str(as_killed), read_only=True).steps()[-1]
     assert killed_at < 8
-    assert run_cli("regnet_jax.train", args, 8, tmp_path / "second.log", timeout=180) == 0, (
-        tmp_path / "second.log"
-    ).read_text()[-3000:]
-    log = (tmp_path / "second.log").read_text()
+    assert rc == 0, log[-3000:]
     assert f"at step {killed_at} " in log  # resumed where it stopped, not from scratch
     _assert_same_variables(_final_variables(workdir), _final_variables(trained[0]), rtol=1e-5)
     # Same data order as the uninterrupted run: every logged training loss after the resume agrees.
@@ -181,26 +188,26 @@ def test_killed_and_resumed_run_matches_uninterrupted(trained, tmp_path):
         assert resumed[step] == pytest.approx(reference[step], rel=1e-5), step
 
 
-@pytest.mark.timeout(300)
-def test_two_processes_of_four_devices_match_one_process_of_eight(trained, tmp_path):
-    """jax.distributed on localhost: each process reads its own half of every global batch."""
+@background.scenario
+def two_process_run(tmp):
+    """jax.distributed on localhost, 2 processes x 4 devices: (their exit statuses, their logs, the workdir)."""
     config = _config()
     config.checkpoint_every_steps = 0  # only the save cadence differs from the reference run
-    cfg_file = write_config_file(tmp_path / "config.py", config)
+    cfg_file = write_config_file(tmp / "config.py", config)
     port = free_port()
     procs = [
         start_cli(
             "regnet_jax.train",
             [
                 f"--config={cfg_file}",
-                f"--workdir={tmp_path / 'two'}",
+                f"--workdir={tmp / 'two'}",
                 "--distributed",
                 f"--coordinator_address=localhost:{port}",
                 "--num_processes=2",
                 f"--process_id={i}",
             ],
             num_devices=4,
-            log_path=tmp_path / f"process{i}.log",
+            log_path=tmp / f"process{i}.log",
         )
         for i in range(2)
     ]
@@ -209,11 +216,17 @@ def test_two_processes_of_four_devices_match_one_process_of_eight(trained, tmp_p
     finally:
         for p in procs:
             stop(p)
-    logs = [(tmp_path / f"process{i}.log").read_text() for i in range(2)]
+    return codes, [(tmp / f"process{i}.log").read_text() for i in range(2)], tmp / "two"
+
+
+@pytest.mark.timeout(300)
+def test_two_processes_of_four_devices_match_one_process_of_eight(two_process_run, trained):
+    """jax.distributed on localhost: each process reads its own half of every global batch."""
+    codes, logs, workdir = two_process_run.outcome()
     assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
     assert "8 devices in 2 processes" in logs[0]
-    _assert_same_variables(_final_variables(tmp_path / "two"), _final_variables(trained[0]), rtol=1e-4)
-    two = json.loads((tmp_path / "two" / "summary.json").read_text())
+    _assert_same_variables(_final_variables(workdir), _final_variables(trained[0]), rtol=1e-4)
+    two = json.loads((workdir / "summary.json").read_text())
     assert two["steps"] == 8
     assert two["final"]["loss"] == pytest.approx(trained[1]["final"]["loss"], rel=1e-4)
 
@@ -249,41 +262,45 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(trained, tmp_path):
     assert all(np.isfinite(v).all() for v in jax.tree_util.tree_leaves(variables))
 
 
-def _mock_imagenet_metadata(data_dir, n):
-    builder = tfds.builder("imagenet2012", data_dir=str(data_dir))
-    os.makedirs(builder.data_dir)
-    splits = [tfds.core.SplitInfo(name=s, shard_lengths=[n], num_bytes=0) for s in ("train", "validation")]
-    builder.info.set_splits(tfds.core.SplitDict(splits))
-    builder.info.write_to_directory(builder.data_dir)
-
-
 _MOCK_RUN = """
-import json, sys
+import json, os, sys
 import tensorflow_datasets as tfds
 from regnet_jax.train import train_and_evaluate
 from tests.helpers_train import tiny_config
-data_dir, workdir = sys.argv[1], sys.argv[2]
+data_dir, workdir, n = sys.argv[1], sys.argv[2], 40
+# The prepared dataset's metadata: n examples in each split.
+builder = tfds.builder("imagenet2012", data_dir=data_dir)
+os.makedirs(builder.data_dir)
+splits = [tfds.core.SplitInfo(name=s, shard_lengths=[n], num_bytes=0) for s in ("train", "validation")]
+builder.info.set_splits(tfds.core.SplitDict(splits))
+builder.info.write_to_directory(builder.data_dir)
 config = tiny_config(num_epochs=1, batch_size=16, **{"model.num_classes": 1000, "dataset.name": "imagenet2012",
                      "dataset.data_dir": data_dir, "dataset.eval_split": "validation",
                      "dataset.num_train_examples": 0, "dataset.num_eval_examples": 0, "dataset.shuffle_buffer": 64,
                      "dataset.flip": True, "dataset.pca_std": 0.1, "dataset.min_area": 0.08})
-with tfds.testing.mock_data(num_examples=40, data_dir=data_dir):
+with tfds.testing.mock_data(num_examples=n, data_dir=data_dir):
     print(json.dumps(train_and_evaluate(config, workdir)))
 """
 
 
-def test_imagenet2012_mock_data_end_to_end(tmp_path):
-    # In its own process: tfds's mock leaks into orbax's paths when other tests ran first in the same process.
-    _mock_imagenet_metadata(tmp_path / "tfds", 40)
+@background.scenario
+def imagenet2012_mock_run(tmp):
+    """In its own process: tfds's mock leaks into orbax's paths when other tests ran first in the same process. Its
+    numbers are not compared: XLA's cheapest compilation."""
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-c", _MOCK_RUN, str(tmp_path / "tfds"), str(tmp_path / "run")],
-                         cwd=REPO, capture_output=True, text=True, timeout=600)  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", _MOCK_RUN, str(tmp / "tfds"), str(tmp / "run")], cwd=REPO,
+                         env=background.environ(fast_compile=True), capture_output=True, text=True, timeout=600)  # fmt: skip
+    return out, tmp / "run"
+
+
+def test_imagenet2012_mock_data_end_to_end(imagenet2012_mock_run):
+    out, workdir = imagenet2012_mock_run.outcome()
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert summary["steps"] == 40 // 16
-    evals = _read_jsonl(tmp_path / "run" / "eval_metrics.jsonl")
+    evals = _read_jsonl(workdir / "eval_metrics.jsonl")
     assert len(evals) == 1 and evals[0]["step"] == 2  # 40 validation examples in 3 padded batches of 16
 
 
@@ -311,18 +328,26 @@ def test_finetune_from_weights_applies_their_input_conventions(trained, tmp_path
     assert resolved["dataset"]["channel_order"] == "bgr" and resolved["dataset"]["mean"] == [0.5, 0.5, 0.5]
     assert summary["status"] == "done"
     bad = tiny_config(
-        num_epochs=1, init_from=str(tmp_path / "weights"), **{"model.widths": [8, 24], "model.group_ws": [8, 24]}
+        num_epochs=1, init_from=str(tmp_path / "weights"), **{"model.widths": [24], "model.group_ws": [24]}
     )
     with pytest.raises(checkpoint.CheckpointError, match="different architecture"):
         train_and_evaluate(bad, str(tmp_path / "bad"))
 
 
-def test_quickstart_config_clearly_learns(tmp_path):
-    config = _load_config("configs/quickstart.py")
-    config.num_epochs = 3  # the full 30 epochs: docs/training.md (benchmarks/docs_figures.py); 3 already learn
-    summary = train_and_evaluate(config, str(tmp_path / "qs"))
+@background.scenario
+def quickstart_run(tmp):
+    """The quickstart config, 3 of its 30 epochs (the full run: docs/training.md, benchmarks/docs_figures.py), by the
+    CLI: (its exit status and log, the workdir)."""
+    args = ["--config=configs/quickstart.py", "--config.num_epochs=3", f"--workdir={tmp / 'qs'}"]
+    return run_cli("regnet_jax.train", args, 8, tmp / "log", timeout=600), (tmp / "log").read_text(), tmp / "qs"
+
+
+def test_quickstart_config_clearly_learns(quickstart_run):
+    rc, log, workdir = quickstart_run.outcome()
+    assert rc == 0, log[-3000:]
+    summary = json.loads((workdir / "summary.json").read_text())
     assert summary["final"]["top1_err"] < 25.0  # chance is 90 %
-    evals = _read_jsonl(tmp_path / "qs" / "eval_metrics.jsonl")
+    evals = _read_jsonl(workdir / "eval_metrics.jsonl")
     assert evals[-1]["step"] == 3 * (1438 // 64)
 
 
