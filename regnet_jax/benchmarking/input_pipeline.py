@@ -163,7 +163,8 @@ def train_input(config, variant: str = "device"):
 
             ds = ds.enumerate().map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             ds = ds.ignore_errors().take(needed)
-            return pipeline._options(ds.batch(self.local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
+            batches = ds.batch(self.local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+            return pipeline._options(batches, autotune=True)  # as before issue 19
 
     return LegacyTrainInput(config)
 

@@ -90,10 +90,13 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.default_rng([seed, epoch]).integers(2**31 - 1))
 
 
-def _options(ds: tf.data.Dataset) -> tf.data.Dataset:
+def _options(ds: tf.data.Dataset, autotune: bool = False) -> tf.data.Dataset:
     opts = tf.data.Options()
     opts.deterministic = True
-    opts.autotune.enabled = True
+    # Off: with tf.data's autotuning on, whole epochs ran at ~60 % of the core's rate (the core idle the rest) in 5 of
+    # 8 epochs on one core; off, the AUTOTUNE parallelism is the thread pool's size (the cores) and every epoch ran at
+    # the CPU-bound rate (docs/performance.md#autotuning-idle-epochs).
+    opts.autotune.enabled = autotune
     return ds.with_options(opts)
 
 
