@@ -16,7 +16,8 @@ ImageNet's) into a folder dataset. It then times, each in a fresh process pinned
   crop, resize to 224, flip, PCA lighting, normalisation, batching; tf.data with a thread pool of that many cores),
   for each ``--variants`` entry: ``device`` (the default, ``dataset.normalize_on='device'``: uint8 batches and
   lighting shifts leave the host; the normalisation, one elementwise op on the accelerator, is not timed), ``host``
-  (normalised float32 batches), ``old`` (the pipeline before issue 19);
+  (normalised float32 batches), ``autotune`` (``device`` with tf.data's autotuning on, as before it was turned off:
+  it left whole epochs partly idle), ``old`` (the pipeline before issue 19);
 * PyTorch's stock loader, when torch and torchvision are installed (the optional ``torch`` extra): torchvision
   ``ImageFolder`` + ``RandomResizedCrop(224)`` + ``RandomHorizontalFlip`` + ``ToTensor`` + ``Normalize``,
   ``DataLoader(batch_size=32, shuffle=True, num_workers=cores)``.

@@ -27,7 +27,7 @@ import time
 import numpy as np
 
 IMAGENET_SIZE = (500, 375)  # width x height: the most common ImageNet shape
-VARIANTS = ("device", "host", "old")
+VARIANTS = ("device", "host", "autotune", "old")
 PHOTOS = ("china.jpg", "flower.jpg")  # 640x427 photographs that scikit-learn (a dependency) ships
 JPEG_QUALITY = 96
 
@@ -137,8 +137,9 @@ def _legacy_train_preprocess(image, seed, cfg, resolution: int):
 
 
 def train_input(config, variant: str = "device"):
-    """The training input of ``variant`` ('device', 'host': the trainer's with that ``dataset.normalize_on``; 'old':
-    the pipeline before issue 19) for ``config``."""
+    """The training input of ``variant`` ('device', 'host': the trainer's with that ``dataset.normalize_on``;
+    'autotune': 'device' with tf.data's autotuning on, as before it was turned off; 'old': the pipeline before issue
+    19) for ``config``."""
     import tensorflow as tf
 
     from regnet_jax.data import pipeline
@@ -146,9 +147,16 @@ def train_input(config, variant: str = "device"):
     if variant not in VARIANTS:
         raise ValueError(f"variant {variant!r} is not one of {', '.join(VARIANTS)}")
     config = config.copy_and_resolve_references()
-    config.dataset.normalize_on = "host" if variant == "old" else variant
-    if variant != "old":
+    config.dataset.normalize_on = {"old": "host", "autotune": "device"}.get(variant, variant)
+    if variant in ("device", "host"):
         return pipeline.TrainInput(config)
+    if variant == "autotune":
+
+        class AutotunedTrainInput(pipeline.TrainInput):
+            def dataset(self, epoch, start_step=0):
+                return pipeline._options(super().dataset(epoch, start_step), autotune=True)
+
+        return AutotunedTrainInput(config)
 
     class LegacyTrainInput(pipeline.TrainInput):
         def _augment(self, ds, epoch, needed):
