@@ -7,10 +7,9 @@ Writes ``--num_images`` photo-like JPEGs (500x375 tiles of scikit-learn's china.
 mirrored at random, with +-4 levels of grain, quality 97: about 110 kB each, as ImageNet's), prepares them with
 ``regnet_jax.data.build_prepared`` for each resolution (shorter side ``default_short_side``: 258, 74, 37 px; raw
 pixels, and JPEG quality 95 at 224 px for comparison), then times the trainer's input pipeline
-(``regnet_jax.benchmarking.input_pipeline.measure``: crop, resize, flip, lighting, normalise, batches of 64) from
-each, in a fresh process pinned to one core (``taskset -c CORE``, one tf.data thread), ``--repeats`` times; and, as
-a projection, the JPEG and raw paths with only the crop and resize on the host (uint8 out), as if flip, lighting and
-normalisation ran on the device.
+(``regnet_jax.benchmarking.input_pipeline.measure``: crop, resize, flip, batches of 64 uint8 images with their
+lighting shifts; normalisation runs on the device, not timed) from each, in a fresh process pinned to one core
+(``taskset -c CORE``, one tf.data thread), ``--repeats`` times.
 
 Reported: images per CPU-second of the pipeline (the process's CPU time over the timed batches, all threads: the
 figure that holds on a loaded machine) and wall-clock images/s (which a loaded machine lowers), medians of the
@@ -86,15 +85,6 @@ print(json.dumps(dict(wall=time.perf_counter() - t, cpu=r2.ru_utime + r2.ru_stim
 MEASURE = """
 import json
 from regnet_jax.benchmarking.input_pipeline import measure
-if {crop_only}:  # only the crop and the resize, uint8 out: the host's share if flip, lighting and normalisation ran on the device
-    import tensorflow as tf
-    from regnet_jax.data import augment, pipeline
-    def crop_resize(image, seed, cfg, resolution):
-        seeds = tf.random.experimental.stateless_split(seed, 3)
-        window = augment.inception_crop_window(augment.image_shape(image), seeds[0], cfg.min_area, tuple(cfg.aspect_ratio))
-        out = tf.image.resize(augment.decode_crop(image, window), [resolution, resolution], method="bilinear", antialias=False)
-        return tf.cast(tf.clip_by_value(out, 0, 255), tf.uint8)
-    pipeline.train_preprocess = crop_resize
 print(json.dumps(measure({root!r}, threads=1, resolution={res}, batch=64, batches={batches}, prepared_dir={prepared!r})))
 """
 
@@ -138,27 +128,25 @@ def main() -> None:
                                         "cpu_s_per_1000": 1000 * b["cpu"] / b["images"]})  # fmt: skip
                 print(json.dumps(results["rows"][-1]), flush=True)
             variants.append((f"prepared {short} px {encoding}", out))
-        for crop_only in (False, True):
-            for name, prepared in variants[: 2 if crop_only else None]:
-                code = MEASURE.format(root=root, res=res, batches=args.batches, prepared=prepared, crop_only=crop_only)
-                runs = [_pinned(args.core, code) for _ in range(args.repeats)]
-                row = {"what": name + (", crop + resize only" if crop_only else ""), "res": res, "crop_only": crop_only,
-                       "images_per_cpu_s": statistics.median(r["images_per_cpu_s"] for r in runs),
-                       "images_per_s": statistics.median(r["images_per_s"] for r in runs), "runs": runs}  # fmt: skip
-                results["rows"].append(row)
-                print(json.dumps({k: v for k, v in row.items() if k != "runs"}), flush=True)
+        for name, prepared in variants:
+            code = MEASURE.format(root=root, res=res, batches=args.batches, prepared=prepared)
+            runs = [_pinned(args.core, code) for _ in range(args.repeats)]
+            row = {"what": name, "res": res, "images_per_cpu_s": statistics.median(r["images_per_cpu_s"] for r in runs),
+                   "images_per_s": statistics.median(r["images_per_s"] for r in runs), "runs": runs}  # fmt: skip
+            results["rows"].append(row)
+            print(json.dumps({k: v for k, v in row.items() if k != "runs"}), flush=True)
     results["load_after"] = os.getloadavg()
     print(f"load average before {results['load_before']}, after {results['load_after']}")
-    print("\n| resolution | input | images / CPU-second | wall images/s (loaded) | vs JPEG |")
+    print("\n| resolution | input | images / CPU-second | wall images/s | vs JPEG |")
     print("|---|---|---|---|---|")
     base = {}
     for r in results["rows"]:
         if r["what"] == "build":
             continue
-        if r["what"].startswith("JPEG"):
-            base[r["res"], r["crop_only"]] = r["images_per_cpu_s"]
+        if r["what"] == "JPEG":
+            base[r["res"]] = r["images_per_cpu_s"]
         print(
-            f"| {r['res']} | {r['what']} | {r['images_per_cpu_s']:.0f} | {r['images_per_s']:.0f} | {r['images_per_cpu_s'] / base[r['res'], r['crop_only']]:.1f}x |"
+            f"| {r['res']} | {r['what']} | {r['images_per_cpu_s']:.0f} | {r['images_per_s']:.0f} | {r['images_per_cpu_s'] / base[r['res']]:.1f}x |"
         )
     print("\n| shorter side | encoding | bytes / image | build CPU s / 1000 images | build wall s / 1000 images |")
     print("|---|---|---|---|---|")
