@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 
 import jax
 import ml_collections
@@ -20,8 +19,10 @@ from tests import background
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # The trainer tests compile the same tiny steps many times, in this process and in subprocesses: share the compiled
-# executables through JAX's persistent cache (keyed by the computation, so a stale entry is never used).
-XLA_CACHE = os.path.join(tempfile.gettempdir(), f"regnet_jax_test_xla_cache_{os.getuid()}")
+# executables through JAX's persistent cache (keyed by the computation, so a stale entry is never used), in the
+# directory tests/conftest.py gives the command-line tools (JAX_COMPILATION_CACHE_DIR, which a caller may set: an
+# empty one measures the suite as a fresh machine runs it).
+XLA_CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"]
 jax.config.update("jax_compilation_cache_dir", XLA_CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
