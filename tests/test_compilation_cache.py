@@ -12,14 +12,13 @@ import sys
 import jax
 import pytest
 from absl import flags
+from helpers_train import REPO, cli_env, tiny_config, write_config_file
 from jax._src import compilation_cache as jax_cache
 
 from regnet_jax.config import ConfigError
 from regnet_jax.core import compilation_cache as cc
 from regnet_jax.core.cli import parse_flags
 from regnet_jax.design_space import launch
-from tests import background
-from tests.helpers_train import REPO, cli_env, tiny_config, write_config_file
 
 JAX_OPTIONS = (
     "jax_compilation_cache_dir",
@@ -130,8 +129,8 @@ def _run(module: str, args: list[str], log: pathlib.Path, timeout: float, **env:
     return out.returncode
 
 
-@background.scenario
-def second_run_with_a_cache(tmp_path):
+@pytest.mark.timeout(150)
+def test_second_run_loads_the_compiled_steps(tmp_path):
     """The sweep's second model of the same shape (a new workdir) loads every executable the first run wrote."""
     config = write_config_file(tmp_path / "tiny.py", tiny_config(num_epochs=1, **{"dataset.num_eval_examples": 16}))
     cache = tmp_path / "cache"
@@ -160,11 +159,6 @@ def second_run_with_a_cache(tmp_path):
             first = entries
         else:
             assert loaded == len(first) and written == 0 and entries == first
-
-
-@pytest.mark.timeout(150)
-def test_second_run_loads_the_compiled_steps(second_run_with_a_cache):
-    second_run_with_a_cache.outcome()
 
 
 @pytest.mark.timeout(90)

@@ -16,7 +16,6 @@ import pytest
 
 from regnet_jax.core.interrupts import EXIT_INTERRUPTED
 from regnet_jax.design_space.sweep_setup import setup_sweep
-from tests import background
 from tests.helpers_train import REPO, cli_env, start_cli, stop, tiny_config, write_config_file
 
 TRAIN_EXAMPLES = 100_000  # 3125 steps of 32 per epoch: a Ctrl-C after the first steps lands mid-epoch
@@ -66,8 +65,8 @@ def _interrupt_train(
     return rc, log.read_text(), m
 
 
-@background.scenario
-def ctrl_c_mid_epoch(tmp_path):
+@pytest.mark.timeout(420)
+def test_ctrl_c_saves_a_checkpoint_mid_epoch_says_how_to_resume_and_the_rerun_resumes(tmp_path):
     config, workdir = _long_config(tmp_path), tmp_path / "run"
     rc, out, _ = _interrupt_train(config, workdir, tmp_path / "train1.log", rf"step 3/{STEPS_PER_EPOCH} ")
     assert rc == EXIT_INTERRUPTED, out[-3000:]
@@ -88,11 +87,6 @@ def ctrl_c_mid_epoch(tmp_path):
     (line,) = _interrupted_lines(out)
     later = int(re.match(r"interrupted at step (\d+)", line).group(1))
     assert later > step + 1 and _checkpoints(workdir) == [step, later]
-
-
-@pytest.mark.timeout(420)
-def test_ctrl_c_saves_a_checkpoint_mid_epoch_says_how_to_resume_and_the_rerun_resumes(ctrl_c_mid_epoch):
-    ctrl_c_mid_epoch.outcome()
 
 
 @pytest.mark.timeout(300)
@@ -162,8 +156,8 @@ def _stop_trainers_of(out: str) -> None:
             pass
 
 
-@background.scenario
-def ctrl_c_in_a_sweep_launch(tmp_path):
+@pytest.mark.timeout(420)
+def test_ctrl_c_stops_a_sweep_launch_with_its_trainers_checkpointed_and_a_relaunch_completes(tmp_path):
     out = str(tmp_path / "sweep")
     setup_sweep(SWEEP, out, log=lambda s: None)
     runs = [pathlib.Path(out, "runs", mid) for mid in MODELS]
@@ -209,8 +203,3 @@ def ctrl_c_in_a_sweep_launch(tmp_path):
     assert rc == 0 and "launch: 2/2 done, 0 failed" in text, text[-3000:]
     for run in trained:
         assert re.search(r"resumed from \S+ at step [1-9]", (run / "train.log").read_text())
-
-
-@pytest.mark.timeout(420)
-def test_ctrl_c_stops_a_sweep_launch_with_its_trainers_checkpointed_and_a_relaunch_completes(ctrl_c_in_a_sweep_launch):
-    ctrl_c_in_a_sweep_launch.outcome()

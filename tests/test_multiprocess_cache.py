@@ -6,7 +6,6 @@ import pathlib
 import subprocess
 import sys
 
-from tests import background
 from tests.helpers_train import REPO, cli_env, free_port, stop, tiny_config, write_config_file
 
 
@@ -36,8 +35,7 @@ def _logs(tmp_path: pathlib.Path, name: str) -> list[str]:
     return [(tmp_path / f"{name}{i}.log").read_text() for i in range(2)]
 
 
-@background.scenario
-def two_processes_resumed_with_a_cache(tmp_path):
+def test_two_processes_resume_with_the_compilation_cache_of_an_earlier_run(tmp_path):
     """Run two processes with a persistent cache directory, then resume them with the same directory: the resume
     finishes (on jaxlib 0.12.1 a process-0 cache hit beside a process-1 compile hung in the first all-reduce)."""
     cache = tmp_path / "xla"
@@ -61,12 +59,7 @@ def two_processes_resumed_with_a_cache(tmp_path):
     assert summary["steps"] == 8  # 2 epochs of 128 images at batch 32
 
 
-def test_two_processes_resume_with_the_compilation_cache_of_an_earlier_run(two_processes_resumed_with_a_cache):
-    two_processes_resumed_with_a_cache.outcome()
-
-
-@background.scenario
-def stalled_processes(tmp_path):
+def test_stalled_processes_end_with_one_line(tmp_path):
     """No step within --stall_timeout_s (here: shorter than the compile) ends every process with exit 4 and one line."""
     args = [f"--config={write_config_file(tmp_path / 'c.py', tiny_config())}", f"--workdir={tmp_path / 'run'}",
             "--stall_timeout_s=1"]  # fmt: skip
@@ -76,7 +69,3 @@ def stalled_processes(tmp_path):
     for i, log in enumerate(logs):
         assert f"error: process {i} of 2: no training step finished in" in log
         assert "Traceback" not in log
-
-
-def test_stalled_processes_end_with_one_line(stalled_processes):
-    stalled_processes.outcome()

@@ -13,7 +13,6 @@ import time
 import pytest
 
 from regnet_jax.core import paths
-from tests import background
 from tests.helpers_train import REPO, cli_env
 
 
@@ -111,8 +110,9 @@ def _closed_port() -> int:
         return s.getsockname()[1]  # closed again when the socket is: nothing listens there
 
 
-@background.scenario
-def unreachable_cloud_storage(tmp_path):
+@pytest.mark.skipif(not paths._has_module("gcsfs"), reason="gcsfs not installed")
+@pytest.mark.timeout(300)
+def test_unreachable_cloud_storage_is_one_line_naming_the_bucket_within_seconds(tmp_path):
     """No server at the endpoint, and an endpoint whose name does not resolve: gcsfs alone retries for a minute and
     ends in a traceback; the first request's failure is reported at once."""
     quickstart = f"--config={REPO / 'configs' / 'quickstart.py'}"
@@ -140,12 +140,6 @@ def unreachable_cloud_storage(tmp_path):
             "cannot connect to" in line
         ) == name.startswith("refused")
         assert result[2] < 60, (name, result[2])  # gcsfs's own retries take about a minute
-
-
-@pytest.mark.skipif(not paths._has_module("gcsfs"), reason="gcsfs not installed")
-@pytest.mark.timeout(300)
-def test_unreachable_cloud_storage_is_one_line_naming_the_bucket_within_seconds(unreachable_cloud_storage):
-    unreachable_cloud_storage.outcome()
 
 
 def test_synthetic_stand_ins_have_their_datasets_class_count():
