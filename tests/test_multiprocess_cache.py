@@ -3,6 +3,7 @@
 
 import json
 import pathlib
+import signal
 import subprocess
 import sys
 
@@ -65,7 +66,12 @@ def test_stalled_processes_end_with_one_line(tmp_path):
             "--stall_timeout_s=1"]  # fmt: skip
     codes = _wait_pair(_start_pair(tmp_path, "p", args, tmp_path / "xla"), timeout=180)
     logs = _logs(tmp_path, "p")
-    assert codes == [4, 4], "".join(log[-3000:] for log in logs)
-    for i, log in enumerate(logs):
+    for i, (code, log) in enumerate(zip(codes, logs)):
+        if i > 0 and code == -signal.SIGABRT:
+            # The other documented ending (docs/hardware.md, "When the processes stall"): process 0, which hosts JAX's
+            # coordination service, ended first, and the service ended this process itself (seen with JAX 0.12.1).
+            assert "Terminating process because the JAX distributed service detected fatal errors" in log, log[-3000:]
+            continue
+        assert code == 4, log[-3000:]
         assert f"error: process {i} of 2: no training step finished in" in log
         assert "Traceback" not in log
