@@ -1,12 +1,17 @@
-"""Multi-process runs never hang silently: a warm compilation cache (jaxlib 0.12.1's Gloo tags, docs/hardware.md
-"Multi-process runs and the compilation cache") and a stalled collective (``--stall_timeout_s``)."""
+"""Multi-process runs never hang silently: a Ctrl-C on one process, a warm compilation cache (jaxlib 0.12.1's Gloo
+tags, docs/hardware.md "Multi-process runs and the compilation cache") and a stalled collective
+(``--stall_timeout_s``)."""
 
 import json
+import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
+import time
 
+from regnet_jax.training import records
 from tests.helpers_train import REPO, cli_env, free_port, stop, tiny_config, write_config_file
 
 
@@ -36,28 +41,37 @@ def _logs(tmp_path: pathlib.Path, name: str) -> list[str]:
     return [(tmp_path / f"{name}{i}.log").read_text() for i in range(2)]
 
 
-def test_two_processes_resume_with_the_compilation_cache_of_an_earlier_run(tmp_path):
-    """Run two processes with a persistent cache directory, then resume them with the same directory: the resume
-    finishes (on jaxlib 0.12.1 a process-0 cache hit beside a process-1 compile hung in the first all-reduce)."""
+def test_ctrl_c_on_one_of_two_processes_stops_both_at_one_step_and_they_resume_with_the_cache_of_the_first_run(
+    tmp_path,
+):
+    """Two processes with a persistent cache directory; a Ctrl-C on process 0 only (a terminal on one host) after the
+    first evaluation: both save the checkpoint of one step (process 0 exits 130, process 1 as preempted, 3; before JAX's
+    preemption service agreed the step, each process stopped at its own step and they could wait in a collective
+    forever). Then both resume with the same cache directory and finish (on jaxlib 0.12.1 a process-0 cache hit beside
+    a process-1 compile hung in the first all-reduce)."""
     cache = tmp_path / "xla"
-    config = tiny_config()
-    config.num_epochs = 1
     workdir = tmp_path / "run"
-    first = _wait_pair(_start_pair(tmp_path, "first", [f"--config={write_config_file(tmp_path / 'c1.py', config)}",
-                                                        f"--workdir={workdir}"], cache), timeout=240)  # fmt: skip
-    assert first == [0, 0], "".join(log[-3000:] for log in _logs(tmp_path, "first"))
-    assert all("persistent compilation cache is off" in log for log in _logs(tmp_path, "first"))
+    args = [f"--config={write_config_file(tmp_path / 'c.py', tiny_config(num_epochs=3))}", f"--workdir={workdir}"]
+    procs = _start_pair(tmp_path, "first", args, cache)
+    deadline = time.time() + 180
+    while not (workdir / records.EVAL_FILE).exists():  # the first epoch's evaluation: 8 of 12 steps remain
+        assert all(p.poll() is None for p in procs), "".join(log[-3000:] for log in _logs(tmp_path, "first"))
+        assert time.time() < deadline, f"no evaluation in 180 s: {_logs(tmp_path, 'first')}"
+        time.sleep(0.1)
+    os.killpg(procs[0].pid, signal.SIGINT)
+    first = _wait_pair(procs, timeout=240)
+    logs = _logs(tmp_path, "first")
+    assert first == [130, 3], "".join(log[-3000:] for log in logs)
+    interrupted = re.findall(r"interrupted at step (\d+) \(Ctrl-C\): checkpoint saved", logs[0])
+    assert interrupted and interrupted == re.findall(r"preempted at step (\d+); checkpoint saved", logs[1]), logs
+    assert all("persistent compilation cache is off" in log for log in logs)
     assert not cache.exists() or not any(cache.iterdir()), "a multi-process CPU run wrote the compilation cache"
-    config.num_epochs = 2
-    args = [
-        f"--config={write_config_file(tmp_path / 'c2.py', config)}",
-        f"--workdir={workdir}",
-        "--allow_config_change",
-    ]
     second = _wait_pair(_start_pair(tmp_path, "second", args, cache), timeout=240)
-    assert second == [0, 0], "".join(log[-3000:] for log in _logs(tmp_path, "second"))
+    logs = _logs(tmp_path, "second")
+    assert second == [0, 0], "".join(log[-3000:] for log in logs)
+    assert all(f"resumed from {workdir}/checkpoints at step {interrupted[0]}" in log for log in logs), logs
     summary = json.loads((workdir / "summary.json").read_text())
-    assert summary["steps"] == 8  # 2 epochs of 128 images at batch 32
+    assert summary["steps"] == 12  # 3 epochs of 128 images at batch 32
 
 
 def test_stalled_processes_end_with_one_line(tmp_path):

@@ -8,7 +8,8 @@ and how a global batch is split over devices, micro-batches and BatchNorm groups
     shard_batch(local_batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]   # process-local rows -> global
     replicate(tree, mesh) -> tree of replicated global arrays      # host values identical on every process
     to_host(x) -> np.ndarray                                       # a replicated array back on the host
-    process_sum(n), broadcast_from_process_0(n), sync_processes(name), reached_preemption_sync_point(step)
+    process_sum(n), broadcast_from_process_0(n), sync_processes(name), preemption_service_on(),
+    reached_preemption_sync_point(step)
     watch_progress(timeout_s); report_progress()                   # a stalled multi-process run ends with one line
     batch_layout(global_batch, num_devices, grad_accum_steps, bn_group_size) -> BatchLayout
     divide_batch(batch, parts, error) -> batch // parts            # the one "batch divisible by devices" check
@@ -169,9 +170,17 @@ def sync_processes(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+def preemption_service_on() -> bool:
+    """Whether JAX's preemption service watches this process: ``jax.distributed`` is initialised and
+    ``jax_enable_preemption_service`` is on (JAX's default). Its handler of SIGTERM (a preemption notice, on any one
+    process) makes every process see ``reached_preemption_sync_point`` true at one step they agree on."""
+    return jax.distributed.is_initialized() and bool(jax.config.jax_enable_preemption_service)
+
+
 def reached_preemption_sync_point(step: int) -> bool:
-    """Whether the cluster announced a preemption that every process acts on at ``step`` (False in one process)."""
-    if jax.process_count() == 1:
+    """Whether a preemption notice reached any process and every process stops at ``step``; every process must ask
+    at every step (False without JAX's preemption service)."""
+    if not preemption_service_on():
         return False
     from jax.experimental import multihost_utils
 

@@ -5,8 +5,13 @@ checkpoint at the next step boundary and stop; rerunning the same command resume
 * Ctrl-C (SIGINT): ``Interrupted`` (``core.interrupts``), one line saying where the checkpoint is and how to resume,
   exit status 130. Before the first step (loading, compiling the initial state) there is nothing new to save: the run
   stops at once, saying so. A second Ctrl-C stops at once without saving (one line, exit status 130).
-* In a multi-process run a Ctrl-C takes SIGTERM's path (every process must ask, at the same steps); before the first
-  step it ends the process at once (the others stop at their next step shared with it).
+* In a multi-process run (``jax.distributed``) every process must stop at the same step, or the others wait forever
+  in the next collective. JAX's preemption service does that agreement: its own SIGTERM handler, on any one process,
+  announces the notice to all, and ``core.distributed.reached_preemption_sync_point`` is true on every process at one
+  step (the next after the furthest process's). So SIGTERM keeps JAX's handler, and a Ctrl-C during the training
+  steps sends this process a SIGTERM (the process that got it exits with 130, the others with 3). Before the first
+  step, or with the service off (``jax_enable_preemption_service=False``), a Ctrl-C ends the process at once, as
+  SIGTERM then does (its default action); the others end by ``--stall_timeout_s`` or JAX's heartbeat.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import jax
 from absl import logging
 
 from regnet_jax.core import interrupts
-from regnet_jax.core.distributed import reached_preemption_sync_point
+from regnet_jax.core.distributed import preemption_service_on, reached_preemption_sync_point
 from regnet_jax.core.interrupts import EXIT_INTERRUPTED, Interrupted
 
 EXIT_PREEMPTED = 3  # the trainer's exit status after a preemption (a checkpoint was saved; rerun to resume)
@@ -36,8 +41,9 @@ class StopSignals:
     The first Ctrl-C: while ``training()`` (the loop) it is remembered, and the loop saves a checkpoint at the next
     step boundary and raises ``stop_error``; before or after the loop it raises ``KeyboardInterrupt`` at once (the
     trainer turns it into an ``Interrupted`` that says so). SIGTERM is remembered during the loop only (outside it,
-    its default action, or JAX's preemption notice in a multi-process run, applies). A second Ctrl-C ends the process
-    at once. ``workdir`` names where the checkpoints are in the messages."""
+    its default action applies); in a multi-process run JAX's preemption service handles it throughout (module
+    docstring). A second Ctrl-C ends the process at once. ``workdir`` names where the checkpoints are in the
+    messages."""
 
     def __init__(self, workdir: str):
         self.workdir = workdir
@@ -46,6 +52,7 @@ class StopSignals:
         self.deferring = False
         self.finishing = False  # the loop is over: every step trained and saved
         self.multi_process = jax.distributed.is_initialized()  # (jax.process_count() would start the backends now)
+        self.synced = preemption_service_on()  # every process stops at the step JAX's preemption service agrees on
         self._previous_sigint = interrupts.set_handler(self._on_sigint)
         self._previous_sigterm = None
 
@@ -55,15 +62,19 @@ class StopSignals:
             interrupts.stop_at_once(
                 f"Ctrl-C again: stopped at once without saving; rerun the same command to resume from the last checkpoint in {self.workdir}"
             )
-        if self.deferring:
+        if self.deferring and (self.synced or not self.multi_process):
             self.signum = self.signum or signal.SIGINT
+            if self.synced:
+                signal.raise_signal(signal.SIGTERM)  # to JAX's preemption service: every process stops at one step
             logging.warning(
-                "Ctrl-C: saving a checkpoint at the next step, then stopping (Ctrl-C again stops at once, without saving)"
+                f"Ctrl-C: saving a checkpoint at the next step{' shared by every process' if self.synced else ''}, "
+                "then stopping (Ctrl-C again stops at once, without saving)"
             )
             return
         if self.multi_process:  # unwinding could wait in a step shared with the other processes
+            where = "outside the training steps" if self.synced else "with JAX's preemption service off"
             interrupts.stop_at_once(
-                f"Ctrl-C outside the training steps: nothing new to save; rerun the same command on every host to resume from {self.workdir}"
+                f"Ctrl-C {where}: nothing new to save; rerun the same command on every host to resume from {self.workdir}"
             )
         raise KeyboardInterrupt
 
@@ -75,7 +86,8 @@ class StopSignals:
     def training(self) -> Iterator[None]:
         """The training loop: stop signals wait for the next step boundary."""
         try:
-            self._previous_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
+            if not self.multi_process:  # (several processes: JAX's handler, which they agree through)
+                self._previous_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
         except ValueError:  # not the main thread (e.g. some test runners): no preemption handling
             self._previous_sigterm = None
         self.deferring = True
@@ -90,7 +102,9 @@ class StopSignals:
 
     def preempted(self, step: int) -> bool:
         """Whether to checkpoint and stop after ``step`` (every process must ask, at the same steps)."""
-        return self.signum is not None or reached_preemption_sync_point(step)
+        if self.multi_process:
+            return reached_preemption_sync_point(step)
+        return self.signum is not None
 
     def stop_error(self, step: int, checkpoints: str) -> Preempted | Interrupted:
         """What the loop raises after saving the checkpoint of ``step`` in ``checkpoints``."""
