@@ -39,17 +39,9 @@ _SESSION_ENV = dict(os.environ)  # imported by tests/conftest.py, before any tes
 _SCENARIOS: dict[str, Scenario] = {}
 
 
-def environ(fast_compile: bool = False, **extra: str) -> dict[str, str]:
-    """The environment the session started with (plus ``extra``), for the processes a scenario starts.
-
-    ``fast_compile``: XLA's cheapest compilation (``--xla_backend_optimization_level=0``: a third of the compile time,
-    as the docs harness runs its smoke commands), for processes whose computed numbers no test compares (exit
-    statuses, error lines, files written); never where a result is compared with another run's.
-    """
-    env = {**_SESSION_ENV, **extra}
-    if fast_compile:
-        env["XLA_FLAGS"] = " ".join(filter(None, [env.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0"]))
-    return env
+def environ(**extra: str) -> dict[str, str]:
+    """The environment the session started with (plus ``extra``), for the processes a scenario starts."""
+    return {**_SESSION_ENV, **extra}
 
 
 class Scenario:

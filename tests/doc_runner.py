@@ -461,8 +461,11 @@ def _environment(scratch: pathlib.Path) -> None:
     """The environment of every command: smoke mode, a compilation cache, XLA's cheapest compilation (a third of the
     compile time; smoke runs take two steps), quiet TensorFlow, scratch temp files."""
     (scratch / "tmp").mkdir(parents=True, exist_ok=True)
+    if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):  # (under pytest, conftest set it)
+        os.environ["XLA_FLAGS"] = " ".join(
+            filter(None, [os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=0"])
+        )
     os.environ.update(
-        XLA_FLAGS=" ".join(filter(None, [os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0"])),
         REGNET_JAX_SMOKE="1",
         JAX_COMPILATION_CACHE_DIR=str(scratch / "jax_cache"),
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",

@@ -78,10 +78,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def cli_env(num_devices: int, fast_compile: bool = False) -> dict[str, str]:
-    """The environment the session started with (tests/background.py), set up for a CLI on ``num_devices`` devices
-    (``fast_compile``: see ``background.environ``)."""
-    env = background.environ(fast_compile)
+def cli_env(num_devices: int) -> dict[str, str]:
+    """The environment the session started with (tests/background.py), set up for a CLI on ``num_devices`` devices."""
+    env = background.environ()
     env.update(
         JAX_NUM_CPU_DEVICES=str(num_devices),
         JAX_PLATFORMS="cpu",
@@ -94,15 +93,13 @@ def cli_env(num_devices: int, fast_compile: bool = False) -> dict[str, str]:
     return env
 
 
-def start_cli(
-    module: str, args: list[str], num_devices: int, log_path: pathlib.Path, fast_compile: bool = False
-) -> subprocess.Popen:
+def start_cli(module: str, args: list[str], num_devices: int, log_path: pathlib.Path) -> subprocess.Popen:
     """Start ``python -m module args`` in its own process group, output to ``log_path``."""
     log = open(log_path, "w")
     return subprocess.Popen(
         [sys.executable, "-m", module, *args],
         cwd=REPO,
-        env=cli_env(num_devices, fast_compile),
+        env=cli_env(num_devices),
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,

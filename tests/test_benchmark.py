@@ -148,7 +148,7 @@ def zoo_benchmark_cli(tmp):
     timings are only checked to be positive: XLA's cheapest compilation."""
     args = ["--zoo", "--zoo_models=regnetx_200mf,regnety_200mf", "--mode=infer", "--batch=2", "--steps=1", "--warmup=0",
             "--resolution=32", f"--out={tmp}", "--json"]  # fmt: skip
-    env = background.environ(fast_compile=True, JAX_PLATFORMS="cpu")
+    env = background.environ(JAX_PLATFORMS="cpu")
     p = subprocess.run([sys.executable, "-m", "regnet_jax.benchmark", *args], cwd=REPO, env=env, capture_output=True,
                        text=True, timeout=200)  # fmt: skip
     return p, tmp

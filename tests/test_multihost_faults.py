@@ -40,7 +40,6 @@ def one_of_two_processes_killed(tmp):
             ],
             num_devices=4,
             log_path=tmp / f"process{i}.log",
-            fast_compile=True,
         )  # fmt: skip
         for i in range(2)
     ]

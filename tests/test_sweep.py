@@ -131,7 +131,7 @@ def _cli(*args, timeout=120):
         text=True,
         timeout=timeout,
         cwd=REPO,
-        env=background.environ(fast_compile=True),
+        env=background.environ(),
     )
 
 
@@ -324,7 +324,7 @@ def sweep_killed_and_resumed(tmp):
     log = open(tmp / "launch1.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "regnet_jax.sweep", "launch", f"--out={out}", "--devices=cpu"],
                             stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
-                            env=background.environ(fast_compile=True))  # fmt: skip
+                            env=background.environ())  # fmt: skip
     try:
         _wait_for(os.path.join(out, "runs", "000000", "summary.json"), proc, timeout=300)
     finally:

@@ -291,7 +291,7 @@ def imagenet2012_mock_run(tmp):
     import sys
 
     out = subprocess.run([sys.executable, "-c", _MOCK_RUN, str(tmp / "tfds"), str(tmp / "run")], cwd=REPO,
-                         env=background.environ(fast_compile=True), capture_output=True, text=True, timeout=600)  # fmt: skip
+                         env=background.environ(), capture_output=True, text=True, timeout=600)  # fmt: skip
     return out, tmp / "run"
 
 
