@@ -188,6 +188,25 @@ def test_killed_and_resumed_run_matches_uninterrupted(killed_and_resumed_run, tr
         assert resumed[step] == pytest.approx(reference[step], rel=1e-5), step
 
 
+def test_a_run_stopped_at_an_epochs_last_step_ends_that_epoch_when_resumed(trained, tmp_path, monkeypatch):
+    """Stopped (preempted, Ctrl-C) right after epoch 1's last step, the run saves before that epoch's end (precise BN,
+    evaluation); the resumed run does them first: the same evaluations and weights as the uninterrupted run."""
+    from regnet_jax.training.preemption import Preempted, StopSignals
+
+    workdir = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr(StopSignals, "preempted", lambda self, step: step == 4)  # a notice agreed at step 4 of 8
+        with pytest.raises(Preempted, match="preempted at step 4;"):
+            train_and_evaluate(_config(), str(workdir))
+    assert not (workdir / "eval_metrics.jsonl").exists()  # stopped before the epoch's evaluation
+    train_and_evaluate(_config(), str(workdir))
+    evals, reference = (_read_jsonl(w / "eval_metrics.jsonl") for w in (workdir, trained[0]))
+    assert [r["step"] for r in evals] == [4, 8]
+    for r, ref in zip(evals, reference):
+        assert r["top1_err"] == ref["top1_err"] and r["loss"] == pytest.approx(ref["loss"], rel=1e-5), (r, ref)
+    _assert_same_variables(_final_variables(workdir), _final_variables(trained[0]), rtol=1e-5)
+
+
 @background.scenario
 def two_process_run(tmp):
     """jax.distributed on localhost, 2 processes x 4 devices: (their exit statuses, their logs, the workdir)."""

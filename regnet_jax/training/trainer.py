@@ -250,9 +250,14 @@ class _Trainer:
         pending: list[dict[str, jax.Array]] = []
         first_step = step
         if step and step % self.steps_per_epoch == 0:
-            # A checkpoint taken at an epoch's end may predate that epoch's precise BN (preemption); redoing it is
-            # harmless: the statistics depend only on the weights and the (seeded) images.
-            self._precise_bn(step // self.steps_per_epoch - 1)
+            # A run stopped (preempted, Ctrl-C) after an epoch's last step saved before that epoch's end: finish it now
+            # (the final evaluation: after the loop). Redoing precise BN is harmless: the statistics depend only on the
+            # weights and the (seeded) images.
+            epoch = step // self.steps_per_epoch
+            self._precise_bn(epoch - 1)
+            evaluated = {r["step"] for r in self.writer.records(records.EVAL_FILE)}
+            if step < self.total_steps and self._evaluates_after(epoch) and step not in evaluated:
+                self.evaluate(step)
         while step < self.total_steps:
             epoch, offset = divmod(step, self.steps_per_epoch)
             batches = data.device_prefetch(self.train_input.epoch(epoch, offset), self.mesh, config.dataset.prefetch)
@@ -282,10 +287,7 @@ class _Trainer:
             self._end_epoch_skips(step)
             self._precise_bn(epoch)
             epoch += 1
-            last = step == self.total_steps
-            record = None
-            if last or (config.eval_every_epochs and epoch % config.eval_every_epochs == 0):
-                record = self.evaluate(step)
+            record = self.evaluate(step) if step == self.total_steps or self._evaluates_after(epoch) else None
             self.save(step, {"top1_err": record["top1_err"]} if record else None)
             if (
                 stop.signum is not None and not stop.multi_process
@@ -296,6 +298,10 @@ class _Trainer:
         evals = self.writer.records(records.EVAL_FILE)
         if not evals or evals[-1]["step"] != step:
             self.evaluate(step)  # the final evaluation's line is missing (e.g. eval_metrics.jsonl was removed)
+
+    def _evaluates_after(self, epochs: int) -> bool:
+        """Whether the schedule evaluates once ``epochs`` epochs are trained (the last one always is)."""
+        return bool(self.config.eval_every_epochs) and epochs % self.config.eval_every_epochs == 0
 
     def _precise_bn(self, epoch: int) -> None:
         """With config.precise_bn: recompute the BN running statistics on the first images of ``epoch``."""
