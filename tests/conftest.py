@@ -9,10 +9,10 @@ import pytest
 from regnet_jax.core import logs
 
 logs.quiet_environment()  # before anything imports TensorFlow
-# Compiling is most of the suite's time. Without XLA's backend (LLVM) optimisation it takes about a third less; the
-# programs XLA runs are the same, and every comparison (parity with pycls, golden files, one run against another) holds
-# at its tolerance. The processes the tests start inherit it. A level already in XLA_FLAGS wins
-# (XLA_FLAGS=--xla_backend_optimization_level=2 runs the suite as users run the code).
+# Compiling is most of the suite's time, and without XLA's backend (LLVM) optimisation it is much shorter; the HLO
+# programs are the same, and every comparison (parity with pycls, golden files, one run against another) holds at its
+# tolerance. The processes the tests start inherit it. A level already in XLA_FLAGS wins
+# (XLA_FLAGS=--xla_backend_optimization_level=2, XLA's default, runs the suite as users run the code).
 if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = " ".join(
         filter(None, [os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=0"])
