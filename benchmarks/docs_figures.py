@@ -35,6 +35,8 @@ import tempfile
 import time
 from collections.abc import Callable
 
+from regnet_jax.benchmarking.input_pipeline import MAX_LOAD, settle
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FIGURES_JSON = REPO / "docs" / "figures.json"
 FIGURES_MD = REPO / "docs" / "figures.md"
@@ -66,19 +68,6 @@ def _commit() -> str:
 
     head = git("rev-parse", "--short", "HEAD") or "unknown"
     return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
-
-
-MAX_LOAD = 0.5  # a speed figure counts only from an idle machine
-SETTLE_S = 300
-
-
-def settle(max_load: float = MAX_LOAD, wait_s: float = SETTLE_S) -> float:
-    """The 1-minute load average, after waiting up to ``wait_s`` seconds for it to fall below ``max_load`` (the
-    previous run's own load included)."""
-    deadline = time.monotonic() + wait_s
-    while os.getloadavg()[0] >= max_load and time.monotonic() < deadline:
-        time.sleep(5)
-    return os.getloadavg()[0]
 
 
 def _train(*overrides: str) -> tuple[dict, float, list[str]]:

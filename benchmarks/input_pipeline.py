@@ -47,8 +47,10 @@ import time
 from typing import Any
 
 from regnet_jax.benchmarking.input_pipeline import (
+    MAX_LOAD,
     VARIANTS,
     cpu_seconds,
+    settle,
     write_jpegs,
 )  # photo-like JPEGs (width x height)
 from regnet_jax.core import logs
@@ -75,7 +77,6 @@ def v100_images_per_s(model: str) -> float:
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 TORCH = "pytorch"
-MAX_LOAD = 0.5  # 1-minute load average above which a row does not measure an idle machine
 
 
 def torch_available() -> bool:
@@ -183,14 +184,6 @@ def measure_loader(loader: str, root: str, cores: int, batch: int, resolution: i
     if "error" in out:
         raise RuntimeError(f"the {loader} measurement on {cores} core(s) failed: {out['error']}")
     return out
-
-
-def settle(max_load: float, wait_s: float) -> float:
-    """The 1-minute load average, after waiting up to ``wait_s`` seconds for it to fall to ``max_load``."""
-    deadline = time.monotonic() + wait_s
-    while os.getloadavg()[0] > max_load and time.monotonic() < deadline:
-        time.sleep(5)
-    return os.getloadavg()[0]
 
 
 def label(loader: str) -> str:

@@ -4,6 +4,7 @@
     measure(data_dir, threads=1, resolution=224, batch=64, batches=20)   # images/s of the training pipeline
     train_input(config, variant)                   # the TrainInput of a variant: 'device', 'host' or 'old'
     cpu_seconds()                                  # CPU time of this process and its children (user + system)
+    settle(max_load=MAX_LOAD, wait_s=300)          # wait for an idle machine; returns the 1-minute load average
     measure("", ..., prepared_dir=DIR)             # the same from prepared data (python -m regnet_jax.prepare)
 
 ``python -m regnet_jax.benchmark --input_pipeline [--data_dir=DIR] [--threads=N]`` runs it (without ``--data_dir``
@@ -83,6 +84,18 @@ def write_jpegs(
         Image.fromarray(photo_like(rng, size, photos)).save(path, quality=JPEG_QUALITY)
         total += os.path.getsize(path)
     return total
+
+
+MAX_LOAD = 0.5  # 1-minute load average at or above which a machine is not idle: speed figures need one below it
+
+
+def settle(max_load: float = MAX_LOAD, wait_s: float = 300) -> float:
+    """The 1-minute load average, after waiting up to ``wait_s`` seconds for it to fall below ``max_load`` (a
+    previous run's own load included)."""
+    deadline = time.monotonic() + wait_s
+    while os.getloadavg()[0] >= max_load and time.monotonic() < deadline:
+        time.sleep(5)
+    return os.getloadavg()[0]
 
 
 def cpu_seconds() -> float:
