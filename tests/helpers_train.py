@@ -9,6 +9,8 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Sequence
 
 import jax
 import ml_collections
@@ -111,6 +113,24 @@ def stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
+
+
+def wait_until(
+    done: Callable[[], bool],
+    procs: Sequence[subprocess.Popen],
+    what: str,
+    timeout: float,
+    logs: Sequence[pathlib.Path] = (),
+) -> None:
+    """Poll ``done()`` while every one of ``procs`` runs; fail if one exits first (with the tail of its log in
+    ``logs``, if given) or if ``what`` has not happened within ``timeout`` seconds."""
+    deadline = time.time() + timeout
+    while not done():
+        for i, p in enumerate(procs):
+            tail = logs[i].read_text()[-3000:] if i < len(logs) else ""
+            assert p.poll() is None, f"exited early ({p.returncode}) before {what}: {tail}"
+        assert time.time() < deadline, f"{what}: not within {timeout}s"
+        time.sleep(0.1)
 
 
 def run_cli(module: str, args: list[str], num_devices: int, log_path: pathlib.Path, timeout: float) -> int:

@@ -29,7 +29,7 @@ from regnet_jax.core import paths
 from regnet_jax.training import records as run_records
 from regnet_jax.training import workdir_lock
 from tests import background
-from tests.helpers_train import REPO, TINY_MODEL, cli_env, stop, tiny_config, write_config_file
+from tests.helpers_train import REPO, TINY_MODEL, cli_env, stop, tiny_config, wait_until, write_config_file
 
 MISSING = [m for m in ("gcp_storage_emulator", "gcsfs") if importlib.util.find_spec(m) is None]
 pytestmark = [
@@ -189,12 +189,7 @@ def _start(gcs, module, args, num_devices, log_path):
 
 def _wait_for(path, procs, logs, timeout=180):
     """Poll until ``path`` exists on the bucket while the processes run."""
-    deadline = time.time() + timeout
-    while not _EMULATOR.exists(path):
-        for p, log in zip(procs, logs):
-            assert p.poll() is None, f"exited early ({p.returncode}): " + log.read_text()[-3000:]
-        assert time.time() < deadline, f"{path} did not appear in {timeout}s"
-        time.sleep(0.1)
+    wait_until(lambda: _EMULATOR.exists(path), procs, f"{path} appeared", timeout, logs)
 
 
 def _config(**overrides):

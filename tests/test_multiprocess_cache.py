@@ -9,10 +9,9 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 from regnet_jax.training import records
-from tests.helpers_train import REPO, cli_env, free_port, stop, tiny_config, write_config_file
+from tests.helpers_train import REPO, cli_env, free_port, stop, tiny_config, wait_until, write_config_file
 
 
 def _start_pair(tmp_path: pathlib.Path, name: str, args: list[str], cache_dir: pathlib.Path) -> list[subprocess.Popen]:
@@ -53,11 +52,9 @@ def test_ctrl_c_on_one_of_two_processes_stops_both_at_one_step_and_they_resume_w
     workdir = tmp_path / "run"
     args = [f"--config={write_config_file(tmp_path / 'c.py', tiny_config(num_epochs=3))}", f"--workdir={workdir}"]
     procs = _start_pair(tmp_path, "first", args, cache)
-    deadline = time.time() + 180
-    while not (workdir / records.EVAL_FILE).exists():  # the first epoch's evaluation: 8 of 12 steps remain
-        assert all(p.poll() is None for p in procs), "".join(log[-3000:] for log in _logs(tmp_path, "first"))
-        assert time.time() < deadline, f"no evaluation in 180 s: {_logs(tmp_path, 'first')}"
-        time.sleep(0.1)
+    log_paths = [tmp_path / f"first{i}.log" for i in range(2)]
+    # The first epoch's evaluation: 8 of 12 steps remain.
+    wait_until((workdir / records.EVAL_FILE).exists, procs, "the first evaluation", 180, log_paths)
     os.killpg(procs[0].pid, signal.SIGINT)
     first = _wait_pair(procs, timeout=240)
     logs = _logs(tmp_path, "first")

@@ -22,6 +22,7 @@ from regnet_jax.design_space.layout import SweepDir, SweepError
 from regnet_jax.design_space.sweep_setup import load_config_file, setup_sweep
 from regnet_jax.models.complexity import count
 from tests import background
+from tests.helpers_train import wait_until
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -305,11 +306,7 @@ def test_trainers_stop_when_the_launcher_is_killed(tmp_path, fake_trainer):
 
 
 def _wait_for(path, proc, timeout):
-    t0 = time.time()
-    while not os.path.exists(path):
-        assert proc.poll() is None, f"launch exited early with status {proc.returncode}"
-        assert time.time() - t0 < timeout, f"{path} did not appear within {timeout}s"
-        time.sleep(0.2)
+    wait_until(lambda: os.path.exists(path), [proc], f"{path} appeared", timeout)
 
 
 @background.scenario
